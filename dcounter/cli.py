@@ -1,0 +1,167 @@
+"""`dcounter-node`: parse flags (and DCOUNTER_* environment variables), start a node, stop it
+gracefully on SIGTERM or SIGINT.
+
+`main(argv) -> int` is what `bin/dcounter-node`, `python -m dcounter` and the console script
+call; tests can call it in-process. Every problem at start is one line on stderr and a non-zero
+exit: 2 for invalid flags, 1 for a node that cannot start (port in use, data directory
+unusable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+
+from dcounter import __version__
+from dcounter.config import Config
+from dcounter.errors import StartupError
+
+PROG = "dcounter-node"
+
+# (flag, Config field, type, help). Each flag may also come from DCOUNTER_<FIELD>.
+_FLAGS = [
+    ("--port", "port", int, "TCP port to listen on (default 8080; 0 picks a free one)"),
+    ("--host", "host", str, "address to bind (default 127.0.0.1; 0.0.0.0 serves other machines)"),
+    ("--peers", "peers", str, "comma-separated host:port of nodes to join"),
+    ("--advertise", "advertise", str, "host:port peers use to reach this node "
+                                      "(default localhost:PORT on loopback, else HOSTNAME:PORT)"),
+    ("--cluster", "cluster", str, "cluster name; nodes of other clusters are refused "
+                                  "(default 'default')"),
+    ("--data-dir", "data_dir", str, "directory for durable state (default ./dcounter-data-PORT)"),
+    ("--sync", "sync", str, "SQLite sync: 'full' survives power loss (default), 'normal' "
+                            "survives a process crash and is faster"),
+    ("--heartbeat-interval", "heartbeat_interval", float, "seconds between heartbeats (2)"),
+    ("--cleanup-interval", "cleanup_interval", float, "seconds between silent-peer sweeps (5)"),
+    ("--peer-timeout", "peer_timeout", float, "seconds of silence before a peer is removed (6)"),
+    ("--retry-base", "retry_base", float, "first replication retry delay in seconds (0.1)"),
+    ("--retry-max", "retry_max", float, "cap of the retry delay in seconds (10)"),
+    ("--request-timeout", "request_timeout", float, "seconds a call to a peer may take (2)"),
+    ("--max-counters", "max_counters", int, "distinct counters a node creates (10000)"),
+    ("--max-body", "max_body", int, "largest request body in bytes (1048576)"),
+    ("--max-backlog", "max_backlog", int, "events queued per peer before the backlog is dropped "
+                                          "and anti-entropy takes over (100000)"),
+    ("--gap-cap", "gap_cap", int, "out-of-order events held per origin (10000)"),
+    ("--batch-max", "batch_max", int, "events per replicate request (2000)"),
+    ("--batch-linger", "batch_linger", float, "seconds a busy link waits for a batch to grow "
+                                              "(0.02; an idle link sends at once)"),
+    ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered "
+                                                    "(86400)"),
+    ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown (2)"),
+    ("--max-connections", "max_connections", int, "concurrent connections served (256)"),
+    ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR (INFO)"),
+]
+_BOOL_FLAGS = [
+    ("--in-memory", "in_memory", "keep nothing on disk: events acknowledged but not yet "
+                                 "replicated die with the process"),
+]
+
+
+def env_name(field: str) -> str:
+    return "DCOUNTER_" + field.upper()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Run a dcounter node.",
+                     epilog="Every flag can also be set as an environment variable "
+                            "DCOUNTER_<FLAG> (e.g. DCOUNTER_PEERS, DCOUNTER_IN_MEMORY=1); "
+                            "flags win.")
+    for flag, field, _type, help_text in _FLAGS:
+        parser.add_argument(flag, dest=field, metavar=field.upper(), help=help_text)
+    for flag, field, help_text in _BOOL_FLAGS:
+        parser.add_argument(flag, dest=field, action="store_const", const="1", help=help_text)
+    parser.add_argument("--version", action="version", version=f"dcounter {__version__}")
+    return parser
+
+
+def _convert(flag: str, kind, raw: str):
+    try:
+        return kind(raw)
+    except ValueError:
+        raise _UsageError(f"{flag}: invalid value {raw!r}") from None
+
+
+def config_from_args(argv: list[str], environ=None) -> Config:
+    """Flags first, then DCOUNTER_* variables, then Config's defaults. Raises _UsageError or
+    ValueError with a one-line message."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values = {}
+    for flag, field, kind, _help in _FLAGS:
+        raw = getattr(args, field)
+        source = flag
+        if raw is None and env_name(field) in environ:
+            raw, source = environ[env_name(field)], env_name(field)
+        if raw is None:
+            continue
+        if field == "peers":
+            values[field] = tuple(p.strip() for p in raw.split(",") if p.strip())
+        elif field == "log_level":
+            level = raw.upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                raise _UsageError(f"{source}: must be DEBUG, INFO, WARNING or ERROR")
+            values[field] = level
+        else:
+            values[field] = _convert(source, kind, raw)
+    for _flag, field, _help in _BOOL_FLAGS:
+        raw = getattr(args, field)
+        if raw is None:
+            raw = environ.get(env_name(field))
+        if raw is not None:
+            values[field] = raw.strip().lower() in ("1", "true", "yes", "on")
+    config = Config(**values)
+    # Its own address among the seeds is ignored.
+    own = config.node_id()
+    if own in config.peers:
+        config = dataclasses.replace(config, peers=tuple(p for p in config.peers if p != own))
+    return config
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def main(argv: list[str] | None = None, *, stop_event: threading.Event | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config = config_from_args(argv)
+    except (_UsageError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+
+    from dcounter.node import Node  # imported late: keeps `--help` fast
+
+    node = Node(config)
+    try:
+        node.open()
+    except StartupError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    stop = stop_event or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    where = "in memory" if node.store is None else f"data in {os.path.abspath(node.store.directory)}"
+    print(f"dcounter {node.node_id} listening on {config.host}:{node.port} "
+          f"(cluster {config.cluster!r}, {where})", flush=True)
+    while not stop.wait(0.5):
+        pass
+    logging.getLogger("dcounter").info("shutting down")
+    node.stop()
+    return 0

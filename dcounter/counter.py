@@ -1,0 +1,450 @@
+"""Events, deduplication, totals and digests: the pure core of dcounter.
+
+Theory of operation
+-------------------
+Every increment is an event `(origin, seq, counter, delta, key)`; its id is `"<origin>:<seq>"`.
+Per origin the counter keeps a watermark `w` and the per-counter totals of every event with
+`seq <= w` (the *prefix*), plus the few events applied above `w` (*held*, seq -> event). An event
+applies only if it is above `w` and not held; then `w` moves up over any run that became
+contiguous, folding those events into the prefix. Memory is O(origins + counters + gap), never
+O(events); an event more than `gap_cap` above `w` is deferred (not applied) and anti-entropy
+brings it later as part of a prefix.
+
+The rules this module keeps:
+
+* All state changes go through a `Txn`: the single writer stages changes (`local`, `remote`,
+  `adopt`, ...), the store persists `txn` and only then `install(txn)` makes them visible. A
+  transaction that is never installed leaves no trace and consumes no sequence number.
+* Only one transaction is open at a time (the node's writer thread owns them); readers take the
+  lock and never see half of an install.
+* Idempotency keys travel with their events as data. A key recognises a client's retry; it never
+  suppresses a distinct replicated event.
+* This module never sleeps, spawns threads, opens sockets or reads the clock: the wall time
+  comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from dcounter.errors import Unprocessable
+from dcounter.validation import INT64_MAX, INT64_MIN
+
+
+def new_origin_id() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Event:
+    origin: str
+    seq: int
+    counter: str
+    delta: int
+    key: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.origin}:{self.seq}"
+
+    def to_wire(self) -> dict:
+        wire = {"id": self.id, "counter": self.counter, "delta": self.delta}
+        if self.key is not None:
+            wire["key"] = self.key
+        return wire
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What a node remembers of an idempotency key. `count` is the count of the original
+    response when the key was used at this node, None when it arrived with a replicated event."""
+    event_id: str
+    counter: str
+    delta: int
+    count: int | None
+    expires: float  # wall-clock seconds
+
+
+class OriginState:
+    __slots__ = ("watermark", "prefix", "held")
+
+    def __init__(self, watermark: int = 0, prefix: dict | None = None, held: dict | None = None):
+        self.watermark = watermark
+        self.prefix: dict[str, int] = prefix if prefix is not None else {}
+        # seq -> (counter, delta, key)
+        self.held: dict[int, tuple[str, int, str | None]] = held if held is not None else {}
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    counter: str
+    count: int
+    event_id: str
+    replayed: bool
+    event: Event | None  # the new event to replicate; None for a replay
+
+    def payload(self) -> dict:
+        return {"counter": self.counter, "count": self.count, "event_id": self.event_id}
+
+
+@dataclass
+class RemoteResult:
+    applied: list[Event]
+    duplicates: int
+    deferred: int
+
+
+class _Staged:
+    """Staged changes of one origin inside a transaction (copy-on-write over the committed
+    state)."""
+    __slots__ = ("watermark", "prefix", "replace_prefix", "held_add", "held_del")
+
+    def __init__(self, watermark: int):
+        self.watermark = watermark
+        self.prefix: dict[str, int] = {}
+        self.replace_prefix = False
+        self.held_add: dict[int, tuple[str, int, str | None]] = {}
+        self.held_del: set[int] = set()
+
+
+class Txn:
+    """A set of staged changes. Read through it, the counter looks as it will after install."""
+
+    def __init__(self, counter: "Counter"):
+        self._c = counter
+        self.origins: dict[str, _Staged] = {}
+        self.totals: dict[str, int] = {}
+        self.keys_add: dict[str, KeyRecord] = {}
+        self.keys_del: set[str] = set()
+        self.local_origin = counter.local_origin
+        self.reorigined_from: str | None = None
+        self.outbound: list[Event] = []  # new local events, replicated after install
+
+    # -- reads through the overlay -------------------------------------------------------
+    def _committed(self, origin: str) -> OriginState | None:
+        return self._c._origins.get(origin)
+
+    def _staged(self, origin: str) -> _Staged:
+        staged = self.origins.get(origin)
+        if staged is None:
+            committed = self._committed(origin)
+            staged = _Staged(committed.watermark if committed else 0)
+            self.origins[origin] = staged
+        return staged
+
+    def watermark(self, origin: str) -> int:
+        staged = self.origins.get(origin)
+        if staged is not None:
+            return staged.watermark
+        committed = self._committed(origin)
+        return committed.watermark if committed else 0
+
+    def _held(self, origin: str, seq: int):
+        staged = self.origins.get(origin)
+        if staged is not None:
+            if seq in staged.held_add:
+                return staged.held_add[seq]
+            if seq in staged.held_del:
+                return None
+        committed = self._committed(origin)
+        return committed.held.get(seq) if committed else None
+
+    def _all_held(self, origin: str) -> dict[int, tuple]:
+        committed = self._committed(origin)
+        held = dict(committed.held) if committed else {}
+        staged = self.origins.get(origin)
+        if staged is not None:
+            for seq in staged.held_del:
+                held.pop(seq, None)
+            held.update(staged.held_add)
+        return held
+
+    def _prefix(self, origin: str, counter: str) -> int:
+        staged = self.origins.get(origin)
+        if staged is not None:
+            if counter in staged.prefix:
+                return staged.prefix[counter]
+            if staged.replace_prefix:
+                return 0
+        committed = self._committed(origin)
+        return committed.prefix.get(counter, 0) if committed else 0
+
+    def _full_prefix(self, origin: str) -> dict[str, int]:
+        staged = self.origins.get(origin)
+        committed = self._committed(origin)
+        if staged is not None and staged.replace_prefix:
+            return dict(staged.prefix)
+        prefix = dict(committed.prefix) if committed else {}
+        if staged is not None:
+            prefix.update(staged.prefix)
+        return prefix
+
+    def total(self, counter: str) -> int | None:
+        if counter in self.totals:
+            return self.totals[counter]
+        return self._c._totals.get(counter)
+
+    def key(self, key: str, now: float) -> KeyRecord | None:
+        if key in self.keys_add:
+            return self.keys_add[key]
+        if key in self.keys_del:
+            return None
+        record = self._c._keys.get(key)
+        if record is None or record.expires <= now:
+            return None
+        return record
+
+    # -- staging --------------------------------------------------------------------------
+    def _add_total(self, counter: str, delta: int) -> int:
+        value = (self.total(counter) or 0) + delta
+        self.totals[counter] = value
+        return value
+
+    def _fold(self, origin: str, counter: str, delta: int) -> None:
+        staged = self._staged(origin)
+        staged.prefix[counter] = self._prefix(origin, counter) + delta
+
+    def _apply(self, origin: str, seq: int, counter: str, delta: int, key: str | None) -> None:
+        """Apply an event known to be new (above the watermark, not held)."""
+        staged = self._staged(origin)
+        if seq == staged.watermark + 1:
+            self._fold(origin, counter, delta)
+            staged.watermark = seq
+            while True:
+                nxt = self._held(origin, staged.watermark + 1)
+                if nxt is None:
+                    break
+                staged.watermark += 1
+                staged.held_add.pop(staged.watermark, None)
+                staged.held_del.add(staged.watermark)
+                self._fold(origin, nxt[0], nxt[1])
+        else:
+            staged.held_del.discard(seq)
+            staged.held_add[seq] = (counter, delta, key)
+        self._add_total(counter, delta)
+
+    def _remember_key(self, key: str, record: KeyRecord) -> None:
+        self.keys_del.discard(key)
+        self.keys_add[key] = record
+
+    def local(self, counter: str, delta: int, key: str | None, now: float) -> LocalResult:
+        """Stage a local increment. Raises `Unprocessable` (and stages nothing) when the key was
+        used for another request, the result leaves signed 64 bits, or the counter is one too
+        many."""
+        if key is not None:
+            record = self.key(key, now)
+            if record is not None:
+                if record.counter != counter or record.delta != delta:
+                    raise Unprocessable("Idempotency-Key was already used with a different "
+                                        f"request (counter {record.counter!r}, delta {record.delta})")
+                count = record.count if record.count is not None else (self.total(counter) or 0)
+                return LocalResult(counter, count, record.event_id, True, None)
+        current = self.total(counter)
+        if current is None and self._counter_count() >= self._c.max_counters:
+            raise Unprocessable(f"too many counters (at most {self._c.max_counters})")
+        value = (current or 0) + delta
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise Unprocessable("the result would leave the signed 64-bit range")
+        origin = self.local_origin
+        seq = self.watermark(origin) + 1
+        self._apply(origin, seq, counter, delta, key)
+        event = Event(origin, seq, counter, delta, key)
+        self.outbound.append(event)
+        if key is not None:
+            self._remember_key(key, KeyRecord(event.id, counter, delta, value,
+                                              now + self._c.key_ttl))
+        return LocalResult(counter, value, event.id, False, event)
+
+    def _counter_count(self) -> int:
+        new = sum(1 for name in self.totals if name not in self._c._totals)
+        return len(self._c._totals) + new
+
+    def remote(self, events: list[Event], now: float) -> RemoteResult:
+        """Stage replicated events; duplicates and events beyond the gap cap are skipped."""
+        applied, duplicates, deferred = [], 0, 0
+        for event in events:
+            if event.origin == self.local_origin and event.seq > self.watermark(event.origin):
+                self.reorigin()
+            w = self.watermark(event.origin)
+            if event.seq <= w or self._held(event.origin, event.seq) is not None:
+                duplicates += 1
+                continue
+            if event.seq > w + self._c.gap_cap:
+                deferred += 1
+                continue
+            self._apply(event.origin, event.seq, event.counter, event.delta, event.key)
+            applied.append(event)
+            if event.key is not None and self.key(event.key, now) is None:
+                self._remember_key(event.key, KeyRecord(event.id, event.counter, event.delta,
+                                                        None, now + self._c.key_ttl))
+        return RemoteResult(applied, duplicates, deferred)
+
+    def adopt(self, origin: str, watermark: int, counters: dict[str, int]) -> bool:
+        """Replace an origin's prefix with a peer's, if the peer's is ahead. Held events at or
+        below the new watermark are dropped (the prefix contains them); those above stay and
+        fold in when they become contiguous."""
+        if origin == self.local_origin and watermark > self.watermark(origin):
+            self.reorigin()
+        if watermark <= self.watermark(origin):
+            return False
+        old_prefix = self._full_prefix(origin)
+        held = self._all_held(origin)
+        staged = self._staged(origin)
+        for name in set(old_prefix) | set(counters):
+            change = counters.get(name, 0) - old_prefix.get(name, 0)
+            if change or (name in counters and self.total(name) is None):
+                self._add_total(name, change)
+        for seq, (name, delta, _key) in held.items():
+            if seq <= watermark:
+                self._add_total(name, -delta)
+                staged.held_add.pop(seq, None)
+                staged.held_del.add(seq)
+        staged.prefix = dict(counters)
+        staged.replace_prefix = True
+        staged.watermark = watermark
+        while True:
+            nxt = self._held(origin, staged.watermark + 1)
+            if nxt is None:
+                break
+            staged.watermark += 1
+            staged.held_add.pop(staged.watermark, None)
+            staged.held_del.add(staged.watermark)
+            self._fold(origin, nxt[0], nxt[1])
+        return True
+
+    def reorigin(self) -> None:
+        """Take a fresh origin: a peer holds events of ours above our watermark (a restored
+        backup or cloned disk), so our next sequence numbers would collide with them."""
+        if self.reorigined_from is None:
+            self.reorigined_from = self.local_origin
+        self.local_origin = self._c._new_origin()
+
+    def expire_keys(self, now: float) -> int:
+        expired = [key for key, record in self._c._keys.items() if record.expires <= now]
+        for key in expired:
+            self.keys_del.add(key)
+            self.keys_add.pop(key, None)
+        return len(expired)
+
+    def empty(self) -> bool:
+        return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from)
+
+
+class Counter:
+    """Committed state: per-origin prefixes and held events, totals, idempotency keys."""
+
+    def __init__(self, local_origin: str, *, max_counters: int = 10_000, gap_cap: int = 10_000,
+                 key_ttl: float = 86_400.0, new_origin: Callable[[], str] = new_origin_id):
+        self._lock = threading.Lock()
+        self.local_origin = local_origin
+        self.max_counters = max_counters
+        self.gap_cap = gap_cap
+        self.key_ttl = key_ttl
+        self._new_origin = new_origin
+        self._origins: dict[str, OriginState] = {}
+        self._totals: dict[str, int] = {}
+        self._keys: dict[str, KeyRecord] = {}
+        self._txn_open = False
+
+    # -- loading (before the node serves) ----------------------------------------------------
+    def load(self, origins: dict[str, OriginState], keys: dict[str, KeyRecord]) -> None:
+        with self._lock:
+            self._origins = origins
+            self._keys = keys
+            totals: dict[str, int] = {}
+            for state in origins.values():
+                for name, value in state.prefix.items():
+                    totals[name] = totals.get(name, 0) + value
+                for name, delta, _key in state.held.values():
+                    totals[name] = totals.get(name, 0) + delta
+            self._totals = totals
+
+    # -- writes -------------------------------------------------------------------------------
+    def begin(self) -> Txn:
+        if self._txn_open:
+            raise RuntimeError("a transaction is already open; only the writer may stage changes")
+        self._txn_open = True
+        return Txn(self)
+
+    def abort(self, txn: Txn) -> None:
+        self._txn_open = False
+
+    def install(self, txn: Txn) -> None:
+        with self._lock:
+            for origin, staged in txn.origins.items():
+                state = self._origins.get(origin)
+                if state is None:
+                    state = self._origins[origin] = OriginState()
+                state.watermark = staged.watermark
+                if staged.replace_prefix:
+                    state.prefix = dict(staged.prefix)
+                else:
+                    state.prefix.update(staged.prefix)
+                for seq in staged.held_del:
+                    state.held.pop(seq, None)
+                state.held.update(staged.held_add)
+            self._totals.update(txn.totals)
+            for key in txn.keys_del:
+                self._keys.pop(key, None)
+            self._keys.update(txn.keys_add)
+            self.local_origin = txn.local_origin
+            self._txn_open = False
+
+    # -- reads ---------------------------------------------------------------------------------
+    def count(self, counter: str) -> int:
+        with self._lock:
+            return self._totals.get(counter, 0)
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
+
+    def counter_names(self) -> int:
+        with self._lock:
+            return len(self._totals)
+
+    def digest(self) -> dict[str, int]:
+        with self._lock:
+            return {origin: state.watermark for origin, state in self._origins.items()
+                    if state.watermark > 0}
+
+    def watermark(self, origin: str) -> int:
+        with self._lock:
+            state = self._origins.get(origin)
+            return state.watermark if state else 0
+
+    def snapshot(self, origins: list[str]) -> dict[str, dict]:
+        """The prefixes of the given origins, taken atomically, for anti-entropy."""
+        with self._lock:
+            out = {}
+            for origin in origins:
+                state = self._origins.get(origin)
+                if state is not None and state.watermark > 0:
+                    out[origin] = {"watermark": state.watermark, "counters": dict(state.prefix)}
+            return out
+
+    def behind(self, digest: dict[str, int]) -> list[str]:
+        """Origins for which `digest` (a peer's) is ahead of us."""
+        with self._lock:
+            return [origin for origin, w in digest.items()
+                    if w > (self._origins[origin].watermark if origin in self._origins else 0)]
+
+    def key(self, key: str, now: float) -> KeyRecord | None:
+        with self._lock:
+            record = self._keys.get(key)
+            return record if record is not None and record.expires > now else None
+
+    def held_total(self) -> int:
+        with self._lock:
+            return sum(len(state.held) for state in self._origins.values())
+
+    def key_count(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+    def origin_count(self) -> int:
+        with self._lock:
+            return len(self._origins)

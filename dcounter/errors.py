@@ -1,0 +1,75 @@
+"""The exception hierarchy. Raised inside, translated to HTTP status codes once, in the server.
+
+`DcounterError` subclasses carry the status a client sees; `PeerUnreachable` and `PeerRefused`
+come from the transport and never reach a client; `StartupError` stops the node at start with
+one line.
+"""
+
+
+class DcounterError(Exception):
+    status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(DcounterError):
+    status = 400
+
+
+class Unauthorized(DcounterError):
+    status = 401
+
+
+class NotFound(DcounterError):
+    status = 404
+
+
+class MethodNotAllowed(DcounterError):
+    status = 405
+
+    def __init__(self, message: str, allow: list[str]):
+        super().__init__(message)
+        self.allow = allow
+
+
+class Conflict(DcounterError):
+    status = 409
+
+
+class LengthRequired(DcounterError):
+    status = 411
+
+
+class PayloadTooLarge(DcounterError):
+    status = 413
+
+
+class Unprocessable(DcounterError):
+    status = 422
+
+
+class Unavailable(DcounterError):
+    status = 503
+
+
+class StorageFailure(Unavailable):
+    """A write to the data directory failed; nothing was acknowledged."""
+
+
+class PeerUnreachable(Exception):
+    """A peer could not be reached or did not answer in time."""
+
+
+class PeerRefused(Exception):
+    """A peer answered with a non-2xx status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class StartupError(Exception):
+    """The node cannot start; the message is the one line printed before exiting 1."""

@@ -1,0 +1,97 @@
+"""A small metrics registry rendered in the Prometheus text format (version 0.0.4).
+
+Counters and gauges with labels, and summaries kept as `_sum`/`_count` pairs. Thread-safe;
+no dependency. Gauges that are read from live state are registered as callbacks and evaluated
+at scrape time.
+"""
+
+import threading
+
+_HELP = {
+    "dcounter_http_requests_total": ("counter", "HTTP requests served, by route and status."),
+    "dcounter_increments_local_total": ("counter", "Increments acknowledged at this node."),
+    "dcounter_increments_replicated_total": ("counter",
+                                             "Events from other origins applied by replication."),
+    "dcounter_replicate_batches_sent_total": ("counter", "Replicate requests that succeeded."),
+    "dcounter_replicate_batches_failed_total": ("counter", "Replicate requests that failed."),
+    "dcounter_replicate_events_sent_total": ("counter", "Events delivered in replicate requests."),
+    "dcounter_peer_requests_total": ("counter", "Requests this node sent to peers, by path and "
+                                                "outcome."),
+    "dcounter_anti_entropy_pulls_total": ("counter", "Prefix pulls from peers (anti-entropy)."),
+    "dcounter_anti_entropy_adopted_total": ("counter", "Origin prefixes adopted from peers."),
+    "dcounter_commit_seconds": ("summary", "Time to commit one group of changes to storage."),
+    "dcounter_commit_group_size": ("summary", "Requests committed together in one group."),
+}
+
+
+def _escape(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: tuple) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
+
+
+class Metrics:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._values: dict[str, dict[tuple, float]] = {}
+        self._gauges: dict[str, tuple[str, object]] = {}
+
+    def inc(self, name: str, amount: float = 1, **labels) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._values.setdefault(name, {})
+            series[key] = series.get(key, 0) + amount
+
+    def observe(self, name: str, value: float) -> None:
+        with self._lock:
+            series = self._values.setdefault(name, {})
+            series[("sum",)] = series.get(("sum",), 0) + value
+            series[("count",)] = series.get(("count",), 0) + 1
+
+    def gauge(self, name: str, help_text: str, read) -> None:
+        """`read()` returns a number or a list of (labels dict, number)."""
+        self._gauges[name] = (help_text, read)
+
+    def value(self, name: str, **labels) -> float:
+        with self._lock:
+            return self._values.get(name, {}).get(tuple(sorted(labels.items())), 0)
+
+    def total(self, name: str, **match) -> float:
+        """Sum of every series of `name` whose labels include `match`."""
+        with self._lock:
+            series = self._values.get(name, {})
+            return sum(v for k, v in series.items()
+                       if all((lk, lv) in k for lk, lv in match.items()))
+
+    def render(self) -> str:
+        lines = []
+        with self._lock:
+            snapshot = {name: dict(series) for name, series in self._values.items()}
+        for name in sorted(set(snapshot) | set(_HELP)):
+            kind, help_text = _HELP.get(name, ("counter", name))
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            series = snapshot.get(name, {})
+            if kind == "summary":
+                lines.append(f"{name}_sum {series.get(('sum',), 0)}")
+                lines.append(f"{name}_count {series.get(('count',), 0)}")
+                continue
+            for labels, value in sorted(series.items()):
+                lines.append(f"{name}{_labels(labels)} {value}")
+        for name, (help_text, read) in sorted(self._gauges.items()):
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} gauge")
+            try:
+                value = read()
+            except Exception:  # a gauge must never break the scrape
+                continue
+            if isinstance(value, list):
+                for labels, number in value:
+                    lines.append(f"{name}{_labels(tuple(sorted(labels.items())))} {number}")
+            else:
+                lines.append(f"{name} {value}")
+        return "\n".join(lines) + "\n"

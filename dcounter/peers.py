@@ -1,0 +1,170 @@
+"""Membership: which peers are alive, when each was last heard from, and who to rejoin (pure).
+
+Rules kept here:
+
+* A peer is alive only after a direct successful contact (it reached us, or we reached it).
+  Ids learned second-hand (from a join reply or a heartbeat's peer list) become *candidates*,
+  which the node contacts; gossip alone never brings a dead node back.
+* `expire(now)` removes peers silent for longer than the timeout; removed peers and the seeds
+  stay candidates, retried with backoff, so membership heals after a partition by itself.
+* A peer that leaves is dropped at once and is not retried unless it is a seed.
+* This node's own ids (its advertised id and any alias that turned out to be itself) are never
+  listed.
+"""
+
+import threading
+from dataclasses import dataclass, field
+
+from dcounter.retry import RetryPolicy
+
+
+@dataclass
+class PeerInfo:
+    last_seen: float          # monotonic seconds
+    origin: str | None = None
+    joined: float = 0.0
+
+
+@dataclass
+class Candidate:
+    next_try: float           # monotonic seconds
+    attempts: int = 0
+    last_error: str | None = None
+    history: list = field(default_factory=list)
+
+
+class PeerStore:
+    def __init__(self, self_id: str, *, peer_timeout: float, policy: RetryPolicy,
+                 seeds: tuple[str, ...] = (), max_candidates: int = 256):
+        self.self_id = self_id
+        self.peer_timeout = peer_timeout
+        self.policy = policy
+        self.max_candidates = max_candidates
+        self._lock = threading.Lock()
+        self._alive: dict[str, PeerInfo] = {}
+        self._candidates: dict[str, Candidate] = {}
+        self._self_ids = {self_id}
+        self.seeds = tuple(s for s in seeds if s != self_id)
+        for seed in self.seeds:
+            self._candidates[seed] = Candidate(next_try=float("-inf"))
+        self.attempt_log: list[tuple[float, str, bool, str]] = []  # (now, id, ok, detail)
+
+    # -- identity ------------------------------------------------------------------------------
+    def mark_self(self, node_id: str) -> None:
+        """`node_id` turned out to be this node under another spelling."""
+        with self._lock:
+            self._self_ids.add(node_id)
+            self._alive.pop(node_id, None)
+            self._candidates.pop(node_id, None)
+
+    def is_self(self, node_id: str) -> bool:
+        with self._lock:
+            return node_id in self._self_ids
+
+    # -- liveness ------------------------------------------------------------------------------
+    def heard_from(self, node_id: str, now: float, origin: str | None = None) -> bool:
+        """A direct successful contact. Returns True when the peer is new (or back)."""
+        with self._lock:
+            if node_id in self._self_ids:
+                return False
+            self._candidates.pop(node_id, None)
+            info = self._alive.get(node_id)
+            if info is None:
+                self._alive[node_id] = PeerInfo(last_seen=now, origin=origin, joined=now)
+                return True
+            info.last_seen = max(info.last_seen, now)
+            if origin is not None:
+                info.origin = origin
+            return False
+
+    def alive(self) -> list[str]:
+        with self._lock:
+            return sorted(self._alive)
+
+    def is_alive(self, node_id: str) -> bool:
+        with self._lock:
+            return node_id in self._alive
+
+    def origin_of(self, node_id: str) -> str | None:
+        with self._lock:
+            info = self._alive.get(node_id)
+            return info.origin if info else None
+
+    def expire(self, now: float) -> list[str]:
+        """Remove peers silent for longer than the timeout; they become rejoin candidates."""
+        with self._lock:
+            gone = [nid for nid, info in self._alive.items()
+                    if now - info.last_seen > self.peer_timeout]
+            for nid in gone:
+                del self._alive[nid]
+                self._add_candidate_locked(nid, now)
+            return sorted(gone)
+
+    def leave(self, node_id: str) -> bool:
+        """The peer said it is leaving: drop it now; keep it as a candidate only if a seed."""
+        with self._lock:
+            was_alive = self._alive.pop(node_id, None) is not None
+            if node_id in self.seeds:
+                self._candidates[node_id] = Candidate(next_try=float("-inf"))
+            else:
+                self._candidates.pop(node_id, None)
+            return was_alive
+
+    def last_seen_ages(self, now: float) -> dict[str, float]:
+        with self._lock:
+            return {nid: max(0.0, now - info.last_seen) for nid, info in self._alive.items()}
+
+    # -- candidates ----------------------------------------------------------------------------
+    def _add_candidate_locked(self, node_id: str, now: float) -> bool:
+        if node_id in self._self_ids or node_id in self._alive or node_id in self._candidates:
+            return False
+        if len(self._candidates) >= self.max_candidates:
+            # Forget the non-seed candidate that has failed the longest.
+            victims = [(c.attempts, nid) for nid, c in self._candidates.items()
+                       if nid not in self.seeds]
+            if not victims:
+                return False
+            del self._candidates[max(victims)[1]]
+        self._candidates[node_id] = Candidate(next_try=now)
+        return True
+
+    def add_candidates(self, node_ids, now: float) -> list[str]:
+        with self._lock:
+            return [nid for nid in node_ids if self._add_candidate_locked(nid, now)]
+
+    def due_candidates(self, now: float) -> list[str]:
+        with self._lock:
+            return sorted(nid for nid, c in self._candidates.items() if c.next_try <= now)
+
+    def contact_failed(self, node_id: str, now: float, detail: str = "") -> float | None:
+        """A contact with a candidate failed: back off. Returns the delay, None if not a
+        candidate."""
+        with self._lock:
+            self._log_locked(now, node_id, False, detail)
+            candidate = self._candidates.get(node_id)
+            if candidate is None:
+                return None
+            candidate.attempts += 1
+            candidate.last_error = detail
+            delay = self.policy.delay(candidate.attempts)
+            candidate.next_try = now + delay
+            return delay
+
+    def contact_succeeded(self, node_id: str, now: float, origin: str | None = None) -> bool:
+        with self._lock:
+            self._log_locked(now, node_id, True, "")
+        return self.heard_from(node_id, now, origin)
+
+    def _log_locked(self, now, node_id, ok, detail):
+        self.attempt_log.append((now, node_id, ok, detail))
+        del self.attempt_log[:-20]
+
+    def candidates(self, now: float) -> dict[str, dict]:
+        with self._lock:
+            return {nid: {"attempts": c.attempts, "next_try_in": max(0.0, c.next_try - now),
+                          "last_error": c.last_error}
+                    for nid, c in self._candidates.items()}
+
+    def recent_attempts(self) -> list[tuple[float, str, bool, str]]:
+        with self._lock:
+            return list(self.attempt_log)

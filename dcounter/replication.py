@@ -1,0 +1,246 @@
+"""Outbound replication: one link per peer, batching, backoff, bounded backlogs.
+
+Each peer has a `PeerLink`: a backlog (deque) of events and a sender thread. When the link has
+been idle an event goes at once; while the link is busy a batch collects what arrives, and a
+new batch starts at most once per `batch_linger` seconds, so under load one request carries
+many events. A failed send puts the batch back and asks the `RetrySchedule` for the next
+attempt (`min(base * 2**(attempt-1), cap)`); the replicator's retry loop (`retry_once`) wakes
+the link when it is due. A success resets the backoff.
+
+The backlog is bounded: past `max_backlog` it is dropped and the peer catches up through
+anti-entropy (every event stays in the prefix of the nodes that applied it). A removed peer's
+backlog is dropped the same way.
+"""
+
+import collections
+import enum
+import logging
+import threading
+
+from dcounter.counter import Event
+from dcounter.errors import PeerRefused, PeerUnreachable
+from dcounter.retry import RetrySchedule
+
+log = logging.getLogger(__name__)
+
+
+class LinkState(enum.Enum):
+    IDLE = "idle"        # nothing to send
+    READY = "ready"      # events waiting, may send
+    SENDING = "sending"  # a batch is in flight
+    BACKOFF = "backoff"  # the last send failed; waiting for the retry schedule
+
+
+class PeerLink:
+    def __init__(self, peer: str, replicator: "Replicator"):
+        self.peer = peer
+        self.r = replicator
+        self.cond = threading.Condition()
+        self.backlog: collections.deque[Event] = collections.deque()
+        self.state = LinkState.IDLE
+        self.last_start = float("-inf")
+        self.stopped = False
+        self.dropped = 0
+        self.sent_batches = 0
+        self.failed_batches = 0
+        self.thread = threading.Thread(target=self._run, name=f"link-{peer}", daemon=True)
+
+    # -- called by other threads ----------------------------------------------------------------
+    def enqueue(self, events: list[Event]) -> None:
+        with self.cond:
+            if self.stopped:
+                return
+            self.backlog.extend(events)
+            if len(self.backlog) > self.r.max_backlog:
+                self._drop_locked("backlog over its bound")
+            if self.state is LinkState.IDLE:
+                self.state = LinkState.READY
+                self.cond.notify()
+
+    def wake(self) -> None:
+        with self.cond:
+            if self.state is LinkState.BACKOFF:
+                self.state = LinkState.READY if self.backlog else LinkState.IDLE
+                self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+
+    def _drop_locked(self, why: str) -> None:
+        if self.backlog:
+            log.warning("dropping %d events queued for %s (%s); anti-entropy will catch it up",
+                        len(self.backlog), self.peer, why)
+            self.dropped += len(self.backlog)
+            self.backlog.clear()
+
+    # -- the sender thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        clock = self.r.clock
+        while True:
+            with self.cond:
+                while not self.stopped and (self.state is not LinkState.READY or not self.backlog):
+                    if self.state is LinkState.READY and not self.backlog:
+                        self.state = LinkState.IDLE
+                    self.cond.wait()
+                if self.stopped:
+                    return
+                # A busy link lets the batch grow for up to `batch_linger` since the last start.
+                wait = self.last_start + self.r.batch_linger - clock.monotonic()
+                if wait > 0 and len(self.backlog) < self.r.batch_max:
+                    self.cond.wait(wait)
+                    if self.stopped:
+                        return
+                n = min(len(self.backlog), self.r.batch_max)
+                batch = [self.backlog.popleft() for _ in range(n)]
+                self.state = LinkState.SENDING
+                self.last_start = clock.monotonic()
+            if not batch:
+                with self.cond:
+                    self.state = LinkState.READY if self.backlog else LinkState.IDLE
+                continue
+            ok = self.r.send_batch(self.peer, batch)
+            with self.cond:
+                if ok:
+                    self.sent_batches += 1
+                    self.state = LinkState.READY if self.backlog else LinkState.IDLE
+                else:
+                    self.failed_batches += 1
+                    self.backlog.extendleft(reversed(batch))
+                    if len(self.backlog) > self.r.max_backlog:
+                        self._drop_locked("backlog over its bound")
+                    self.state = LinkState.BACKOFF
+            if not ok:
+                self.r.schedule_retry(self.peer)
+
+
+class Replicator:
+    def __init__(self, self_id: str, transport, schedule: RetrySchedule, clock, *,
+                 max_backlog: int, batch_max: int, batch_linger: float,
+                 on_success=lambda peer: None, on_give_up=lambda peer: None, metrics=None):
+        self.self_id = self_id
+        self.transport = transport
+        self.schedule = schedule
+        self.clock = clock
+        self.max_backlog = max_backlog
+        self.batch_max = batch_max
+        self.batch_linger = batch_linger
+        self.on_success = on_success
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._links: dict[str, PeerLink] = {}
+        self._retry_wakeup = threading.Event()
+
+    # -- membership ---------------------------------------------------------------------------
+    def add_peer(self, peer: str) -> None:
+        with self._lock:
+            if peer in self._links:
+                return
+            link = self._links[peer] = PeerLink(peer, self)
+        link.thread.start()
+
+    def remove_peer(self, peer: str) -> None:
+        with self._lock:
+            link = self._links.pop(peer, None)
+        if link is not None:
+            with link.cond:
+                link._drop_locked("peer removed")
+            link.stop()
+        self.schedule.forget(peer)
+
+    def peers(self) -> list[str]:
+        with self._lock:
+            return sorted(self._links)
+
+    # -- events -------------------------------------------------------------------------------
+    def enqueue(self, events: list[Event]) -> None:
+        with self._lock:
+            links = list(self._links.values())
+        for link in links:
+            link.enqueue(events)
+
+    def send_batch(self, peer: str, batch: list[Event]) -> bool:
+        payload = {"node_id": self.self_id, "events": [e.to_wire() for e in batch]}
+        try:
+            self.transport.post(peer, "/counter/replicate", payload)
+        except (PeerUnreachable, PeerRefused) as exc:
+            attempt = self.schedule.attempts(peer) + 1
+            log.debug("replicate to %s failed (attempt %d): %s", peer, attempt, exc)
+            if self.metrics:
+                self.metrics.inc("dcounter_replicate_batches_failed_total")
+            return False
+        self.schedule.succeeded(peer)
+        if self.metrics:
+            self.metrics.inc("dcounter_replicate_batches_sent_total")
+            self.metrics.inc("dcounter_replicate_events_sent_total", len(batch))
+        self.on_success(peer)
+        return True
+
+    def schedule_retry(self, peer: str) -> None:
+        self.schedule.failed(peer, self.clock.monotonic())
+        self._retry_wakeup.set()
+
+    # -- the retry loop's step ----------------------------------------------------------------
+    def retry_once(self, now: float) -> list[str]:
+        due = self.schedule.pop_due(now)
+        with self._lock:
+            links = [self._links[p] for p in due if p in self._links]
+        for link in links:
+            link.wake()
+        return due
+
+    def wait_for_retry(self, stop: threading.Event, max_wait: float) -> None:
+        """Block until the next retry is due, a new one is scheduled, or stop is set."""
+        next_due = self.schedule.next_due()
+        wait = max_wait if next_due is None else max(0.0, min(max_wait,
+                                                               next_due - self.clock.monotonic()))
+        self._retry_wakeup.wait(wait)
+        self._retry_wakeup.clear()
+
+    # -- status and shutdown --------------------------------------------------------------------
+    def backlogs(self) -> dict[str, dict]:
+        with self._lock:
+            links = list(self._links.values())
+        out = {}
+        for link in links:
+            with link.cond:
+                out[link.peer] = {"backlog": len(link.backlog), "state": link.state.value,
+                                  "attempts": self.schedule.attempts(link.peer),
+                                  "dropped": link.dropped}
+        return out
+
+    def stop(self) -> None:
+        with self._lock:
+            links = list(self._links.values())
+        for link in links:
+            link.stop()
+        self._retry_wakeup.set()
+        for link in links:
+            link.thread.join(timeout=self.transport.timeout + 1)
+
+    def drain(self, deadline: float) -> int:
+        """After stop(): one last attempt per peer with a backlog, within `deadline`
+        (monotonic). Returns how many events are still undelivered."""
+        with self._lock:
+            links = list(self._links.values())
+        left = 0
+        for link in links:
+            with link.cond:
+                pending = list(link.backlog)
+                link.backlog.clear()
+            while pending:
+                remaining = deadline - self.clock.monotonic()
+                if remaining <= 0:
+                    left += len(pending)
+                    break
+                batch, pending = pending[:self.batch_max], pending[self.batch_max:]
+                try:
+                    self.transport.post(link.peer, "/counter/replicate",
+                                        {"node_id": self.self_id,
+                                         "events": [e.to_wire() for e in batch]},
+                                        timeout=min(remaining, self.transport.timeout))
+                except (PeerUnreachable, PeerRefused):
+                    left += len(batch) + len(pending)
+                    break
+        return left

@@ -1,0 +1,291 @@
+"""The HTTP server: `ThreadingHTTPServer` with its defaults overridden, and a thin handler.
+
+The handler only reads, decodes and writes: it reads the request line, headers and body
+(Content-Length only; chunked bodies get 411, bodies over the cap 413), hands a `Request` to the
+application (`api.App.handle`) and writes the `Response` it returns. Everything is HTTP/1.1 with
+keep-alive, TCP_NODELAY, a Content-Length on every response and JSON errors. Per-request logging
+goes to `logging` at DEBUG; a client that hangs up is not a traceback.
+
+Limits: at most `max_connections` connections are served at once (more get 503 and are
+closed); a request's headers and body must arrive within `request_deadline` seconds; an idle
+kept-alive connection is closed after `idle_timeout` seconds.
+"""
+
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
+
+log = logging.getLogger(__name__)
+
+_CLIENT_GONE = (ConnectionError, TimeoutError, socket.timeout, BrokenPipeError)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: object  # http.client.HTTPMessage
+    body: bytes
+    client: str
+    route: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, payload, headers: dict | None = None) -> "Response":
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        return cls(status, body, "application/json", headers or {})
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> Response:
+    return Response.json(status, {"error": message}, headers)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "dcounter"
+    sys_version = ""
+    error_content_type = "application/json"
+
+    # -- connection lifecycle ----------------------------------------------------------------------
+    def setup(self) -> None:
+        super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.connection.settimeout(self.server.idle_timeout)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except _CLIENT_GONE:
+            pass
+        except OSError as exc:  # e.g. a TLS error from a client that went away
+            log.debug("connection from %s ended: %s", self.client_address[0], exc)
+
+    def handle_one_request(self) -> None:
+        # Idle wait for the next request on a kept-alive connection.
+        self.connection.settimeout(self.server.idle_timeout)
+        try:
+            first = self.rfile.peek(1) if hasattr(self.rfile, "peek") else b"x"
+        except _CLIENT_GONE:
+            self.close_connection = True
+            return
+        if not first:
+            self.close_connection = True
+            return
+        # From the first byte on, the whole request must arrive within the deadline.
+        deadline = time.monotonic() + self.server.request_deadline
+        self._deadline = deadline
+        self._set_remaining_timeout()
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+        except _CLIENT_GONE:
+            self.close_connection = True
+            return
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self._write(error_response(414, "request line too long"), close=True)
+            return
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        try:
+            if not self.parse_request():
+                return
+        except _CLIENT_GONE:
+            self.close_connection = True
+            return
+        self.server.track_request(+1)
+        try:
+            self._serve()
+        finally:
+            self.server.track_request(-1)
+
+    def _set_remaining_timeout(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request deadline passed")
+        self.connection.settimeout(remaining)
+
+    # -- the request -------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        server = self.server
+        if server.draining:
+            self._write(error_response(503, "node is shutting down"), close=True)
+            return
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._write(error_response(411, "chunked request bodies are not accepted; "
+                                            "send Content-Length"), close=True)
+            return
+        raw_length = self.headers.get("Content-Length")
+        length = 0
+        if raw_length is not None:
+            if not raw_length.strip().isdigit():
+                self._write(error_response(400, "invalid Content-Length"), close=True)
+                return
+            length = int(raw_length)
+        if length > server.max_body:
+            self._write(error_response(413, f"request body over {server.max_body} bytes"),
+                        close=True)
+            return
+        try:
+            body = self._read_body(length)
+        except _CLIENT_GONE:
+            self.close_connection = True
+            return
+        if body is None:
+            self.close_connection = True
+            return
+        path, _, query = self.path.partition("?")
+        try:
+            params = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
+        except ValueError:
+            params = [("", "")]
+        request = Request(self.command, path, params, self.headers, body,
+                          self.client_address[0] if self.client_address else "")
+        response = server.app.handle(request)
+        self._write(response)
+
+    def _read_body(self, length: int) -> bytes | None:
+        chunks, remaining = [], length
+        while remaining > 0:
+            self._set_remaining_timeout()
+            chunk = self.rfile.read1(min(remaining, 65536)) if hasattr(self.rfile, "read1") \
+                else self.rfile.read(remaining)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def _write(self, response: Response, close: bool = False) -> None:
+        if close:
+            self.close_connection = True
+        if self.server.draining:
+            self.close_connection = True
+        try:
+            self.send_response_only(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+            self.wfile.flush()
+        except _CLIENT_GONE:
+            self.close_connection = True
+
+    # -- BaseHTTPRequestHandler defaults, overridden ------------------------------------------------
+    def send_error(self, code, message=None, explain=None):
+        """Errors found by `parse_request` (bad request line, bad headers): JSON, not HTML."""
+        text = message or self.responses.get(code, ("error",))[0]
+        self._write(error_response(code, text), close=True)
+
+    def log_message(self, format, *args):
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def log_error(self, format, *args):
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address, app, *, max_body: int, max_connections: int,
+                 request_deadline: float = 10.0, idle_timeout: float = 60.0,
+                 ssl_context=None):
+        self.app = app
+        self.max_body = max_body
+        self.max_connections = max_connections
+        self.request_deadline = request_deadline
+        self.idle_timeout = idle_timeout
+        self.ssl_context = ssl_context
+        self.draining = False
+        self._count_lock = threading.Lock()
+        self.connections = 0
+        self.in_flight = 0
+        self.refused_connections = 0
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, Handler)
+
+    # -- connection cap -----------------------------------------------------------------------------
+    def process_request(self, request, client_address):
+        with self._count_lock:
+            over = self.connections >= self.max_connections
+            if not over:
+                self.connections += 1
+            else:
+                self.refused_connections += 1
+        if over:
+            threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
+            return
+        super().process_request(request, client_address)
+
+    def _refuse(self, request) -> None:
+        body = b'{"error":"too many connections"}'
+        try:
+            request.settimeout(1.0)
+            if self.ssl_context is not None:
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
+                            b"\r\nContent-Length: " + str(len(body)).encode() +
+                            b"\r\nConnection: close\r\nRetry-After: 1\r\n\r\n" + body)
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                request.close()
+            except OSError:
+                pass
+
+    def process_request_thread(self, request, client_address):
+        try:
+            if self.ssl_context is not None:
+                try:
+                    request.settimeout(self.request_deadline)
+                    request = self.ssl_context.wrap_socket(request, server_side=True)
+                except (OSError, ValueError) as exc:
+                    log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self.connections -= 1
+
+    def track_request(self, delta: int) -> None:
+        with self._count_lock:
+            self.in_flight += delta
+
+    def handle_error(self, request, client_address):
+        log.debug("error while serving %s", client_address, exc_info=True)
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until no request is being processed, or the monotonic deadline passes."""
+        while time.monotonic() < deadline:
+            with self._count_lock:
+                if self.in_flight == 0:
+                    return True
+            time.sleep(0.01)
+        return False

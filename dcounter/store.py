@@ -1,0 +1,230 @@
+"""SQLite persistence of the counter's state, in the node's data directory.
+
+What is stored is O(origins x counters + held events + unexpired keys), never O(events): per
+origin its watermark and per-counter prefix totals, the held out-of-order events, the
+idempotency keys that have not expired, and this node's origin id. Backlogs are not stored:
+every event is in the prefix of the node that acknowledged it, and anti-entropy re-sends it.
+
+The directory is locked (flock) while a node uses it. A database that is corrupt, not ours, or
+of another schema version stops the node at start (`StartupError`); it is never silently
+replaced. A write that fails while running raises `StorageFailure` (503 to the client) and
+leaves the state as it was.
+
+Only the writer thread calls `write`; `load` runs before the node serves.
+"""
+
+import fcntl
+import logging
+import os
+import sqlite3
+
+from dcounter.counter import KeyRecord, OriginState, Txn, new_origin_id
+from dcounter.errors import StartupError, StorageFailure
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "dcounter.sqlite3"
+LOCK_NAME = "LOCK"
+
+_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE origins (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE prefixes (origin TEXT NOT NULL, counter TEXT NOT NULL, total TEXT NOT NULL,
+                       PRIMARY KEY (origin, counter)) WITHOUT ROWID;
+CREATE TABLE held (origin TEXT NOT NULL, seq INTEGER NOT NULL, counter TEXT NOT NULL,
+                   delta INTEGER NOT NULL, key TEXT, PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+CREATE TABLE keys (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, counter TEXT NOT NULL,
+                   delta INTEGER NOT NULL, count TEXT, expires REAL NOT NULL) WITHOUT ROWID;
+"""
+
+
+class Store:
+    def __init__(self, directory: str, *, sync: str = "full"):
+        self.directory = directory
+        self.sync = sync
+        self.path = os.path.join(directory, DB_NAME)
+        self._lock_file = None
+        self._conn: sqlite3.Connection | None = None
+
+    # -- opening ---------------------------------------------------------------------------------
+    def open(self) -> None:
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create data directory {self.directory}: "
+                               f"{exc.strerror or exc}") from None
+        self._lock_directory()
+        try:
+            if not os.path.exists(self.path):
+                self._create()
+            self._connect()
+            self._check()
+        except sqlite3.Error as exc:
+            self.close()
+            raise StartupError(f"data directory {self.directory}: {DB_NAME} is unreadable or "
+                               f"corrupt ({exc}); refusing to start with it") from None
+        except StartupError:
+            self.close()
+            raise
+
+    def _lock_directory(self) -> None:
+        lock_path = os.path.join(self.directory, LOCK_NAME)
+        try:
+            self._lock_file = open(lock_path, "a+")
+        except OSError as exc:
+            raise StartupError(f"data directory {self.directory} is not writable: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            self._lock_file.close()
+            self._lock_file = None
+            raise StartupError(f"data directory {self.directory} is in use by another node "
+                               f"(pid {holder})") from None
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
+    def _create(self) -> None:
+        """Build a new database beside the final name and rename it into place, so a crash
+        during creation never leaves a half-made database behind."""
+        tmp = self.path + ".new"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?), ('origin', ?)",
+                         (str(SCHEMA_VERSION), new_origin_id()))
+        finally:
+            conn.close()
+        os.rename(tmp, self.path)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _connect(self) -> None:
+        if not os.access(self.path, os.R_OK | os.W_OK):
+            raise StartupError(f"data directory {self.directory}: {DB_NAME} is not readable "
+                               "and writable")
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn = conn
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StartupError(f"data directory {self.directory}: cannot enable WAL mode")
+        conn.execute(f"PRAGMA synchronous={self.sync.upper()}")
+
+    def _check(self) -> None:
+        result = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise StartupError(f"data directory {self.directory}: {DB_NAME} failed its integrity "
+                               f"check ({result}); refusing to start with it")
+        tables = {row[0] for row in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables:
+            raise StartupError(f"data directory {self.directory}: {DB_NAME} is not a dcounter "
+                               "database")
+        meta = dict(self._conn.execute("SELECT name, value FROM meta"))
+        version = meta.get("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise StartupError(f"data directory {self.directory}: schema version {version} is "
+                               f"not supported (this dcounter reads version {SCHEMA_VERSION})")
+        if not {"origins", "prefixes", "held", "keys"} <= tables or "origin" not in meta:
+            raise StartupError(f"data directory {self.directory}: {DB_NAME} is incomplete")
+
+    # -- reading ---------------------------------------------------------------------------------
+    def load(self) -> tuple[str, dict[str, OriginState], dict[str, KeyRecord]]:
+        conn = self._conn
+        try:
+            origin = conn.execute("SELECT value FROM meta WHERE name='origin'").fetchone()[0]
+            origins = {o: OriginState(w) for o, w in conn.execute(
+                "SELECT origin, watermark FROM origins")}
+            for o, name, total in conn.execute("SELECT origin, counter, total FROM prefixes"):
+                origins.setdefault(o, OriginState()).prefix[name] = int(total)
+            for o, seq, name, delta, key in conn.execute(
+                    "SELECT origin, seq, counter, delta, key FROM held"):
+                origins.setdefault(o, OriginState()).held[seq] = (name, delta, key)
+            keys = {key: KeyRecord(event_id, name, delta, None if count is None else int(count),
+                                   expires)
+                    for key, event_id, name, delta, count, expires in conn.execute(
+                        "SELECT key, event_id, counter, delta, count, expires FROM keys")}
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StartupError(f"data directory {self.directory}: cannot read state ({exc})") \
+                from None
+        return origin, origins, keys
+
+    # -- writing (writer thread only) ------------------------------------------------------------
+    def write(self, txn: Txn) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                self._write_locked(conn, txn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"storage failure: {exc}") from exc
+
+    @staticmethod
+    def _write_locked(conn: sqlite3.Connection, txn: Txn) -> None:
+        for origin, staged in txn.origins.items():
+            conn.execute("INSERT INTO origins VALUES (?, ?) ON CONFLICT(origin) DO UPDATE "
+                         "SET watermark=excluded.watermark", (origin, staged.watermark))
+            if staged.replace_prefix:
+                conn.execute("DELETE FROM prefixes WHERE origin=?", (origin,))
+            if staged.prefix:
+                conn.executemany(
+                    "INSERT INTO prefixes VALUES (?, ?, ?) ON CONFLICT(origin, counter) "
+                    "DO UPDATE SET total=excluded.total",
+                    [(origin, name, str(total)) for name, total in staged.prefix.items()])
+            if staged.held_del:
+                conn.executemany("DELETE FROM held WHERE origin=? AND seq=?",
+                                 [(origin, seq) for seq in staged.held_del])
+            if staged.held_add:
+                conn.executemany("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?)",
+                                 [(origin, seq, name, delta, key)
+                                  for seq, (name, delta, key) in staged.held_add.items()])
+        if txn.keys_del:
+            conn.executemany("DELETE FROM keys WHERE key=?", [(k,) for k in txn.keys_del])
+        if txn.keys_add:
+            conn.executemany(
+                "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?, ?, ?)",
+                [(key, r.event_id, r.counter, r.delta, None if r.count is None else str(r.count),
+                  r.expires) for key, r in txn.keys_add.items()])
+        if txn.reorigined_from is not None:
+            conn.execute("UPDATE meta SET value=? WHERE name='origin'", (txn.local_origin,))
+
+    def checkpoint(self) -> None:
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint failed: %s", exc)
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None

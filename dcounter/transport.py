@@ -1,0 +1,73 @@
+"""The one module that speaks HTTP to peers.
+
+It owns a `requests.Session` (kept-alive connections, a pool per peer), applies timeouts to
+every call, signs requests when the cluster has a secret, and turns every failure of the
+`requests` library into our own `PeerUnreachable` (no answer) or `PeerRefused` (a non-2xx
+answer). Nothing else in the package imports `requests`.
+"""
+
+import json
+import logging
+import threading
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from dcounter.errors import PeerRefused, PeerUnreachable
+
+log = logging.getLogger(__name__)
+
+
+class Transport:
+    def __init__(self, *, timeout: float = 2.0, scheme: str = "http", verify=True,
+                 signer=None, pool_size: int = 16, on_request=None):
+        """`signer(method, path, body) -> headers` adds authentication headers;
+        `on_request(path, ok)` observes every call (metrics)."""
+        self.timeout = timeout
+        self.scheme = scheme
+        self.signer = signer
+        self.on_request = on_request
+        self._session = requests.Session()
+        self._session.trust_env = False  # peer calls never go through a proxy
+        self._session.verify = verify
+        adapter = HTTPAdapter(pool_connections=64, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update({"Content-Type": "application/json",
+                                      "User-Agent": "dcounter-peer"})
+        self._lock = threading.Lock()
+
+    def url(self, node_id: str, path: str) -> str:
+        return f"{self.scheme}://{node_id}{path}"
+
+    def post(self, node_id: str, path: str, payload: dict, timeout: float | None = None) -> dict:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = self.signer("POST", path, body) if self.signer else None
+        try:
+            response = self._session.post(self.url(node_id, path), data=body, headers=headers,
+                                          timeout=timeout or self.timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            self._observe(path, False)
+            raise PeerUnreachable(f"{node_id}: {type(exc).__name__}") from exc
+        ok = 200 <= response.status_code < 300
+        self._observe(path, ok)
+        if not ok:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text[:200]
+            raise PeerRefused(response.status_code, str(message))
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise PeerUnreachable(f"{node_id}: reply is not JSON") from exc
+        if not isinstance(data, dict):
+            raise PeerUnreachable(f"{node_id}: reply is not a JSON object")
+        return data
+
+    def _observe(self, path: str, ok: bool) -> None:
+        if self.on_request is not None:
+            self.on_request(path, ok)
+
+    def close(self) -> None:
+        self._session.close()

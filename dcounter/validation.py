@@ -1,0 +1,79 @@
+"""Shapes of the identifiers that cross the wire: node ids, counter names, event ids, keys.
+
+Every function raises `BadRequest` with a message a user can act on; nothing here touches
+state.
+"""
+
+import ipaddress
+import re
+
+from dcounter.errors import BadRequest
+
+MAX_DELTA = 2**53 - 1
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_COUNTER_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_ORIGIN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?")
+_KEY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
+
+
+def counter_name(value, field: str = "counter") -> str:
+    if not isinstance(value, str) or not _COUNTER_RE.fullmatch(value):
+        raise BadRequest(f"{field} must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
+def delta(value, field: str = "delta") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{field} must be an integer")
+    if value == 0:
+        raise BadRequest(f"{field} must not be 0")
+    if abs(value) > MAX_DELTA:
+        raise BadRequest(f"{field} must be within +-(2^53-1)")
+    return value
+
+
+def origin(value, field: str = "origin") -> str:
+    if not isinstance(value, str) or not _ORIGIN_RE.fullmatch(value):
+        raise BadRequest(f"{field} must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+def idempotency_key(value, field: str = "key") -> str:
+    """1-255 printable ASCII characters (spaces only inside)."""
+    if not isinstance(value, str) or not _KEY_RE.fullmatch(value):
+        raise BadRequest(f"{field} must be 1-255 printable ASCII characters")
+    return value
+
+
+def split_event_id(value) -> tuple[str, int] | None:
+    """`"<origin>:<seq>"` -> (origin, seq); None when the id has another shape."""
+    if not isinstance(value, str):
+        return None
+    head, sep, tail = value.rpartition(":")
+    if not sep or not _ORIGIN_RE.fullmatch(head) or not tail.isdigit() or tail.startswith("0"):
+        return None
+    if len(tail) > 18:
+        return None
+    return head, int(tail)
+
+
+def node_id(value, field: str = "node_id") -> str:
+    """`host:port` with a DNS name, an IPv4 address or a bracketed IPv6 address."""
+    if not isinstance(value, str) or not value or len(value) > 261:
+        raise BadRequest(f"{field} must be a string host:port")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or port != str(int(port)):
+        raise BadRequest(f"{field} must be host:port with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise BadRequest(f"{field} has an invalid IPv6 address") from None
+        return value
+    if not _HOSTNAME_RE.fullmatch(host):
+        raise BadRequest(f"{field} must be host:port with a valid host name or address")
+    return value
