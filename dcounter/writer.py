@@ -49,6 +49,7 @@ class Writer:
         self.clock = clock
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._inline_lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # nothing is queued behind the stop marker
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -58,18 +59,23 @@ class Writer:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._closed = True
+        with self._submit_lock:
+            self._closed = True
+            if self._thread is not None:
+                self._queue.put(_STOP)
         if self._thread is not None:
-            self._queue.put(_STOP)
             self._thread.join(timeout)
 
     def submit(self, fn: Callable[[Txn], object]):
-        if self._closed:
-            raise Unavailable("node is shutting down")
         if self.store is None:
+            if self._closed:
+                raise Unavailable("node is shutting down")
             return self._run_inline(fn)
         job = _Job(fn)
-        self._queue.put(job)
+        with self._submit_lock:
+            if self._closed:
+                raise Unavailable("node is shutting down")
+            self._queue.put(job)
         job.done.acquire()
         if job.error is not None:
             raise job.error
