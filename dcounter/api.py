@@ -173,7 +173,8 @@ def counters(node, request: Request):
     return 200, {"counters": node.counters()}
 
 
-def join(node, request: Request):
+def _membership_request(request: Request, node) -> tuple:
+    """The body of a join or heartbeat: (sender, origin, digest, peers)."""
     data = json_body(request)
     check_fields(data, required=("node_id",),
                  optional=("cluster", "protocol", "origin", "digest", "peers"))
@@ -181,18 +182,15 @@ def join(node, request: Request):
     check_membership_fields(node, data)
     digest = decode_digest(data["digest"]) if "digest" in data else {}
     peers = decode_peer_list(data["peers"]) if "peers" in data else []
-    return 200, node.on_join(sender, data.get("origin"), digest, peers)
+    return sender, data.get("origin"), digest, peers
+
+
+def join(node, request: Request):
+    return 200, node.on_join(*_membership_request(request, node))
 
 
 def heartbeat(node, request: Request):
-    data = json_body(request)
-    check_fields(data, required=("node_id",),
-                 optional=("cluster", "protocol", "origin", "digest", "peers"))
-    sender = validation.node_id(data["node_id"])
-    check_membership_fields(node, data)
-    digest = decode_digest(data["digest"]) if "digest" in data else {}
-    peers = decode_peer_list(data["peers"]) if "peers" in data else []
-    return 200, node.on_heartbeat(sender, data.get("origin"), digest, peers)
+    return 200, node.on_heartbeat(*_membership_request(request, node))
 
 
 def leave(node, request: Request):

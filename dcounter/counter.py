@@ -207,20 +207,24 @@ class Txn:
         staged = self._staged(origin)
         staged.prefix[counter] = self._prefix(origin, counter) + delta
 
+    def _fold_contiguous(self, origin: str, staged: _Staged) -> None:
+        """Move the watermark over held events that became contiguous, folding them in."""
+        while True:
+            nxt = self._held(origin, staged.watermark + 1)
+            if nxt is None:
+                return
+            staged.watermark += 1
+            staged.held_add.pop(staged.watermark, None)
+            staged.held_del.add(staged.watermark)
+            self._fold(origin, nxt[0], nxt[1])
+
     def _apply(self, origin: str, seq: int, counter: str, delta: int, key: str | None) -> None:
         """Apply an event known to be new (above the watermark, not held)."""
         staged = self._staged(origin)
         if seq == staged.watermark + 1:
             self._fold(origin, counter, delta)
             staged.watermark = seq
-            while True:
-                nxt = self._held(origin, staged.watermark + 1)
-                if nxt is None:
-                    break
-                staged.watermark += 1
-                staged.held_add.pop(staged.watermark, None)
-                staged.held_del.add(staged.watermark)
-                self._fold(origin, nxt[0], nxt[1])
+            self._fold_contiguous(origin, staged)
         else:
             staged.held_del.discard(seq)
             staged.held_add[seq] = (counter, delta, key)
@@ -305,14 +309,7 @@ class Txn:
         staged.prefix = dict(counters)
         staged.replace_prefix = True
         staged.watermark = watermark
-        while True:
-            nxt = self._held(origin, staged.watermark + 1)
-            if nxt is None:
-                break
-            staged.watermark += 1
-            staged.held_add.pop(staged.watermark, None)
-            staged.held_del.add(staged.watermark)
-            self._fold(origin, nxt[0], nxt[1])
+        self._fold_contiguous(origin, staged)
         return True
 
     def reorigin(self) -> None:

@@ -22,7 +22,7 @@ import logging
 import threading
 
 from dcounter import PROTOCOL, validation
-from dcounter.api import App
+from dcounter.api import App, decode_digest
 from dcounter.clock import SystemClock
 from dcounter.config import Config
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
@@ -302,7 +302,7 @@ class Node:
         try:
             if origin is not None:
                 validation.origin(origin)
-            digest = decode_reply_digest(reply.get("digest", {}))
+            digest = decode_digest(reply.get("digest", {}))
             peers = [p for p in reply.get("peers", []) if isinstance(p, str)]
             for p in peers:
                 validation.node_id(p)
@@ -488,16 +488,6 @@ class Node:
                 for t, p, ok, d in self.peers.recent_attempts()],
             "digest": self.counter.digest(),
         }
-
-
-def decode_reply_digest(value) -> dict[str, int]:
-    if not isinstance(value, dict):
-        raise BadRequest("digest must be an object")
-    for origin, watermark in value.items():
-        validation.origin(origin, "digest origin")
-        if isinstance(watermark, bool) or not isinstance(watermark, int) or watermark < 0:
-            raise BadRequest("digest watermarks must be non-negative integers")
-    return value
 
 
 def decode_snapshot(value) -> dict[str, dict]:
