@@ -19,13 +19,39 @@ _HELP = {
                                                 "outcome."),
     "dcounter_anti_entropy_pulls_total": ("counter", "Prefix pulls from peers (anti-entropy)."),
     "dcounter_anti_entropy_adopted_total": ("counter", "Origin prefixes adopted from peers."),
-    "dcounter_commit_seconds": ("summary", "Time to commit one group of changes to storage."),
+    "dcounter_commit_seconds": ("summary", "Time to commit one group of changes to storage "
+                                           "(durable mode only)."),
     "dcounter_commit_group_size": ("summary", "Requests committed together in one group."),
 }
 
+# Counters that only ever have labelled series: no unlabelled zero sample is shown for them.
+_LABELLED = {"dcounter_http_requests_total", "dcounter_peer_requests_total"}
+
 
 def _escape(value: str) -> str:
+    """A label value: backslash, double quote and newline are escaped."""
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    """A HELP text: only backslash and newline are escaped."""
+    return str(text).replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value) -> str:
+    """A sample value as the text format spells it (integers without a fraction, +Inf, NaN)."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
 
 
 def _labels(labels: tuple) -> str:
@@ -73,17 +99,19 @@ class Metrics:
             snapshot = {name: dict(series) for name, series in self._values.items()}
         for name in sorted(set(snapshot) | set(_HELP)):
             kind, help_text = _HELP.get(name, ("counter", name))
-            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# HELP {name} {_escape_help(help_text)}")
             lines.append(f"# TYPE {name} {kind}")
             series = snapshot.get(name, {})
             if kind == "summary":
-                lines.append(f"{name}_sum {series.get(('sum',), 0)}")
-                lines.append(f"{name}_count {series.get(('count',), 0)}")
+                lines.append(f"{name}_sum {_number(series.get(('sum',), 0))}")
+                lines.append(f"{name}_count {_number(series.get(('count',), 0))}")
                 continue
+            if not series and name not in _LABELLED:
+                series = {(): 0}  # an unlabelled counter exists from the start, at 0
             for labels, value in sorted(series.items()):
-                lines.append(f"{name}{_labels(labels)} {value}")
+                lines.append(f"{name}{_labels(labels)} {_number(value)}")
         for name, (help_text, read) in sorted(self._gauges.items()):
-            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# HELP {name} {_escape_help(help_text)}")
             lines.append(f"# TYPE {name} gauge")
             try:
                 value = read()
@@ -91,7 +119,8 @@ class Metrics:
                 continue
             if isinstance(value, list):
                 for labels, number in value:
-                    lines.append(f"{name}{_labels(tuple(sorted(labels.items())))} {number}")
+                    lines.append(f"{name}{_labels(tuple(sorted(labels.items())))} "
+                                 f"{_number(number)}")
             else:
-                lines.append(f"{name} {value}")
+                lines.append(f"{name} {_number(value)}")
         return "\n".join(lines) + "\n"
