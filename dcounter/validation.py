@@ -15,8 +15,9 @@ INT64_MAX = 2**63 - 1
 
 _COUNTER_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _ORIGIN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?")
+# DNS labels are 1-63 characters (RFC 1035): a first and last character around at most 61.
+_HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 _KEY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
 
