@@ -1,0 +1,395 @@
+"""The counter core: events, watermarks, held events, idempotency keys, transactions."""
+
+import itertools
+
+import pytest
+
+from dcounter.counter import Counter, Event, OriginState
+from dcounter.errors import Unprocessable
+from dcounter.validation import INT64_MAX, INT64_MIN
+from tests.fakes import FakeClock
+
+LOCAL = "local0"
+
+
+def make_counter(**kwargs) -> Counter:
+    names = (f"fresh{i}" for i in itertools.count(1))
+    kwargs.setdefault("new_origin", lambda: next(names))
+    return Counter(LOCAL, **kwargs)
+
+
+def run(counter: Counter, fn):
+    """Stage with `fn(txn)` and install, as the writer does."""
+    txn = counter.begin()
+    try:
+        result = fn(txn)
+    except BaseException:
+        counter.abort(txn)
+        raise
+    counter.install(txn)
+    return result
+
+
+def local(counter, name="c", delta=1, key=None, now=0.0):
+    return run(counter, lambda txn: txn.local(name, delta, key, now))
+
+
+def remote(counter, *events, now=0.0):
+    return run(counter, lambda txn: txn.remote(list(events), now))
+
+
+def adopt(counter, origin, watermark, counters):
+    return run(counter, lambda txn: txn.adopt(origin, watermark, counters))
+
+
+def ev(seq, delta=1, origin="peer", name="c", key=None) -> Event:
+    return Event(origin, seq, name, delta, key)
+
+
+# -- local events ---------------------------------------------------------------------------------
+
+def test_local_events_take_consecutive_seqs_and_count():
+    c = make_counter()
+    first = local(c, delta=5)
+    second = local(c, delta=-2)
+    assert first.event_id == f"{LOCAL}:1" and first.count == 5 and not first.replayed
+    assert second.event_id == f"{LOCAL}:2" and second.count == 3
+    assert second.event == Event(LOCAL, 2, "c", -2)
+    assert c.count("c") == 3
+    assert c.digest() == {LOCAL: 2}
+    assert c.held_total() == 0
+
+
+def test_staged_changes_are_invisible_until_install():
+    c = make_counter()
+    txn = c.begin()
+    txn.local("c", 4, None, 0.0)
+    assert txn.total("c") == 4
+    assert c.count("c") == 0 and c.digest() == {}
+    c.install(txn)
+    assert c.count("c") == 4
+
+
+def test_aborted_transaction_leaves_no_trace_and_consumes_no_seq():
+    c = make_counter()
+    local(c)
+    txn = c.begin()
+    txn.local("c", 7, "k1", 0.0)
+    txn.local("other", 1, None, 0.0)
+    txn.remote([ev(1), ev(2)], 0.0)
+    txn.adopt("third", 3, {"c": 3})
+    c.abort(txn)
+    assert c.counters() == {"c": 1}
+    assert c.digest() == {LOCAL: 1}
+    assert c.key("k1", 0.0) is None
+    assert c.held_total() == 0
+    result = local(c)
+    assert result.event_id == f"{LOCAL}:2"
+
+
+def test_only_one_transaction_at_a_time():
+    c = make_counter()
+    txn = c.begin()
+    with pytest.raises(RuntimeError):
+        c.begin()
+    c.abort(txn)
+    c.abort(c.begin())
+
+
+# -- remote events: dedup, held events, gap cap ----------------------------------------------------
+
+def test_remote_duplicates_count_once():
+    c = make_counter()
+    first = remote(c, ev(1, 3), ev(2, 4))
+    assert [e.id for e in first.applied] == ["peer:1", "peer:2"] and first.duplicates == 0
+    again = remote(c, ev(1, 3), ev(2, 4))
+    assert again.applied == [] and again.duplicates == 2
+    assert c.count("c") == 7
+
+
+def test_duplicate_inside_one_batch_counts_once():
+    c = make_counter()
+    result = remote(c, ev(1), ev(1), ev(3), ev(3))
+    assert len(result.applied) == 2 and result.duplicates == 2
+    assert c.count("c") == 2
+
+
+def test_out_of_order_events_are_held_and_fold_when_the_gap_closes():
+    c = make_counter()
+    remote(c, ev(3, 30), ev(5, 500, name="d"))
+    assert c.counters() == {"c": 30, "d": 500}  # held events count at once
+    assert c.watermark("peer") == 0 and c.held_total() == 2
+    assert remote(c, ev(3, 30)).duplicates == 1  # a held event is a duplicate too
+    remote(c, ev(1, 1))
+    assert c.watermark("peer") == 1 and c.held_total() == 2
+    remote(c, ev(2, 2))
+    assert c.watermark("peer") == 3 and c.held_total() == 1
+    remote(c, ev(4, 4))
+    assert c.watermark("peer") == 5 and c.held_total() == 0
+    assert c.counters() == {"c": 37, "d": 500}
+    assert c.snapshot(["peer"]) == {"peer": {"watermark": 5, "counters": {"c": 37, "d": 500}}}
+
+
+def test_gap_closing_inside_one_transaction_folds_everything():
+    c = make_counter()
+    remote(c, ev(4), ev(2), ev(3), ev(1))
+    assert c.watermark("peer") == 4 and c.held_total() == 0 and c.count("c") == 4
+
+
+def test_events_beyond_the_gap_cap_are_deferred_not_applied():
+    c = make_counter(gap_cap=3)
+    result = remote(c, ev(3), ev(4))
+    assert len(result.applied) == 1 and result.deferred == 1
+    assert c.count("c") == 1 and c.held_total() == 1
+    remote(c, ev(1))
+    # watermark 1: seq 4 is now within the cap
+    assert remote(c, ev(4)).deferred == 0
+    assert c.count("c") == 3 and c.held_total() == 2
+
+
+def test_origins_are_independent():
+    c = make_counter()
+    remote(c, ev(1, origin="a"), ev(1, origin="b"), ev(2, origin="b"))
+    assert c.digest() == {"a": 1, "b": 2}
+    assert c.behind({"a": 1, "b": 5, "z": 1, "zero": 0}) == ["b", "z"]
+
+
+# -- adopt (anti-entropy) ------------------------------------------------------------------------
+
+def test_adopt_replaces_a_prefix_that_is_behind():
+    c = make_counter()
+    remote(c, ev(1, 1), ev(2, 2))
+    assert adopt(c, "peer", 10, {"c": 50, "d": 5}) is True
+    assert c.watermark("peer") == 10
+    assert c.counters() == {"c": 50, "d": 5}
+
+
+def test_adopt_ignores_a_prefix_that_is_not_ahead():
+    c = make_counter()
+    remote(c, ev(1, 1), ev(2, 2))
+    assert adopt(c, "peer", 2, {"c": 999}) is False
+    assert adopt(c, "peer", 1, {"c": 999}) is False
+    assert c.count("c") == 3
+
+
+def test_adopt_drops_held_events_at_or_below_the_new_watermark_and_folds_the_rest():
+    c = make_counter()
+    remote(c, ev(1, 1), ev(3, 3), ev(4, 4), ev(6, 6), ev(8, 8))
+    assert c.count("c") == 22 and c.held_total() == 4
+    # The peer's prefix up to 4 includes events 2, 3 and 4: 1+2+3+4.
+    assert adopt(c, "peer", 4, {"c": 10}) is True
+    assert c.held_total() == 2  # 6 and 8 stay held
+    assert c.count("c") == 10 + 6 + 8
+    remote(c, ev(5, 5))  # closes the gap: 5 and 6 fold, 8 stays held
+    assert c.watermark("peer") == 6 and c.held_total() == 1
+    assert c.count("c") == 10 + 5 + 6 + 8
+    remote(c, ev(7, 7))
+    assert c.watermark("peer") == 8 and c.held_total() == 0
+    assert c.count("c") == 36
+
+
+def test_adopt_folds_held_events_that_become_contiguous():
+    c = make_counter()
+    remote(c, ev(4, 4), ev(5, 5))
+    adopt(c, "peer", 3, {"c": 6})
+    assert c.watermark("peer") == 5 and c.held_total() == 0
+    assert c.snapshot(["peer"]) == {"peer": {"watermark": 5, "counters": {"c": 15}}}
+    assert c.count("c") == 15
+
+
+def test_adopt_removes_counters_absent_from_the_new_prefix_from_totals():
+    c = make_counter()
+    remote(c, ev(1, 5, name="x"))
+    adopt(c, "peer", 2, {"x": 5, "y": 7})
+    assert c.counters() == {"x": 5, "y": 7}
+    remote(c, ev(1, 2, origin="other", name="x"))
+    adopt(c, "other", 1, {"x": 2})
+    assert c.counters() == {"x": 7, "y": 7}
+
+
+# -- reorigin --------------------------------------------------------------------------------------
+
+def test_remote_event_of_our_origin_above_our_watermark_takes_a_fresh_origin():
+    c = make_counter()
+    local(c)
+    local(c)
+    # A restored backup: a peer holds our events 3 and 4 that we no longer have.
+    txn = c.begin()
+    txn.remote([ev(3, 10, origin=LOCAL), ev(4, 10, origin=LOCAL)], 0.0)
+    assert txn.reorigined_from == LOCAL
+    c.install(txn)
+    assert c.local_origin == "fresh1"
+    assert c.count("c") == 22
+    result = local(c)
+    assert result.event_id == "fresh1:1"  # never collides with LOCAL:3
+    assert c.digest() == {LOCAL: 4, "fresh1": 1}
+
+
+def test_remote_event_of_our_origin_at_or_below_our_watermark_is_a_duplicate():
+    c = make_counter()
+    local(c)
+    result = remote(c, ev(1, origin=LOCAL))
+    assert result.duplicates == 1 and c.local_origin == LOCAL
+
+
+def test_adopt_of_our_origin_ahead_takes_a_fresh_origin():
+    c = make_counter()
+    local(c)
+    assert adopt(c, LOCAL, 5, {"c": 5}) is True
+    assert c.local_origin == "fresh1"
+    assert c.count("c") == 5
+    assert local(c).event_id == "fresh1:1"
+
+
+def test_reorigin_in_an_aborted_transaction_is_forgotten():
+    c = make_counter()
+    txn = c.begin()
+    txn.remote([ev(9, origin=LOCAL)], 0.0)
+    c.abort(txn)
+    assert c.local_origin == LOCAL
+    assert local(c).event_id == f"{LOCAL}:1"
+
+
+# -- idempotency keys -----------------------------------------------------------------------------
+
+def test_same_key_same_request_replays_the_original_response():
+    clock = FakeClock()
+    c = make_counter()
+    first = local(c, delta=3, key="k", now=clock.time())
+    local(c, delta=10, now=clock.time())
+    replay = local(c, delta=3, key="k", now=clock.time())
+    assert replay.replayed and replay.event is None
+    assert replay.event_id == first.event_id and replay.count == 3
+    assert c.count("c") == 13
+    assert c.digest() == {LOCAL: 2}
+
+
+def test_same_key_different_request_is_422_and_stages_nothing():
+    c = make_counter()
+    local(c, delta=3, key="k")
+    for name, delta in (("c", 4), ("other", 3)):
+        txn = c.begin()
+        with pytest.raises(Unprocessable) as info:
+            txn.local(name, delta, "k", 0.0)
+        assert info.value.status == 422
+        assert txn.empty()
+        c.abort(txn)
+    assert c.counters() == {"c": 3}
+
+
+def test_keys_expire_by_wall_clock():
+    clock = FakeClock()
+    c = make_counter(key_ttl=60.0)
+    local(c, key="k", now=clock.time())
+    clock.advance(59.9)
+    assert local(c, key="k", now=clock.time()).replayed
+    clock.advance(0.2)
+    assert c.key("k", clock.time()) is None
+    again = local(c, key="k", now=clock.time())
+    assert not again.replayed and c.count("c") == 2
+
+
+def test_expire_keys_forgets_expired_records():
+    clock = FakeClock()
+    c = make_counter(key_ttl=10.0)
+    local(c, key="old", now=clock.time())
+    clock.advance(5)
+    local(c, key="new", now=clock.time())
+    clock.advance(6)
+    assert run(c, lambda txn: txn.expire_keys(clock.time())) == 1
+    assert c.key_count() == 1 and c.key("new", clock.time()) is not None
+
+
+def test_key_arriving_with_a_replicated_event_recognises_a_retry():
+    c = make_counter()
+    remote(c, ev(1, 2, key="client-retry"), ev(2, 5))
+    replay = local(c, delta=2, key="client-retry")
+    assert replay.replayed and replay.event_id == "peer:1"
+    assert replay.count == 7  # this node's current count
+    assert c.count("c") == 7
+
+
+def test_key_never_suppresses_a_distinct_replicated_event():
+    c = make_counter()
+    local(c, delta=1, key="shared")
+    result = remote(c, ev(1, 1, key="shared"))
+    assert len(result.applied) == 1 and c.count("c") == 2
+
+
+# -- ranges and limits ----------------------------------------------------------------------------
+
+def test_result_outside_signed_64_bits_is_422_and_changes_nothing():
+    c = make_counter()
+    remote(c, ev(1, INT64_MAX - 1))
+    local(c, delta=1)
+    assert c.count("c") == INT64_MAX
+    with pytest.raises(Unprocessable):
+        local(c, delta=1)
+    assert c.count("c") == INT64_MAX and c.digest() == {"peer": 1, LOCAL: 1}
+    local(c, name="neg", delta=-1)
+    remote(c, ev(2, INT64_MIN + 1, name="neg"))
+    assert c.count("neg") == INT64_MIN
+    with pytest.raises(Unprocessable):
+        local(c, name="neg", delta=-1)
+    assert local(c, name="neg", delta=5).count == INT64_MIN + 5
+
+
+def test_too_many_counters_is_422_for_a_new_name_only():
+    c = make_counter(max_counters=2)
+    local(c, name="a")
+    local(c, name="b")
+    with pytest.raises(Unprocessable):
+        local(c, name="c")
+    assert local(c, name="a").count == 2
+    assert c.counters() == {"a": 2, "b": 1}
+
+
+def test_counter_limit_counts_names_staged_in_the_same_transaction():
+    c = make_counter(max_counters=2)
+    txn = c.begin()
+    txn.local("a", 1, None, 0.0)
+    txn.local("b", 1, None, 0.0)
+    with pytest.raises(Unprocessable):
+        txn.local("c", 1, None, 0.0)
+    c.install(txn)
+    assert c.counters() == {"a": 1, "b": 1}
+
+
+# -- memory does not grow with events ---------------------------------------------------------------
+
+def test_100000_in_order_events_leave_no_per_event_state():
+    c = make_counter()
+    origins = ["o1", "o2", "o3", "o4"]
+    seqs = dict.fromkeys(origins, 0)
+    keyed = 0
+    for batch in range(100):  # 100 replicate batches of 1000 events
+        events = []
+        for i in range(1000):
+            origin = origins[i % 4]
+            seqs[origin] += 1
+            key = f"key-{batch}-{i}" if i % 100 == 0 else None
+            keyed += key is not None
+            events.append(Event(origin, seqs[origin], f"n{i % 3}", 1, key))
+        result = remote(c, *events)
+        assert len(result.applied) == 1000
+    assert sum(seqs.values()) == 100_000
+    assert c.held_total() == 0
+    assert c.origin_count() == 4
+    assert c.digest() == seqs
+    assert c.key_count() == keyed == 1000
+    assert sum(c.counters().values()) == 100_000
+    snapshot = c.snapshot(origins)
+    assert all(len(s["counters"]) == 3 for s in snapshot.values())
+
+
+def test_load_rebuilds_totals_from_prefixes_and_held_events():
+    source = make_counter()
+    remote(source, ev(1, 1), ev(2, 2), ev(4, 4, name="d"))
+    local(source, delta=10, key="k")
+    origins = {o: OriginState(s["watermark"], dict(s["counters"]))
+               for o, s in source.snapshot(["peer", LOCAL]).items()}
+    origins["peer"].held[4] = ("d", 4, None)
+    copy = make_counter()
+    copy.load(origins, {})
+    assert copy.counters() == source.counters()
+    assert copy.held_total() == 1
