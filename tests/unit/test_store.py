@@ -1,0 +1,215 @@
+"""SQLite persistence, against a database under tmp_path, with the real Writer and Counter."""
+
+import sqlite3
+
+import pytest
+
+from dcounter.counter import Counter, Event
+from dcounter.errors import StartupError, StorageFailure, Unprocessable
+from dcounter.store import DB_NAME, Store
+from dcounter.writer import Writer
+from tests.fakes import FakeClock
+
+
+class Opened:
+    """A store, a counter loaded from it and a running writer: what a node opens."""
+
+    def __init__(self, directory):
+        self.store = Store(str(directory), sync="normal")
+        self.store.open()
+        self.origin, origins, keys = self.store.load()
+        self.counter = Counter(self.origin, key_ttl=60.0)
+        self.counter.load(origins, keys)
+        self.committed: list[Event] = []
+        self.writer = Writer(self.counter, self.store, on_commit=self.committed.extend)
+        self.writer.start()
+
+    def local(self, name="c", delta=1, key=None, now=0.0):
+        return self.writer.submit(lambda txn: txn.local(name, delta, key, now))
+
+    def remote(self, *events, now=0.0):
+        return self.writer.submit(lambda txn: txn.remote(list(events), now))
+
+    def close(self):
+        self.writer.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def opened(tmp_path):
+    handles = []
+
+    def open_(directory=None):
+        handle = Opened(directory or tmp_path / "data")
+        handles.append(handle)
+        return handle
+
+    yield open_
+    for handle in handles:
+        handle.close()
+
+
+def state_of(counter: Counter):
+    return (counter.local_origin, counter.counters(), counter.digest(), counter.held_total(),
+            counter.key_count(), counter.snapshot(list(counter.digest())))
+
+
+def test_state_round_trips_through_a_reopen(opened, tmp_path):
+    clock = FakeClock()
+    first = opened()
+    first.local(delta=5, key="k1", now=clock.time())
+    first.local(name="big", delta=2**53 - 1)
+    first.remote(Event("peer", 1, "c", 10), Event("peer", 3, "d", 7, "k2"), now=clock.time())
+    first.writer.submit(lambda txn: txn.adopt("third", 4, {"c": 40}))
+    first.writer.submit(lambda txn: txn.local("big", 2**53 - 1, None, 0.0))  # > 2^53 in total
+    before = state_of(first.counter)
+    first.close()
+
+    second = opened()
+    assert state_of(second.counter) == before
+    assert second.counter.count("big") == 2 * (2**53 - 1)
+    replay = second.local(delta=5, key="k1", now=clock.time())
+    assert replay.replayed and replay.count == 5
+    assert second.counter.key("k2", clock.time()).event_id == "peer:3"
+    second.remote(Event("peer", 2, "c", 1))  # closes the held gap after the restart
+    assert second.counter.watermark("peer") == 3 and second.counter.held_total() == 0
+    clock.advance(61)  # keys expire by the wall clock, across restarts too
+    assert second.counter.key("k1", clock.time()) is None
+
+
+def test_reopen_keeps_the_origin_and_continues_its_sequence(opened):
+    first = opened()
+    origin = first.origin
+    ids = [first.local().event_id for _ in range(3)]
+    assert ids == [f"{origin}:1", f"{origin}:2", f"{origin}:3"]
+    first.close()
+    second = opened()
+    assert second.origin == origin
+    assert second.local().event_id == f"{origin}:4"
+    assert [e.id for e in second.committed] == [f"{origin}:4"]
+
+
+def test_a_fresh_directory_gets_a_fresh_origin(opened, tmp_path):
+    assert opened(tmp_path / "a").origin != opened(tmp_path / "b").origin
+
+
+def test_reorigin_is_stored(opened):
+    first = opened()
+    old = first.origin
+    first.remote(Event(old, 2, "c", 1))  # a peer holds our origin above our watermark
+    new = first.counter.local_origin
+    assert new != old
+    first.close()
+    assert opened().origin == new
+
+
+def test_a_second_store_on_the_same_directory_refuses_to_start(opened, tmp_path):
+    opened()
+    second = Store(str(tmp_path / "data"))
+    with pytest.raises(StartupError, match="in use by another node"):
+        second.open()
+
+
+def test_the_lock_is_released_on_close(tmp_path):
+    store = Store(str(tmp_path))
+    store.open()
+    store.close()
+    again = Store(str(tmp_path))
+    again.open()
+    again.close()
+
+
+def _create(directory) -> str:
+    store = Store(str(directory))
+    store.open()
+    store.close()
+    return str(directory / DB_NAME)
+
+
+def test_another_schema_version_refuses_to_start(tmp_path):
+    path = _create(tmp_path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value='99' WHERE name='schema_version'")
+    with pytest.raises(StartupError, match="schema version 99"):
+        Store(str(tmp_path)).open()
+    # The failed open released the directory lock: the same error again, not "in use".
+    with pytest.raises(StartupError, match="schema version 99"):
+        Store(str(tmp_path)).open()
+
+
+def test_a_file_that_is_not_a_database_refuses_to_start(tmp_path):
+    (tmp_path / DB_NAME).write_bytes(b"this is not sqlite, just some text\n" * 200)
+    with pytest.raises(StartupError, match="unreadable or corrupt"):
+        Store(str(tmp_path)).open()
+    assert (tmp_path / DB_NAME).read_bytes().startswith(b"this is not sqlite")
+
+
+def test_a_database_with_damaged_pages_refuses_to_start(opened, tmp_path):
+    handle = opened()
+    for i in range(300):
+        handle.remote(*[Event(f"o{i}", s, f"counter-{i}-{s}", 1) for s in range(1, 4)])
+    handle.close()
+    path = tmp_path / "data" / DB_NAME
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    for offset in range(4096, len(data), 4096):  # every page but the header page
+        data[offset + 8: offset + 400] = b"\xa5" * 392
+    path.write_bytes(bytes(data))
+    with pytest.raises(StartupError):
+        Store(str(tmp_path / "data")).open()
+
+
+def test_a_sqlite_database_that_is_not_ours_refuses_to_start(tmp_path):
+    with sqlite3.connect(str(tmp_path / DB_NAME)) as conn:
+        conn.execute("CREATE TABLE something (x)")
+    with pytest.raises(StartupError, match="not a dcounter database"):
+        Store(str(tmp_path)).open()
+
+
+def _fail_writes(path: str):
+    """Make every write to the origins table fail, as a full or read-only disk would."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            CREATE TRIGGER fail_insert BEFORE INSERT ON origins
+                BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;
+            CREATE TRIGGER fail_update BEFORE UPDATE ON origins
+                BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;
+        """)
+
+
+def _heal_writes(path: str):
+    with sqlite3.connect(path) as conn:
+        conn.executescript("DROP TRIGGER fail_insert; DROP TRIGGER fail_update;")
+
+
+def test_a_failed_write_raises_storage_failure_and_changes_nothing(opened, tmp_path):
+    handle = opened()
+    origin = handle.origin
+    handle.local(delta=2, key="kept")
+    handle.remote(Event("peer", 2, "c", 5))
+    before = state_of(handle.counter)
+    _fail_writes(handle.store.path)
+
+    with pytest.raises(StorageFailure) as info:
+        handle.local(delta=3, key="lost")
+    assert info.value.status == 503
+    with pytest.raises(StorageFailure):
+        handle.remote(Event("peer", 1, "c", 1))
+    assert state_of(handle.counter) == before
+    assert handle.counter.key("lost", 0.0) is None
+    assert [e.id for e in handle.committed] == [f"{origin}:1"]  # nothing new advertised
+
+    _heal_writes(handle.store.path)
+    result = handle.local(delta=3, key="lost")
+    assert result.event_id == f"{origin}:2"  # the failed commit consumed no seq
+    assert handle.counter.count("c") == 10
+    handle.close()
+    assert state_of(opened().counter)[1] == {"c": 10}
+
+
+def test_a_refused_job_in_a_group_does_not_stop_the_others(opened):
+    handle = opened()
+    handle.local(delta=1, key="k")
+    with pytest.raises(Unprocessable):
+        handle.local(delta=2, key="k")
+    assert handle.local(delta=2).count == 3
