@@ -53,8 +53,14 @@ class Transport:
         self._observe(path, ok)
         if not ok:
             try:
-                message = response.json().get("error", response.text)
+                error = response.json()
             except ValueError:
+                error = None
+            # Any body at all may come back with an error status: only an object's "error"
+            # is taken as the message, so nothing but PeerRefused leaves here.
+            if isinstance(error, dict) and "error" in error:
+                message = error["error"]
+            else:
                 message = response.text[:200]
             raise PeerRefused(response.status_code, str(message))
         try:
