@@ -461,23 +461,30 @@ class Node:
                 lambda: self.counter.key_count())
 
     def readiness(self) -> tuple[bool, str]:
+        """Ready: storage is open, and this node compared digests with a peer at least once (and
+        pulled what it lacked), or knows no peer at all (neither alive nor to be joined)."""
+        if self._stop.is_set():
+            return False, "shutting down"
         if self.store is None and not self.config.in_memory:
             return False, "store not open"
-        if self.store is not None and self.store._conn is None:
+        if self.store is not None and not self.store.is_open:
             return False, "store closed"
-        if not self.peers.alive() and not self.config.peers:
-            return True, "no peers known"
         if self.anti_entropy_rounds > 0:
-            return True, "caught up with a peer"
+            return True, "caught up with a peer at least once"
+        now = self.clock.monotonic()
+        if not self.peers.alive() and not self.peers.candidates(now):
+            return True, "no peers known"
         return False, "no anti-entropy round with a peer yet"
 
     def status(self) -> dict:
         now = self.clock.monotonic()
+        ready, reason = self.readiness()
         return {
             "node_id": self.node_id,
             "cluster": self.config.cluster,
             "origin": self.counter.local_origin,
             "durable": self.store is not None,
+            "ready": {"ready": ready, "reason": reason},
             "counters": self.counter.counters(),
             "peers": {p: {"last_seen_seconds": round(age, 3)}
                       for p, age in self.peers.last_seen_ages(now).items()},

@@ -151,9 +151,13 @@ class PeerStore:
             return delay
 
     def contact_succeeded(self, node_id: str, now: float, origin: str | None = None) -> bool:
-        with self._lock:
-            self._log_locked(now, node_id, True, "")
-        return self.heard_from(node_id, now, origin)
+        """A contact we made succeeded. Returns True when the peer is new (or back); only those
+        (joins and rejoins) go to the attempt log, routine heartbeats would drown them."""
+        new = self.heard_from(node_id, now, origin)
+        if new:
+            with self._lock:
+                self._log_locked(now, node_id, True, "joined")
+        return new
 
     def _log_locked(self, now, node_id, ok, detail):
         self.attempt_log.append((now, node_id, ok, detail))

@@ -203,6 +203,10 @@ class Store:
         if txn.reorigined_from is not None:
             conn.execute("UPDATE meta SET value=? WHERE name='origin'", (txn.local_origin,))
 
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
     def checkpoint(self) -> None:
         try:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
