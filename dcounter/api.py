@@ -42,6 +42,8 @@ def json_body(request: Request, *, allow_empty: bool = False) -> dict:
         data = json.loads(request.body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:  # a body well under the size cap can nest deeper than the stack
+        raise BadRequest("malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
