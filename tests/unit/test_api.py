@@ -1,0 +1,315 @@
+"""Route functions through `App.handle`, on a real opened node (in memory, no loops running)."""
+
+import dataclasses
+import json
+
+import pytest
+
+from dcounter.config import Config
+from dcounter.node import Node
+from dcounter.validation import INT64_MAX, MAX_DELTA
+from tests.fakes import FakeClock, FakeNetwork, make_request
+
+NODE_ID = "n1:7001"
+BASE = Config(port=0, in_memory=True, advertise=NODE_ID, batch_linger=0, drain_timeout=0)
+
+
+@pytest.fixture
+def make_node():
+    nodes = []
+
+    def make(**changes):
+        network = FakeNetwork()
+        node = Node(dataclasses.replace(BASE, **changes), clock=FakeClock(),
+                    transport=network.transport(NODE_ID))
+        node.open()
+        network.attach(node)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop(leave=False)
+
+
+@pytest.fixture
+def node(make_node):
+    return make_node()
+
+
+def call(node, method, path, body=b"", **kwargs):
+    response = node.app.handle(make_request(method, path, body, **kwargs))
+    if response.content_type == "application/json":
+        return response.status, json.loads(response.body), response.headers
+    return response.status, response.body.decode(), response.headers
+
+
+def post(node, path, body=b"", **kwargs):
+    return call(node, "POST", path, body, **kwargs)
+
+
+def get(node, path, query=None, **kwargs):
+    return call(node, "GET", path, query=query, **kwargs)
+
+
+def assert_error(outcome, status):
+    got, payload, _ = outcome
+    assert got == status, payload
+    assert isinstance(payload, dict) and set(payload) == {"error"}
+    assert isinstance(payload["error"], str) and payload["error"]
+
+
+# -- increment -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body,counter,expected", [
+    (b"", "default", 1), (b"  \n", "default", 1), ({}, "default", 1), ({"counter": "x"}, "x", 1),
+    ({"counter": "x", "delta": -7}, "x", -7), ({"delta": MAX_DELTA}, "default", MAX_DELTA),
+])
+def test_increment_forms(node, body, counter, expected):
+    status, payload, headers = post(node, "/counter/increment", body)
+    assert status == 200
+    assert payload == {"counter": counter, "count": expected,
+                       "event_id": f"{node.counter.local_origin}:1"}
+    assert "Idempotent-Replayed" not in headers
+    assert get(node, "/counter/count", [("counter", counter)])[1] == \
+        {"counter": counter, "count": expected}
+
+
+def test_count_defaults_to_the_default_counter_and_zero(node):
+    assert get(node, "/counter/count") == (200, {"counter": "default", "count": 0}, {})
+    assert get(node, "/counter/count", [("counter", "never")])[1]["count"] == 0
+    post(node, "/counter/increment", {"counter": "a", "delta": 2})
+    post(node, "/counter/increment")
+    assert get(node, "/counters")[1] == {"counters": {"a": 2, "default": 1}}
+
+
+@pytest.mark.parametrize("body", [
+    b"{", b"not json", b"[1]", b'"text"', b"null", b"\xff\xfe", b'{"delta": 1}{',
+    {"delta": True}, {"delta": False}, {"delta": 1.0}, {"delta": 1.5}, {"delta": 0},
+    {"delta": MAX_DELTA + 1}, {"delta": -MAX_DELTA - 1}, {"delta": "1"}, {"delta": None},
+    {"counter": ""}, {"counter": "a b"}, {"counter": 5}, {"counter": None}, {"counter": "x" * 129},
+    {"counter": "x", "extra": 1}, {"Delta": 1}, b'{"delta": NaN}', b'{"delta": Infinity}',
+    b'{"delta": 1e400}',
+])
+def test_bad_increments_are_400_and_change_nothing(node, body):
+    assert_error(post(node, "/counter/increment", body), 400)
+    assert node.counter.counters() == {} and node.counter.digest() == {}
+
+
+def test_deeply_nested_json_is_400_not_500(node):
+    assert_error(post(node, "/counter/increment", b"[" * 200_000), 400)
+    assert_error(post(node, "/nodes/join", b'{"node_id":' * 100_000), 400)
+
+
+def test_idempotency_key_replays_the_original_response(node):
+    headers = {"Idempotency-Key": "retry-1"}
+    first = post(node, "/counter/increment", {"delta": 3}, headers=headers)
+    post(node, "/counter/increment", {"delta": 10})
+    status, payload, replay_headers = post(node, "/counter/increment", {"delta": 3},
+                                           headers=headers)
+    assert status == 200 and payload == first[1]
+    assert replay_headers["Idempotent-Replayed"] == "true"
+    assert node.count("default") == 13
+
+
+def test_idempotency_key_with_another_request_is_422(node):
+    post(node, "/counter/increment", {"delta": 3}, headers={"Idempotency-Key": "k"})
+    assert_error(post(node, "/counter/increment", {"delta": 4},
+                      headers={"Idempotency-Key": "k"}), 422)
+    assert_error(post(node, "/counter/increment", {"counter": "other", "delta": 3},
+                      headers={"Idempotency-Key": "k"}), 422)
+    assert node.counter.counters() == {"default": 3}
+
+
+@pytest.mark.parametrize("key", ["", " lead", "x" * 256, "caf\u00e9"])
+def test_malformed_idempotency_key_is_400(node, key):
+    assert_error(post(node, "/counter/increment", headers={"Idempotency-Key": key}), 400)
+    assert node.counter.counters() == {}
+
+
+def test_result_outside_signed_64_bits_is_422(node):
+    events = [{"id": f"peer:{i}", "counter": "big", "delta": MAX_DELTA} for i in range(1, 1025)]
+    assert post(node, "/counter/replicate", {"node_id": "n2:7002", "events": events})[0] == 200
+    near = 1024 * MAX_DELTA
+    assert_error(post(node, "/counter/increment", {"counter": "big", "delta": MAX_DELTA}), 422)
+    assert node.count("big") == near
+    assert post(node, "/counter/increment",
+                {"counter": "big", "delta": INT64_MAX - near})[1]["count"] == INT64_MAX
+    assert_error(post(node, "/counter/increment", {"counter": "big"}), 422)
+    assert node.count("big") == INT64_MAX
+
+
+def test_too_many_counters_is_422(make_node):
+    node = make_node(max_counters=2)
+    post(node, "/counter/increment", {"counter": "a"})
+    post(node, "/counter/increment", {"counter": "b"})
+    assert_error(post(node, "/counter/increment", {"counter": "c"}), 422)
+    assert post(node, "/counter/increment", {"counter": "a"})[0] == 200
+    assert node.counters() == {"a": 2, "b": 1}
+
+
+# -- routing and query strings -----------------------------------------------------------------
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("GET", "/counter/increment", "POST"), ("PUT", "/counter/increment", "POST"),
+    ("POST", "/counter/count", "GET"), ("DELETE", "/nodes", "GET"),
+    ("GET", "/nodes/join", "POST"), ("GET", "/counter/replicate", "POST"),
+])
+def test_wrong_method_is_405_with_allow(node, method, path, allow):
+    outcome = call(node, method, path)
+    assert_error(outcome, 405)
+    assert outcome[2]["Allow"] == allow
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/counter", "/counter/count/", "/COUNTERS"])
+def test_unknown_path_is_404(node, path):
+    assert_error(get(node, path), 404)
+
+
+@pytest.mark.parametrize("path,query", [
+    ("/counter/count", [("name", "x")]), ("/counter/count", [("counter", "a"), ("counter", "b")]),
+    ("/counter/count", [("counter", "bad name")]), ("/counters", [("x", "1")]),
+    ("/nodes", [("all", "1")]),
+])
+def test_bad_query_parameters_are_400(node, path, query):
+    assert_error(get(node, path, query), 400)
+
+
+# -- membership ------------------------------------------------------------------------------------
+
+def test_join_adds_the_caller_and_returns_our_id_and_peers(node):
+    assert get(node, "/nodes")[1] == []
+    status, reply, _ = post(node, "/nodes/join", {"node_id": "n2:7002"})
+    assert status == 200
+    assert reply["peers"] == [NODE_ID] and reply["node_id"] == NODE_ID
+    assert reply["origin"] == node.counter.local_origin
+    post(node, "/nodes/join", {"node_id": "n3:7003", "cluster": "default", "protocol": 1,
+                               "origin": "abc"})
+    assert get(node, "/nodes")[1] == ["n2:7002", "n3:7003"]
+    assert post(node, "/nodes/join", {"node_id": "n3:7003"})[1]["peers"] == [NODE_ID, "n2:7002"]
+
+
+@pytest.mark.parametrize("path", ["/nodes/join", "/nodes/heartbeat", "/nodes/leave"])
+@pytest.mark.parametrize("body,status", [
+    (b"", 400), (b"{", 400), ([], 400), ({}, 400), ({"node_id": None}, 400),
+    ({"node_id": "nohost"}, 400), ({"node_id": "n2:0"}, 400), ({"node_id": 7002}, 400),
+    ({"node_id": "n2:7002", "extra": True}, 400),
+    ({"node_id": "n2:7002", "cluster": "other"}, 409),
+    ({"node_id": "n2:7002", "cluster": 5}, 400),
+    ({"node_id": "n2:7002", "protocol": 2}, 409),
+    ({"node_id": "n2:7002", "protocol": "1"}, 400),
+    ({"node_id": "n2:7002", "protocol": True}, 400),
+    ({"node_id": "n2:7002", "origin": "bad origin"}, 400),
+])
+def test_bad_membership_requests_change_nothing(node, path, body, status):
+    post(node, "/nodes/join", {"node_id": "n9:7009"})
+    assert_error(post(node, path, body), status)
+    assert get(node, "/nodes")[1] == ["n9:7009"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("digest", []), ("digest", {"o": -1}), ("digest", {"o": 1.5}), ("digest", {"o": True}),
+    ("digest", {"bad origin": 1}), ("peers", "n3:7003"), ("peers", ["n3"]), ("peers", [3]),
+])
+def test_bad_digest_or_peer_list_is_400(node, field, value):
+    for path in ("/nodes/join", "/nodes/heartbeat"):
+        assert_error(post(node, path, {"node_id": "n2:7002", field: value}), 400)
+    assert get(node, "/nodes")[1] == []
+
+
+def test_heartbeat_reply_carries_id_origin_digest_and_peers(node):
+    post(node, "/counter/increment")
+    status, reply, _ = post(node, "/nodes/heartbeat",
+                            {"node_id": "n2:7002", "digest": {}, "peers": ["n3:7003"]})
+    assert status == 200
+    origin = node.counter.local_origin
+    assert reply == {"node_id": NODE_ID, "cluster": "default", "protocol": 1, "origin": origin,
+                     "digest": {origin: 1}, "peers": ["n2:7002"]}
+    assert get(node, "/nodes")[1] == ["n2:7002"]  # n3 was heard of second-hand only
+
+
+def test_a_peer_with_our_own_origin_is_never_listed(node):
+    post(node, "/nodes/join", {"node_id": "alias:7001", "origin": node.counter.local_origin})
+    assert get(node, "/nodes")[1] == []
+
+
+def test_leave_drops_the_peer_at_once(node):
+    post(node, "/nodes/join", {"node_id": "n2:7002"})
+    assert post(node, "/nodes/leave", {"node_id": "n2:7002"})[:2] == (200, {"left": True})
+    assert get(node, "/nodes")[1] == []
+
+
+# -- replicate and state ------------------------------------------------------------------------
+
+def test_replicate_applies_once(node):
+    batch = {"node_id": "n2:7002", "events": [
+        {"id": "o2:1", "counter": "c", "delta": 2},
+        {"id": "o2:3", "counter": "c", "delta": 5, "key": "client-key"}]}
+    assert post(node, "/counter/replicate", batch)[:2] == \
+        (200, {"applied": 2, "duplicates": 0, "deferred": 0})
+    assert post(node, "/counter/replicate", batch)[1] == \
+        {"applied": 0, "duplicates": 2, "deferred": 0}
+    assert node.count("c") == 7
+    status, payload, headers = post(node, "/counter/increment", {"counter": "c", "delta": 5},
+                                    headers={"Idempotency-Key": "client-key"})
+    assert payload == {"counter": "c", "count": 7, "event_id": "o2:3"}
+    assert headers["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.parametrize("bad_event", [
+    "o2:5", {"id": "o2:0", "counter": "c", "delta": 1}, {"id": "o2", "counter": "c", "delta": 1},
+    {"id": "o2:5", "counter": "c", "delta": 0}, {"id": "o2:5", "counter": "c", "delta": True},
+    {"id": "o2:5", "counter": "c d", "delta": 1}, {"id": "o2:5", "counter": "c"},
+    {"id": "o2:5", "counter": "c", "delta": 1, "extra": 1},
+    {"id": "o2:5", "counter": "c", "delta": 1, "key": ""},
+    {"id": "o2:5", "counter": "c", "delta": 1, "key": 5},
+])
+def test_one_bad_event_refuses_the_whole_batch(node, bad_event):
+    batch = {"node_id": "n2:7002", "events": [{"id": "o2:1", "counter": "c", "delta": 1},
+                                              bad_event]}
+    assert_error(post(node, "/counter/replicate", batch), 400)
+    assert node.counter.counters() == {} and node.counter.digest() == {}
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"events": []}, {"node_id": "bad", "events": []}, {"node_id": "n2:7002", "events": {}},
+    {"node_id": "n2:7002", "events": [], "x": 1}, {"node_id": "n2:7002"},
+    {"node_id": "n2:7002", "event_id": ""}, {"node_id": "n2:7002", "event_id": 5},
+])
+def test_malformed_replicate_requests_are_400(node, body):
+    assert_error(post(node, "/counter/replicate", body), 400)
+
+
+def test_legacy_single_event_form_counts_each_uuid_once(node):
+    body = {"node_id": "n2:7002", "event_id": "8a3c6a2e-0f7b-4f59-9a4e-2d1c8f3b7e10"}
+    assert post(node, "/counter/replicate", body)[1] == \
+        {"applied": 1, "duplicates": 0, "deferred": 0}
+    assert post(node, "/counter/replicate", body)[1] == \
+        {"applied": 0, "duplicates": 1, "deferred": 0}
+    assert node.count("default") == 1
+
+
+def test_state_returns_the_requested_prefixes(node):
+    post(node, "/counter/increment", {"delta": 4})
+    origin = node.counter.local_origin
+    status, payload, _ = post(node, "/counter/state", {"origins": [origin, "unknown"]})
+    assert status == 200
+    assert payload == {"node_id": NODE_ID,
+                       "origins": {origin: {"watermark": 1, "counters": {"default": 4}}}}
+
+
+@pytest.mark.parametrize("body", [{}, {"origins": "o"}, {"origins": ["bad origin"]},
+                                  {"origins": [], "x": 1}, {"origins": [1]}])
+def test_malformed_state_requests_are_400(node, body):
+    assert_error(post(node, "/counter/state", body), 400)
+
+
+# -- health and status ------------------------------------------------------------------------------
+
+def test_health_ready_status_and_metrics(node):
+    assert get(node, "/healthz")[:2] == (200, {"status": "ok", "node_id": NODE_ID})
+    assert get(node, "/readyz")[:2] == (200, {"ready": True, "reason": "no peers known"})
+    status, payload, _ = get(node, "/status")
+    assert status == 200 and payload["node_id"] == NODE_ID and payload["durable"] is False
+    status, text, _ = get(node, "/metrics")
+    assert status == 200 and "dcounter_http_requests_total" in text
