@@ -34,6 +34,7 @@ class Route:
 # -- decoding helpers ---------------------------------------------------------------------------
 
 def json_body(request: Request, *, allow_empty: bool = False) -> dict:
+    query_params(request)  # routes with a body take no query parameters: `?counter=` is refused
     if not request.body.strip():
         if allow_empty:
             return {}
@@ -156,6 +157,8 @@ def replicate(node, request: Request):
 def state(node, request: Request):
     data = json_body(request)
     check_fields(data, required=("origins",), optional=("node_id",))
+    if "node_id" in data:
+        validation.node_id(data["node_id"])
     origins = data["origins"]
     if not isinstance(origins, list) or len(origins) > MAX_ORIGINS_PER_PULL:
         raise BadRequest(f"origins must be a list of at most {MAX_ORIGINS_PER_PULL} origin ids")

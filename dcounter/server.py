@@ -54,8 +54,23 @@ def error_response(status: int, message: str, headers: dict | None = None) -> Re
     return Response.json(status, {"error": message}, headers)
 
 
+class _LastLineReader:
+    """Stands in for `rfile` while `parse_request` reads the headers and remembers the last
+    line read: a header block that ends at end of stream instead of a blank line was cut off by
+    the client hanging up, and must not be served as a complete request."""
+
+    def __init__(self, rfile):
+        self.rfile = rfile
+        self.last = b""
+
+    def readline(self, limit: int = -1) -> bytes:
+        self.last = self.rfile.readline(limit)
+        return self.last
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # never answer as HTTP/0.9, without a status line
     server_version = "dcounter"
     sys_version = ""
     error_content_type = "application/json"
@@ -101,13 +116,19 @@ class Handler(BaseHTTPRequestHandler):
             self.requestline = self.request_version = self.command = ""
             self._write(error_response(414, "request line too long"), close=True)
             return
-        if not self.raw_requestline:
+        if not self.raw_requestline.endswith(b"\n"):  # empty, or the client hung up mid-line
             self.close_connection = True
             return
+        reader = self.rfile = _LastLineReader(self.rfile)
         try:
             if not self.parse_request():
                 return
         except _CLIENT_GONE:
+            self.close_connection = True
+            return
+        finally:
+            self.rfile = reader.rfile
+        if reader.last not in (b"\r\n", b"\n"):  # the headers were cut off
             self.close_connection = True
             return
         self.server.track_request(+1)
