@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from dcounter import PROTOCOL, validation
+from dcounter import PROTOCOL, statuspage, validation
 from dcounter.counter import Event
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotFound)
 from dcounter.server import Request, Response, error_response
@@ -232,6 +232,12 @@ def status(node, request: Request):
     return 200, node.status()
 
 
+def status_page(node, request: Request):
+    query_params(request)
+    body, headers = statuspage.render_page(node.status())
+    return Response(200, body, "text/html; charset=utf-8", headers)
+
+
 ROUTES = [
     Route("POST", "/counter/increment", increment, "write"),
     Route("POST", "/counter/replicate", replicate, "peer"),
@@ -242,6 +248,7 @@ ROUTES = [
     Route("POST", "/nodes/heartbeat", heartbeat, "peer"),
     Route("POST", "/nodes/leave", leave, "peer"),
     Route("GET", "/nodes", nodes, "read"),
+    Route("GET", "/", status_page, "read"),
     Route("GET", "/status", status, "read"),
     Route("GET", "/metrics", metrics, "read"),
     Route("GET", "/healthz", healthz, "open"),
