@@ -161,7 +161,7 @@ def test_wrong_method_is_405_with_allow(node, method, path, allow):
     assert outcome[2]["Allow"] == allow
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/counter", "/counter/count/", "/COUNTERS"])
+@pytest.mark.parametrize("path", ["/nope", "/nodes/", "/counter", "/counter/count/", "/COUNTERS"])
 def test_unknown_path_is_404(node, path):
     assert_error(get(node, path), 404)
 
@@ -304,7 +304,7 @@ def test_malformed_state_requests_are_400(node, body):
     assert_error(post(node, "/counter/state", body), 400)
 
 
-# -- health and status ------------------------------------------------------------------------------
+# -- health and status ----------------------------------------------------------------------------
 
 def test_health_ready_status_and_metrics(node):
     assert get(node, "/healthz")[:2] == (200, {"status": "ok", "node_id": NODE_ID})

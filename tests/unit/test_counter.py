@@ -355,7 +355,7 @@ def test_counter_limit_counts_names_staged_in_the_same_transaction():
     assert c.counters() == {"a": 1, "b": 1}
 
 
-# -- memory does not grow with events ---------------------------------------------------------------
+# -- memory does not grow with events -------------------------------------------------------------
 
 def test_100000_in_order_events_leave_no_per_event_state():
     c = make_counter()

@@ -1,0 +1,361 @@
+"""Several real nodes connected by the in-memory FakeNetwork, driven step by step.
+
+No loops run (`open()` only, never `start()`): the test calls `rejoin_once`, `heartbeat_once`,
+`cleanup_once`, `pull_once` and `retry_once` itself and moves a FakeClock. Replication sends
+run in the per-peer sender threads, so their effect is awaited by polling with a deadline.
+"""
+
+import dataclasses
+import json
+import shutil
+import time
+
+import pytest
+
+from dcounter.config import Config
+from dcounter.node import Node
+from tests.fakes import FakeClock, FakeNetwork, make_request
+
+BASE = Config(port=0, in_memory=True, batch_linger=0, drain_timeout=0)
+DEADLINE = 10.0  # seconds of real time a poll may take before the test fails
+
+
+def wait_for(predicate, what: str, deadline: float = DEADLINE):
+    end = time.monotonic() + deadline
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+class Cluster:
+    def __init__(self, size: int, *, seed: int = 0, **config):
+        self.clock = FakeClock()
+        self.net = FakeNetwork(seed=seed)
+        self.ids = [f"n{i}:700{i}" for i in range(1, size + 1)]
+        self.nodes: dict[str, Node] = {}
+        self.acknowledged: dict[str, int] = {}
+        for node_id in self.ids:
+            seeds = () if node_id == self.ids[0] else (self.ids[0],)
+            cfg = dataclasses.replace(BASE, advertise=node_id, peers=seeds, **config)
+            self.add(node_id, cfg)
+
+    def add(self, node_id: str, cfg: Config) -> Node:
+        node = Node(cfg, clock=self.clock, transport=self.net.transport(node_id))
+        node.open()
+        self.net.attach(node)
+        self.nodes[node_id] = node
+        return node
+
+    def __getitem__(self, node_id: str) -> Node:
+        return self.nodes[node_id]
+
+    def close(self):
+        for node in self.nodes.values():
+            node.stop(leave=False)
+
+    # -- client side ------------------------------------------------------------------------------
+    def increment(self, node_id: str, counter: str = "c", delta: int = 1, key=None) -> dict | None:
+        """An increment at a node through its route table; counted when acknowledged."""
+        body = {"counter": counter, "delta": delta}
+        headers = {"Idempotency-Key": key} if key else None
+        response = self[node_id].app.handle(make_request("POST", "/counter/increment", body,
+                                                         headers=headers))
+        if response.status != 200:
+            return None
+        if response.headers.get("Idempotent-Replayed") != "true":
+            self.acknowledged[counter] = self.acknowledged.get(counter, 0) + delta
+        return response
+
+    def counts(self, counter: str = "c") -> dict[str, int]:
+        return {node_id: node.count(counter) for node_id, node in self.nodes.items()}
+
+    # -- driving the steps ------------------------------------------------------------------------
+    def form(self, rounds: int = 3) -> None:
+        for _ in range(rounds):
+            for node in self.nodes.values():
+                node.rejoin_once()
+
+    def alive(self) -> dict[str, list[str]]:
+        return {node_id: node.peers.alive() for node_id, node in self.nodes.items()}
+
+    def fully_connected(self) -> bool:
+        return all(alive == sorted(set(self.ids) - {node_id})
+                   for node_id, alive in self.alive().items())
+
+    def links(self):
+        for node in self.nodes.values():
+            yield from node.replicator.backlogs().values()
+
+    def replication_settled(self) -> bool:
+        return all(link["state"] == "idle" and link["backlog"] == 0 for link in self.links())
+
+    def drain_replication(self, deadline: float = DEADLINE) -> None:
+        """Let the sender threads deliver everything, firing due retries on the fake clock."""
+        end = time.monotonic() + deadline
+        while not self.replication_settled():
+            if time.monotonic() > end:
+                raise AssertionError(f"replication did not settle: {list(self.links())}")
+            if any(link["state"] == "backoff" for link in self.links()):
+                self.clock.advance(10.0)  # the cap: every scheduled retry is due
+                for node in self.nodes.values():
+                    node.retry_once()
+            time.sleep(0.001)
+
+    def anti_entropy_round(self) -> None:
+        for node in self.nodes.values():
+            node.rejoin_once()
+        for node in self.nodes.values():
+            node.heartbeat_once()
+        for node in self.nodes.values():
+            node.pull_once()
+
+    def converged(self, counter: str = "c") -> bool:
+        return set(self.counts(counter).values()) == {self.acknowledged.get(counter, 0)}
+
+
+@pytest.fixture
+def cluster_of():
+    clusters = []
+
+    def make(size, **kwargs):
+        cluster = Cluster(size, **kwargs)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.close()
+
+
+def test_nodes_find_each_other_through_a_seed(cluster_of):
+    c = cluster_of(3)
+    c.form()
+    assert c.fully_connected()
+    for node in c.nodes.values():
+        assert node.replicator.peers() == sorted(set(c.ids) - {node.node_id})
+
+
+def test_increments_replicate_to_every_node(cluster_of):
+    c = cluster_of(3)
+    c.form()
+    for i in range(30):
+        c.increment(c.ids[i % 3], delta=i + 1)
+    c.drain_replication()
+    assert c.converged() and c.acknowledged["c"] == sum(range(1, 31))
+
+
+def test_a_second_hand_peer_is_not_added_until_contacted(cluster_of):
+    c = cluster_of(3)
+    n1, n2, n3 = c.ids
+    c.net.partition(n2, n3)
+    c.form()
+    # n3 heard of n2 from n1's join reply and from heartbeats, but never reached it.
+    for node in c.nodes.values():
+        node.heartbeat_once()
+    assert c[n3].peers.alive() == [n1]
+    assert c[n2].peers.alive() == [n1]
+    assert n2 in c[n3].peers.candidates(c.clock.monotonic())
+    assert n2 not in c[n3].replicator.peers()
+    c.net.heal()
+    c.clock.advance(10.0)  # past the candidate's backoff
+    c[n3].rejoin_once()
+    assert c[n3].peers.alive() == [n1, n2]
+    assert c[n2].peers.alive() == [n1, n3]  # n3's join reached n2 directly
+
+
+def test_gossip_does_not_bring_a_dead_node_back(cluster_of):
+    c = cluster_of(3)
+    n1, n2, n3 = c.ids
+    c.form()
+    c.net.detach(n3)  # n3 dies
+    c.clock.advance(7.0)
+    c[n2].heartbeat_once()  # n1 hears from n2; n2 has not swept n3 out yet
+    assert c[n1].cleanup_once() == [n3]
+    c[n1].heartbeat_once()  # n2's reply still lists n3 as alive
+    assert c[n2].peers.alive() == [n1, n3]
+    c[n1].rejoin_once()
+    assert c[n1].peers.alive() == [n2]
+    assert c[n1].peers.candidates(c.clock.monotonic())[n3]["attempts"] == 1
+    assert n3 not in c[n1].replicator.peers()
+
+
+def test_convergence_after_a_partition_heals(cluster_of):
+    c = cluster_of(3)
+    n1, n2, n3 = c.ids
+    c.form()
+    for i in range(9):
+        c.increment(c.ids[i % 3])
+    c.drain_replication()
+    assert c.converged()
+
+    c.net.isolate(n1)
+    for i in range(20):
+        c.increment(n1, delta=2)
+        c.increment(n2 if i % 2 else n3, delta=3)
+        c.increment(n1, counter="only-n1")
+    wait_for(lambda: all(link["state"] in ("idle", "backoff") for link in c.links()),
+             "sends across the partition to fail")
+    c.clock.advance(c[n1].config.peer_timeout + 1)
+    for node_id in (n2, n3):
+        c[node_id].heartbeat_once()
+    assert c[n1].cleanup_once() == [n2, n3]
+    assert c[n2].cleanup_once() == [n1] and c[n3].cleanup_once() == [n1]
+    assert c[n1].replicator.peers() == []  # its backlog is gone: anti-entropy must do it
+    assert c.counts()[n1] != c.counts()[n2]
+
+    c.net.heal()
+    for _ in range(10):
+        if c.converged() and c.converged("only-n1") and c.fully_connected():
+            break
+        c.clock.advance(10.0)
+        c.anti_entropy_round()
+    assert c.fully_connected()
+    assert c.counts() == dict.fromkeys(c.ids, c.acknowledged["c"])
+    assert c.counts("only-n1") == dict.fromkeys(c.ids, 20)
+    # Replication works again after the heal, not only anti-entropy.
+    c.increment(n1, delta=100)
+    c.drain_replication()
+    assert c.converged()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_dropped_duplicated_and_late_replicate_messages_still_count_exactly(cluster_of, seed):
+    c = cluster_of(3, seed=seed)
+    c.form()
+    assert c.fully_connected()
+    c.net.set_faults(drop_request=0.2, drop_reply=0.2, duplicate=0.3, delay=0.1)
+    for i in range(180):
+        c.increment(c.ids[i % 3], counter="c" if i % 4 else "d", delta=(i % 7) + 1)
+        if i < 120:
+            c.drain_replication()  # one event per message: hundreds of fault draws
+    c.drain_replication()  # the last 60 went out in batches
+    late = c.net.deliver_late()
+    c.net.clear_faults()
+    stats = c.net.stats
+    assert stats["dropped_requests"] and stats["dropped_replies"] and stats["duplicated"]
+    assert late
+    # Replication alone (no anti-entropy step ran): every event once, everywhere.
+    assert c.converged("c") and c.converged("d")
+    for node in c.nodes.values():
+        assert node.counter.held_total() == 0
+
+
+def test_a_duplicated_batch_reaching_a_node_out_of_order_counts_once(cluster_of):
+    c = cluster_of(2)
+    n1, n2 = c.ids
+    c.form()
+    c.net.set_faults(delay=1.0)  # every replicate is held back: n1 sees failures
+    for _ in range(5):
+        c.increment(n1)
+    wait_for(lambda: any(link["state"] == "backoff" for link in c.links()), "a failed send")
+    c.net.clear_faults()
+    c.drain_replication()  # the retry delivers the backlog
+    assert c.net.deliver_late() >= 1  # then the old attempts arrive, late
+    assert c.counts() == {n1: 5, n2: 5}
+
+
+def test_a_restarted_node_catches_up_by_anti_entropy(cluster_of):
+    c = cluster_of(2)
+    n1, n2 = c.ids
+    c.form()
+    for _ in range(50):
+        c.increment(n1)
+    c.drain_replication()
+    old = c.nodes.pop(n2)
+    c.net.detach(n2)
+    old.stop(leave=False)
+    c.add(n2, dataclasses.replace(old.config))  # in memory: a new, empty node, same address
+    assert c[n2].count("c") == 0
+    for _ in range(3):
+        c.clock.advance(10.0)
+        c.anti_entropy_round()
+    assert c.counts() == {n1: 50, n2: 50}
+    assert c[n2].readiness()[0]
+
+
+def test_an_idempotent_retry_at_another_node_counts_once(cluster_of):
+    c = cluster_of(2)
+    n1, n2 = c.ids
+    c.form()
+    first = c.increment(n1, delta=4, key="client-1")
+    c.drain_replication()
+    retry = c.increment(n2, delta=4, key="client-1")
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    c.drain_replication()
+    assert c.counts() == {n1: 4, n2: 4}
+    assert json.loads(retry.body) == json.loads(first.body) | {"count": 4}
+    assert json.loads(retry.body)["event_id"] == f"{c[n1].counter.local_origin}:1"
+
+
+def test_a_node_of_another_cluster_never_merges(cluster_of):
+    c = cluster_of(2)
+    n1, n2 = c.ids
+    other = c.add("x1:7100", dataclasses.replace(BASE, advertise="x1:7100", cluster="other",
+                                                 peers=(n1,)))
+    c.form()
+    other.rejoin_once()
+    assert other.peers.alive() == []
+    assert "x1:7100" not in c[n1].peers.alive()
+    assert c[n1].peers.alive() == [n2]
+
+
+def test_a_backlog_over_its_bound_is_dropped_and_anti_entropy_catches_up(cluster_of):
+    c = cluster_of(2, max_backlog=5)
+    n1, n2 = c.ids
+    c.form()
+    c.net.partition(n1, n2)
+    for _ in range(12):
+        c.increment(n1)
+    wait_for(lambda: c[n1].replicator.backlogs()[n2]["dropped"] > 0, "the backlog to be dropped")
+    assert c[n1].replicator.backlogs()[n2]["backlog"] <= 5
+    c.net.heal()
+    c.drain_replication()
+    assert c[n2].count("c") < 12  # replication alone cannot bring back what was dropped
+    c.anti_entropy_round()
+    assert c.counts() == {n1: 12, n2: 12}
+
+
+def test_a_node_restored_from_an_old_backup_takes_a_fresh_origin(cluster_of, tmp_path):
+    c = cluster_of(2)
+    n1, n2 = c.ids
+    durable = dataclasses.replace(c[n1].config, in_memory=False, data_dir=str(tmp_path / "n1"),
+                                  sync="normal")
+
+    def restart_n1():
+        old = c.nodes.pop(n1)
+        c.net.detach(n1)
+        old.stop(leave=False)
+        node = c.add(n1, durable)
+        node.writer.start()  # the group-commit writer; no loop runs
+        c[n2].heartbeat_once()  # n2 still lists n1: its heartbeat reconnects them
+        return node
+
+    restart_n1()
+    c.form()
+    for _ in range(5):
+        c.increment(n1)
+    c.drain_replication()
+    old_origin = c[n1].counter.local_origin
+    c[n1].stop(leave=False)  # closes the store cleanly before the copy
+    shutil.copytree(tmp_path / "n1", tmp_path / "backup", ignore=shutil.ignore_patterns("LOCK"))
+    restart_n1()
+    for _ in range(5):
+        c.increment(n1)
+    c.drain_replication()
+    assert c[n2].counter.watermark(old_origin) == 10
+
+    c[n1].stop(leave=False)
+    shutil.rmtree(tmp_path / "n1")
+    shutil.copytree(tmp_path / "backup", tmp_path / "n1")
+    n1_node = restart_n1()
+    assert n1_node.counter.local_origin == old_origin
+    assert n1_node.counter.watermark(old_origin) == 5
+    c.clock.advance(10.0)
+    c.anti_entropy_round()  # n1 sees its own origin ahead at n2
+    assert n1_node.counter.local_origin != old_origin
+    assert n1_node.count("c") == 10
+    result = json.loads(c.increment(n1).body)
+    assert result["event_id"] == f"{n1_node.counter.local_origin}:1"
+    c.drain_replication()
+    assert c.counts() == {n1: 11, n2: 11}
