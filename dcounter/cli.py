@@ -53,11 +53,28 @@ _FLAGS = [
                                                     "(86400)"),
     ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown (2)"),
     ("--max-connections", "max_connections", int, "concurrent connections served (256)"),
+    ("--request-deadline", "request_deadline", float, "seconds a client has to send one "
+                                                      "request's headers and body (10)"),
+    ("--idle-timeout", "idle_timeout", float, "seconds an idle kept-alive connection stays "
+                                              "open (30)"),
+    ("--cluster-secret", "cluster_secret", str, "comma-separated secrets signing requests "
+                                                "between nodes: sign with the first, accept any "
+                                                "(prefer DCOUNTER_CLUSTER_SECRET)"),
+    ("--max-clock-skew", "max_clock_skew", float, "seconds a signed request's timestamp may be "
+                                                  "off this node's clock (30)"),
+    ("--client-token", "client_token", str, "bearer token increments need (prefer "
+                                            "DCOUNTER_CLIENT_TOKEN)"),
+    ("--tls-cert", "tls_cert", str, "PEM certificate: serve HTTPS and call peers over HTTPS"),
+    ("--tls-key", "tls_key", str, "PEM private key of --tls-cert"),
+    ("--tls-ca", "tls_ca", str, "PEM CA bundle peer certificates are verified against "
+                                "(default: the public CAs)"),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR (INFO)"),
 ]
 _BOOL_FLAGS = [
     ("--in-memory", "in_memory", "keep nothing on disk: events acknowledged but not yet "
                                  "replicated die with the process"),
+    ("--protect-reads", "protect_reads", "reads need --client-token too (/healthz and /readyz "
+                                         "stay open)"),
 ]
 
 
@@ -109,6 +126,10 @@ def config_from_args(argv: list[str], environ=None) -> Config:
             continue
         if field == "peers":
             values[field] = tuple(p.strip() for p in raw.split(",") if p.strip())
+        elif field == "cluster_secret":
+            # Empty entries are kept so that Config refuses them: an empty secret must never
+            # quietly mean "no authentication".
+            values[field] = tuple(s.strip() for s in raw.split(","))
         elif field == "log_level":
             level = raw.upper()
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -121,7 +142,10 @@ def config_from_args(argv: list[str], environ=None) -> Config:
         if raw is None:
             raw = environ.get(env_name(field))
         if raw is not None:
-            values[field] = raw.strip().lower() in ("1", "true", "yes", "on")
+            word = raw.strip().lower()
+            if word not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                raise _UsageError(f"{env_name(field)}: must be 1/true/yes/on or 0/false/no/off")
+            values[field] = word in ("1", "true", "yes", "on")
     config = Config(**values)
     # Its own address among the seeds is ignored.
     own = config.node_id()

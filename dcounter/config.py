@@ -5,8 +5,9 @@ impossible combinations with `ValueError`, whose message is the one line the CLI
 """
 
 import dataclasses
+import math
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dcounter.errors import BadRequest
 from dcounter import validation
@@ -42,6 +43,23 @@ class Config:
     idempotency_ttl: float = 86_400.0  # seconds an Idempotency-Key is remembered (wall clock)
     drain_timeout: float = 2.0         # seconds to flush replication when shutting down
     max_connections: int = 256         # concurrent client connections; more get 503
+    request_deadline: float = 10.0     # seconds from a request's first byte to its last (headers
+                                       # and body, and a TLS handshake); slower clients are cut off
+    idle_timeout: float = 30.0         # seconds an idle kept-alive connection is kept open
+
+    # Trust. Secrets and the token stay out of repr() so they never reach a log line.
+    cluster_secret: tuple[str, ...] = field(default=(), repr=False)
+                                       # HMAC-SHA256 keys for peer requests: sign with the first,
+                                       # accept any (rotation); () = peer routes unauthenticated
+    max_clock_skew: float = 30.0       # seconds a signed request's timestamp may differ from our
+                                       # wall clock; also how long its nonce is remembered
+    client_token: str | None = field(default=None, repr=False)
+                                       # bearer token increments need; None = increments open
+    protect_reads: bool = False        # reads need the client token too (healthz/readyz stay open)
+    tls_cert: str | None = None        # PEM certificate (chain): serve HTTPS, call peers over HTTPS
+    tls_key: str | None = None         # PEM private key of tls_cert
+    tls_ca: str | None = None          # PEM CA bundle peer certificates are verified against;
+                                       # None = the public CA bundle (certifi, via requests)
     log_level: str = "INFO"
 
     def __post_init__(self):
@@ -66,6 +84,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+        self._check_trust()
         if self.sync not in ("full", "normal"):
             raise ValueError("--sync must be 'full' or 'normal'")
         if not self.cluster or len(self.cluster) > 128 or not self.cluster.isprintable():
@@ -77,6 +96,37 @@ class Config:
                 validation.node_id(value, flag)
             except BadRequest as exc:
                 raise ValueError(f"{exc.message}, got {value!r}") from None
+
+    def _check_trust(self) -> None:
+        for name in ("request_deadline", "idle_timeout", "max_clock_skew"):
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not 0 < value < math.inf):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds")
+        if self.max_clock_skew > 3600:
+            raise ValueError("--max-clock-skew must be at most 3600 seconds (nonces are "
+                             "remembered that long)")
+        for secret in self.cluster_secret:
+            if (not isinstance(secret, str) or len(secret) < 16 or not secret.isprintable()
+                    or secret != secret.strip() or "," in secret):
+                raise ValueError("each --cluster-secret must be at least 16 printable characters "
+                                 "(comma-separated, no surrounding spaces)")
+        if self.client_token is not None:
+            token = self.client_token
+            if (not isinstance(token, str) or len(token) < 16 or not token.isascii()
+                    or not all(33 <= ord(c) <= 126 for c in token)):
+                raise ValueError("--client-token must be at least 16 printable ASCII characters "
+                                 "without spaces")
+        if self.protect_reads and self.client_token is None:
+            raise ValueError("--protect-reads needs --client-token")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-ca needs --tls-cert and --tls-key (peers speak HTTPS only "
+                             "when every node serves it)")
+
+    def binds_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
 
     def node_id(self, bound_port: int | None = None) -> str:
         """The id this node advertises: --advertise, else localhost:PORT on loopback, else
