@@ -21,8 +21,9 @@ import concurrent.futures
 import logging
 import threading
 
-from dcounter import PROTOCOL, validation
+from dcounter import PROTOCOL, tls, validation
 from dcounter.api import App, decode_digest
+from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
 from dcounter.config import Config
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
@@ -45,9 +46,12 @@ class Node:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
+        self.auth = auth if auth is not None else Auth.from_config(config, self.clock)
+        signer = self.auth.signer if self.auth is not None else None
         self.transport = transport or Transport(timeout=config.request_timeout,
+                                                scheme=tls.peer_scheme(config),
+                                                verify=tls.peer_verify(config), signer=signer,
                                                 on_request=self._observe_peer_call)
-        self.auth = auth
         self.ssl_context = ssl_context
         self.store: Store | None = None
         self.server: Server | None = None
@@ -72,6 +76,8 @@ class Node:
     def open(self) -> None:
         """Open storage and bind the port; nothing runs yet. Raises StartupError."""
         cfg = self.config
+        if self.ssl_context is None and cfg.tls_cert:
+            self.ssl_context = tls.server_context(cfg.tls_cert, cfg.tls_key)
         if cfg.in_memory:
             origin, origins, keys = new_origin_id(), {}, {}
         else:
@@ -86,8 +92,8 @@ class Node:
         try:
             self.server = Server((cfg.host, cfg.port), app, max_body=cfg.max_body,
                                  max_connections=cfg.max_connections,
-                                 request_deadline=getattr(cfg, "request_deadline", 10.0),
-                                 idle_timeout=getattr(cfg, "idle_timeout", 60.0),
+                                 request_deadline=cfg.request_deadline,
+                                 idle_timeout=cfg.idle_timeout,
                                  ssl_context=self.ssl_context)
         except OSError as exc:
             if self.store:
@@ -96,6 +102,9 @@ class Node:
                                f"{exc.strerror or exc}") from None
         self.port = self.server.server_address[1]
         self.node_id = cfg.node_id(self.port)
+        warning = exposure_warning(cfg)
+        if warning:
+            log.warning("%s", warning)
         self.peers = PeerStore(self.node_id, peer_timeout=cfg.peer_timeout, policy=self.policy,
                                seeds=cfg.peers)
         self.replicator = Replicator(self.node_id, self.transport, RetrySchedule(self.policy),
