@@ -8,9 +8,13 @@ goes to `logging` at DEBUG; a client that hangs up is not a traceback.
 
 Limits: at most `max_connections` connections are served at once (more get 503 and are
 closed); a request's headers and body must arrive within `request_deadline` seconds; an idle
-kept-alive connection is closed after `idle_timeout` seconds.
+kept-alive connection is closed after `idle_timeout` seconds. The deadline holds across every
+read, however slowly the bytes trickle in: the connection's `rfile` re-arms the socket timeout
+with the time left before each `recv` (`_DeadlineReader`), and the TLS handshake runs under one
+timeout of `request_deadline` (ssl treats a socket timeout as the handshake's total).
 """
 
+import io
 import json
 import logging
 import socket
@@ -54,6 +58,26 @@ def error_response(status: int, message: str, headers: dict | None = None) -> Re
     return Response.json(status, {"error": message}, headers)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The raw stream under a connection's `rfile`: before every `recv` it re-arms the socket
+    timeout with what is left of the current request's deadline (or the idle timeout between
+    requests). A socket timeout alone bounds each `recv`, so a client trickling a byte at a
+    time would reset it forever; this bounds the request as a whole, the header lines that
+    `parse_request` reads included."""
+
+    def __init__(self, sock, arm):
+        super().__init__()
+        self._sock = sock
+        self._arm = arm
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer)
+
+
 class _LastLineReader:
     """Stands in for `rfile` while `parse_request` reads the headers and remembers the last
     line read: a header block that ends at end of stream instead of a blank line was cut off by
@@ -82,7 +106,13 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        self._deadline = None
         self.connection.settimeout(self.server.idle_timeout)
+        # Every read goes through the deadline; the socket file made by `super().setup()` is
+        # closed first so that it holds no reference to the socket.
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self._arm_timeout),
+                                       buffer_size=65536)
 
     def handle(self) -> None:
         try:
@@ -94,7 +124,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         # Idle wait for the next request on a kept-alive connection.
-        self.connection.settimeout(self.server.idle_timeout)
+        self._deadline = None
         try:
             first = self.rfile.peek(1) if hasattr(self.rfile, "peek") else b"x"
         except _CLIENT_GONE:
@@ -104,9 +134,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         # From the first byte on, the whole request must arrive within the deadline.
-        deadline = time.monotonic() + self.server.request_deadline
-        self._deadline = deadline
-        self._set_remaining_timeout()
+        self._deadline = time.monotonic() + self.server.request_deadline
         try:
             self.raw_requestline = self.rfile.readline(65537)
         except _CLIENT_GONE:
@@ -137,7 +165,12 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             self.server.track_request(-1)
 
-    def _set_remaining_timeout(self) -> None:
+    def _arm_timeout(self) -> None:
+        """Before each read: the idle timeout between requests, else what is left of the
+        request's deadline (TimeoutError once it has passed)."""
+        if self._deadline is None:
+            self.connection.settimeout(self.server.idle_timeout)
+            return
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("request deadline passed")
@@ -185,7 +218,6 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self, length: int) -> bytes | None:
         chunks, remaining = [], length
         while remaining > 0:
-            self._set_remaining_timeout()
             chunk = self.rfile.read1(min(remaining, 65536)) if hasattr(self.rfile, "read1") \
                 else self.rfile.read(remaining)
             if not chunk:
@@ -200,6 +232,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.draining:
             self.close_connection = True
         try:
+            # The reply, too, must go out within a deadline: a client that stops reading does
+            # not hold its thread forever (sendall's timeout bounds the whole send).
+            self.connection.settimeout(self.server.request_deadline)
             self.send_response_only(response.status)
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))
@@ -272,6 +307,20 @@ class Server(ThreadingHTTPServer):
             request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
                             b"\r\nContent-Length: " + str(len(body)).encode() +
                             b"\r\nConnection: close\r\nRetry-After: 1\r\n\r\n" + body)
+            # Closing with the client's request unread would reset the connection, and a reset
+            # can discard the 503 before the client reads it: read a little of what it sends
+            # first, within a second in all.
+            deadline = time.monotonic() + 1.0
+            received = 0
+            while received < 65536:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                request.settimeout(remaining)
+                chunk = request.recv(4096)
+                if not chunk:
+                    break
+                received += len(chunk)
         except (OSError, ValueError):
             pass
         finally:
