@@ -199,8 +199,7 @@ class Node:
         result = self.writer.submit(lambda txn: txn.remote(events, now))
         if result.applied:
             self.metrics.inc("dcounter_increments_replicated_total", len(result.applied))
-        if self.peers.is_alive(sender):
-            self.peers.heard_from(sender, self.clock.monotonic())
+        self.peers.refresh(sender, self.clock.monotonic())
         return result
 
     def replicate_legacy(self, sender: str, key: str) -> bool:
@@ -441,7 +440,7 @@ class Node:
 
     # -- callbacks, status ----------------------------------------------------------------------
     def _replicated_to(self, peer: str) -> None:
-        self.peers.heard_from(peer, self.clock.monotonic())
+        self.peers.refresh(peer, self.clock.monotonic())
 
     def _observe_peer_call(self, path: str, ok: bool) -> None:
         self.metrics.inc("dcounter_peer_requests_total", path=path,

@@ -77,6 +77,17 @@ class PeerStore:
                 info.origin = origin
             return False
 
+    def refresh(self, node_id: str, now: float) -> bool:
+        """Traffic with a peer we list (a replicate reply or request): it is still alive.
+        Never adds a peer: a reply that arrives after the peer left or expired must not bring
+        it back behind the membership protocol's back. Returns whether the peer is listed."""
+        with self._lock:
+            info = self._alive.get(node_id)
+            if info is None:
+                return False
+            info.last_seen = max(info.last_seen, now)
+            return True
+
     def alive(self) -> list[str]:
         with self._lock:
             return sorted(self._alive)

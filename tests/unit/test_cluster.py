@@ -8,6 +8,7 @@ run in the per-peer sender threads, so their effect is awaited by polling with a
 import dataclasses
 import json
 import shutil
+import threading
 import time
 
 import pytest
@@ -359,3 +360,50 @@ def test_a_node_restored_from_an_old_backup_takes_a_fresh_origin(cluster_of, tmp
     assert result["event_id"] == f"{n1_node.counter.local_origin}:1"
     c.drain_replication()
     assert c.counts() == {n1: 11, n2: 11}
+
+
+def _link_thread(peer: str) -> threading.Thread:
+    (thread,) = [t for t in threading.enumerate() if t.name == f"link-{peer}"]
+    return thread
+
+
+def test_a_late_replicate_reply_does_not_bring_back_a_peer_that_left(cluster_of):
+    c = cluster_of(2)
+    n1, n2 = c.ids
+    c.form()
+    sender = _link_thread(n2)
+    c.net.hold(n2)
+    c.increment(n1)
+    wait_for(lambda: c.net.waiting.get(n2) == 1, "the replicate to be in flight")
+    leave = make_request("POST", "/nodes/leave", {"node_id": n2})
+    assert c[n1].app.handle(leave).status == 200
+    assert c[n1].peers.alive() == []
+    c.net.release(n2)
+    sender.join(DEADLINE)  # the link was stopped: its thread ends after the send
+    assert not sender.is_alive()
+    assert c[n2].count("c") == 1
+    assert c[n1].peers.alive() == []  # a reply is no reason to list a peer that left
+
+
+def test_a_late_replicate_reply_does_not_revive_an_expired_peer_without_a_link(cluster_of):
+    c = cluster_of(2)
+    n1, n2 = c.ids
+    c.form()
+    sender = _link_thread(n2)
+    c.net.hold(n2)
+    c.increment(n1)
+    wait_for(lambda: c.net.waiting.get(n2) == 1, "the replicate to be in flight")
+    c.clock.advance(7.0)
+    assert c[n1].cleanup_once() == [n2]
+    c.net.release(n2)
+    sender.join(DEADLINE)
+    assert not sender.is_alive()
+    # Either n2 is a rejoin candidate again, or it is alive *and* replicated to.
+    alive = c[n1].peers.is_alive(n2)
+    assert alive == (n2 in c[n1].replicator.peers())
+    c.clock.advance(10.0)
+    c.anti_entropy_round()
+    assert c[n1].peers.alive() == [n2] and c[n1].replicator.peers() == [n2]
+    c.increment(n1)
+    c.drain_replication()
+    assert c.counts() == {n1: 2, n2: 2}

@@ -148,3 +148,17 @@ def test_recent_attempts_are_bounded(clock):
         peers.contact_failed(f"p{i}:1", clock.monotonic(), "x")
     attempts = peers.recent_attempts()
     assert len(attempts) == 20 and attempts[-1][1] == "p29:1"
+
+
+def test_refresh_keeps_a_listed_peer_alive_but_never_adds_one(clock):
+    peers = make_store(seeds=("seed:1",))
+    assert peers.refresh("a:1", clock.monotonic()) is False
+    assert peers.refresh("seed:1", clock.monotonic()) is False
+    assert peers.alive() == [] and peers.due_candidates(clock.monotonic()) == ["seed:1"]
+    peers.heard_from("a:1", clock.monotonic())
+    clock.advance(5)
+    assert peers.refresh("a:1", clock.monotonic()) is True
+    clock.advance(5)
+    assert peers.expire(clock.monotonic()) == []
+    peers.leave("a:1")
+    assert peers.refresh("a:1", clock.monotonic()) is False and peers.alive() == []
