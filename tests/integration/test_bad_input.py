@@ -135,7 +135,8 @@ CASES += [
 for query in ("counter=bad%20name", "counter=", "counter=" + "a" * 129, "foo=1",
               "counter=a&counter=b"):
     CASES.append(("GET", "/counter/count?" + query, None, {}, 400))
-for path in ("/counters?x=1", "/nodes?x=1"):
+for path in ("/counters?x=1", "/nodes?x=1", "/status?x=1", "/metrics?x=1", "/healthz?x=1",
+             "/readyz?x=1"):
     CASES.append(("GET", path, None, {}, 400))
 
 # replicate, batch form
