@@ -407,3 +407,25 @@ def test_a_late_replicate_reply_does_not_revive_an_expired_peer_without_a_link(c
     c.increment(n1)
     c.drain_replication()
     assert c.counts() == {n1: 2, n2: 2}
+
+
+def test_events_beyond_the_gap_cap_wait_for_anti_entropy(cluster_of):
+    c = cluster_of(2, max_backlog=2, gap_cap=3)
+    n1, n2 = c.ids
+    c.form()
+    c.net.partition(n1, n2)
+    for _ in range(10):
+        c.increment(n1)
+    wait_for(lambda: c[n1].replicator.backlogs()[n2]["dropped"] > 0, "the backlog to be dropped")
+    c.net.heal()
+    c.drain_replication()
+    for _ in range(10):  # seq 11..20: far above n2's watermark for n1's origin
+        c.increment(n1)
+        c.drain_replication()
+    origin = c[n1].counter.local_origin
+    assert c[n2].counter.watermark(origin) < 10
+    assert c[n2].counter.held_total() <= 3  # the gap is capped; the rest was deferred
+    assert c[n2].count("c") < 20
+    c.anti_entropy_round()
+    assert c.counts() == {n1: 20, n2: 20}
+    assert c[n2].counter.held_total() == 0 and c[n2].counter.watermark(origin) == 20

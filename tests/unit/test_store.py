@@ -1,5 +1,6 @@
 """SQLite persistence, against a database under tmp_path, with the real Writer and Counter."""
 
+import concurrent.futures
 import sqlite3
 
 import pytest
@@ -213,3 +214,23 @@ def test_a_refused_job_in_a_group_does_not_stop_the_others(opened):
     with pytest.raises(Unprocessable):
         handle.local(delta=2, key="k")
     assert handle.local(delta=2).count == 3
+
+
+def test_concurrent_requests_with_one_key_count_once(opened):
+    handle = opened()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda _: handle.local(delta=2, key="same"), range(64)))
+    assert sum(not r.replayed for r in results) == 1
+    assert {r.event_id for r in results} == {f"{handle.origin}:1"}
+    assert handle.counter.count("c") == 2
+
+
+def test_group_commit_applies_many_concurrent_increments_exactly(opened):
+    handle = opened()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda i: handle.local(delta=i + 1), range(200)))
+    seqs = sorted(int(r.event_id.rpartition(":")[2]) for r in results)
+    assert seqs == list(range(1, 201))
+    assert handle.counter.count("c") == sum(range(1, 201))
+    handle.close()
+    assert opened().counter.count("c") == sum(range(1, 201))
