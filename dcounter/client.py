@@ -1,0 +1,547 @@
+"""`dcounter`: the command-line client of a dcounter cluster.
+
+    dcounter incr [--counter N] [--by D] [--key K]   increment; retries count once
+    dcounter get [--counter N]                       one counter's value
+    dcounter counters                                every counter and its value
+    dcounter nodes                                   the peers a node considers alive
+    dcounter status                                  every node side by side; 1 if they disagree
+    dcounter wait-converged --timeout S              0 once every node agrees, 1 on timeout
+
+Every subcommand takes `--node` (host:port or a URL; default `$DCOUNTER_NODE`, else
+localhost:8080), `--json` and `--request-timeout`. `$DCOUNTER_CLIENT_TOKEN` is sent as
+`Authorization: Bearer ...`; https is used when `--node` says `https://` or `$DCOUNTER_TLS_CA`
+names the CA file that node certificates are verified with.
+
+`incr` without `--key` makes a random idempotency key and retries timeouts, connection errors
+and 503s with that same key, so a retry of a request that did arrive counts once.
+
+`status` asks `--node` for its view, then every node it lists (alive peers and rejoin
+candidates), then every node those list, and compares what they answer: the same counters and
+the same digest (which events each has seen) means they agree. A listed peer that does not
+answer is a disagreement; a rejoin candidate that does not answer (a node that is down, or gone
+for good) is shown but not counted.
+
+`main(argv) -> int` is what `bin/dcounter` and the console script call; tests call it
+in-process. Exit codes: 0 success, 1 failure or disagreement, 2 invalid usage. Every error is
+one line on stderr. This module is a client of the HTTP API: it imports nothing from the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import requests
+
+from dcounter import __version__
+
+PROG = "dcounter"
+DEFAULT_NODE = "localhost:8080"
+MAX_NODES = 64            # nodes a survey asks at most
+INCR_RETRIES = 4          # retries of one increment (5 attempts)
+RETRY_BASE = 0.2          # seconds before the first retry; doubles, capped at RETRY_MAX
+RETRY_MAX = 2.0
+POLL_INTERVAL = 0.25      # seconds between surveys in wait-converged
+SHOWN_COUNTER_COLUMNS = 4  # `status` shows up to this many counters as columns
+
+
+class ClientError(Exception):
+    """Anything that ends the command: the message is one line for the user."""
+
+
+class Unreachable(ClientError):
+    """No answer: connection refused or reset, a timeout, a TLS failure."""
+
+
+class HTTPFailure(ClientError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _UsageError(Exception):
+    pass
+
+
+# -- talking to nodes ---------------------------------------------------------------------------
+
+def _reason(exc: requests.RequestException) -> str:
+    """A short reason from requests' long exception text."""
+    if isinstance(exc, requests.Timeout):
+        return "no answer in time"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS failure: " + _last_clause(str(exc))
+    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+    if match:
+        return match.group(1).strip().lower()
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed: " + _last_clause(str(exc))
+    return _last_clause(str(exc)) or type(exc).__name__
+
+
+def _last_clause(text: str) -> str:
+    text = text.splitlines()[0] if text else ""
+    return text[-200:]
+
+
+class Client:
+    """HTTP calls to nodes. `address` is a node id (host:port) or a base URL."""
+
+    def __init__(self, *, scheme: str = "http", token: str | None = None, verify=True,
+                 timeout: float = 5.0):
+        self.scheme = scheme
+        self.token = token
+        self.verify = verify
+        self.timeout = timeout
+        self._local = threading.local()  # one Session per thread (surveys ask in parallel)
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = f"dcounter/{__version__}"
+            session.headers["Accept"] = "application/json"
+            if self.token:
+                session.headers["Authorization"] = f"Bearer {self.token}"
+            self._local.session = session
+        return session
+
+    def url(self, address: str, path: str) -> str:
+        base = address if "://" in address else f"{self.scheme}://{address}"
+        return base.rstrip("/") + path
+
+    def call(self, method: str, address: str, path: str, **kwargs):
+        """The decoded JSON answer; raises Unreachable or HTTPFailure."""
+        return self.exchange(method, address, path, **kwargs)[0]
+
+    def exchange(self, method: str, address: str, path: str, *, params=None, body=None,
+                 headers=None, timeout: float | None = None):
+        """(decoded JSON answer, response headers); raises Unreachable or HTTPFailure."""
+        shown = address.split("://", 1)[-1].rstrip("/")
+        try:
+            response = self._session().request(
+                method, self.url(address, path), params=params,
+                data=None if body is None else json.dumps(body),
+                headers={"Content-Type": "application/json", **(headers or {})}
+                if body is not None else headers,
+                timeout=self.timeout if timeout is None else timeout, verify=self.verify,
+                allow_redirects=False)
+        except requests.RequestException as exc:
+            raise Unreachable(f"{shown}: {_reason(exc)}") from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code >= 400:
+            detail = payload.get("error") if isinstance(payload, dict) else None
+            detail = detail or response.reason or "error"
+            raise HTTPFailure(response.status_code,
+                              f"{shown} answered {response.status_code}: {detail}")
+        if payload is None:
+            raise ClientError(f"{shown} answered {response.status_code} without JSON "
+                              f"(is it a dcounter node?)")
+        return payload, response.headers
+
+
+# -- the cluster survey (status, wait-converged) ------------------------------------------------
+
+@dataclass
+class NodeView:
+    node: str                      # its id, or the address asked when it did not answer
+    address: str
+    listed_alive: bool             # the start node, or listed alive by a node that answered
+    status: dict | None = None
+    error: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.status is not None
+
+    def counters(self) -> dict:
+        return {k: v for k, v in (self.status or {}).get("counters", {}).items() if v != 0}
+
+    def digest(self) -> dict:
+        return {k: v for k, v in (self.status or {}).get("digest", {}).items() if v}
+
+    def backlog(self) -> int:
+        links = (self.status or {}).get("replication", {})
+        return sum(int(link.get("backlog", 0)) for link in links.values())
+
+    def to_json(self) -> dict:
+        s = self.status or {}
+        return {"node": self.node, "reachable": self.reachable, "member": self.listed_alive,
+                "error": self.error, "cluster": s.get("cluster"),
+                "counters": s.get("counters"), "peers": sorted(s.get("peers", {})),
+                "candidates": sorted(s.get("candidates", {})),
+                "backlog": self.backlog() if self.reachable else None,
+                "ready": s.get("ready")}
+
+
+@dataclass
+class Survey:
+    nodes: list[NodeView] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def agree(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict:
+        return {"agree": self.agree, "problems": self.problems,
+                "nodes": [n.to_json() for n in self.nodes]}
+
+
+def survey(client: Client, start: str, timeout: float | None = None) -> Survey:
+    """Ask `start` and, breadth first, every node listed by a node that answered."""
+    views: dict[str, NodeView] = {}
+    asked: set[str] = {start}
+    wave = [(start, True)]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=16)
+    try:
+        while wave:
+            futures = {pool.submit(client.call, "GET", address, "/status", timeout=timeout):
+                       (address, alive) for address, alive in wave}
+            answered = []
+            for future in concurrent.futures.as_completed(futures):
+                address, alive = futures[future]
+                try:
+                    status = future.result()
+                except ClientError as exc:
+                    views[address] = NodeView(address.split("://", 1)[-1].rstrip("/"), address,
+                                              alive, error=str(exc))
+                    continue
+                if not isinstance(status, dict) or not isinstance(status.get("node_id"), str):
+                    views[address] = NodeView(address, address, alive,
+                                              error=f"{address}: not a dcounter status")
+                    continue
+                node_id = status["node_id"]
+                asked.add(node_id)
+                views[address] = NodeView(node_id, address, alive, status=status)
+                answered.append(status)
+            listed: dict[str, bool] = {}
+            for status in answered:
+                for peer in status.get("peers", {}):
+                    listed[peer] = True
+                for peer in status.get("candidates", {}):
+                    listed.setdefault(peer, False)
+            for view in views.values():  # a node asked as a candidate but listed alive later
+                if view.node in listed and listed[view.node]:
+                    view.listed_alive = True
+            wave = [(peer, alive) for peer, alive in sorted(listed.items())
+                    if peer not in asked][:max(0, MAX_NODES - len(asked))]
+            asked.update(peer for peer, _ in wave)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    result = Survey(nodes=sorted(views.values(), key=lambda v: v.node))
+    result.problems = _disagreements(result.nodes)
+    return result
+
+
+def _disagreements(nodes: list[NodeView]) -> list[str]:
+    problems = []
+    for view in nodes:
+        if not view.reachable and view.listed_alive:
+            problems.append(f"{view.error}")
+    reachable = [v for v in nodes if v.reachable]
+    if not reachable:
+        return problems or ["no node answered"]
+    clusters = {v.status.get("cluster") for v in reachable}
+    if len(clusters) > 1:
+        problems.append("cluster names differ: " + ", ".join(
+            f"{v.node}={v.status.get('cluster')!r}" for v in reachable))
+    names = sorted(set().union(*(v.counters() for v in reachable)))
+    for name in names:
+        values = {v.node: v.counters().get(name, 0) for v in reachable}
+        if len(set(values.values())) > 1:
+            problems.append(f"{name}: " + ", ".join(f"{n}={c}" for n, c in values.items()))
+    if not problems:
+        digests = {json.dumps(v.digest(), sort_keys=True) for v in reachable}
+        if len(digests) > 1:
+            problems.append("the same counts, but not every node has seen the same events yet")
+    return problems
+
+
+def _table(rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+                 for i, cell in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_survey(result: Survey, counter: str | None) -> str:
+    reachable = [v for v in result.nodes if v.reachable]
+    if counter is not None:
+        columns = [counter]
+    else:
+        names = sorted(set().union(*(set(v.status.get("counters", {})) for v in reachable)))
+        columns = names if len(names) <= SHOWN_COUNTER_COLUMNS else []
+    header = ["NODE", "STATE", *columns]
+    if not columns:
+        header.append("COUNTERS")
+    header += ["PEERS", "BACKLOG"]
+    rows = [header]
+    for view in result.nodes:
+        if view.reachable:
+            s = view.status
+            counts = [str(s.get("counters", {}).get(name, 0)) for name in columns]
+            if not columns:
+                counts.append(str(len(s.get("counters", {}))))
+            ready = (s.get("ready") or {}).get("ready", True)
+            rows.append([view.node, "ok" if ready else "not-ready", *counts,
+                         str(len(s.get("peers", {}))), str(view.backlog())])
+        else:
+            state = "unreachable" if view.listed_alive else "unreachable-candidate"
+            rows.append([view.node, state] + ["-"] * (len(header) - 2))
+    right = set(range(2, len(header)))
+    text = _table(rows, right)
+    if result.agree:
+        text += f"\nagree: {len(reachable)} node{'s' if len(reachable) != 1 else ''}"
+    else:
+        text += "\nDISAGREE:\n" + "\n".join(f"  {p}" for p in result.problems)
+    return text
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+def cmd_incr(client: Client, args) -> int:
+    key = args.key or uuid.uuid4().hex
+    body = {"counter": args.counter, "delta": args.by}
+    attempt = 0
+    while True:
+        try:
+            result, headers = client.exchange("POST", args.node, "/counter/increment",
+                                              body=body, headers={"Idempotency-Key": key})
+            break
+        except (Unreachable, HTTPFailure) as exc:
+            retriable = isinstance(exc, Unreachable) or exc.status == 503
+            if not retriable or attempt >= args.retries:
+                raise
+            delay = min(RETRY_BASE * 2 ** attempt, RETRY_MAX)
+            attempt += 1
+            print(f"{PROG}: {exc}; retrying with the same key in {delay:.1f} s",
+                  file=sys.stderr)
+            time.sleep(delay)
+    replayed = headers.get("Idempotent-Replayed", "").lower() == "true"
+    if args.json:
+        _print_json({**result, "key": key, "replayed": replayed})
+    else:
+        print(f"{result['counter']} {result['count']}")
+    return 0
+
+
+def cmd_get(client: Client, args) -> int:
+    result = client.call("GET", args.node, "/counter/count", params={"counter": args.counter})
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["count"])
+    return 0
+
+
+def cmd_counters(client: Client, args) -> int:
+    result = client.call("GET", args.node, "/counters")
+    if args.json:
+        _print_json(result)
+        return 0
+    counters = result.get("counters", {})
+    if counters:
+        print(_table([[name, str(counters[name])] for name in sorted(counters)], {1}))
+    else:
+        print("(no counters yet)", file=sys.stderr)
+    return 0
+
+
+def cmd_nodes(client: Client, args) -> int:
+    result = client.call("GET", args.node, "/nodes")
+    if args.json:
+        _print_json(result)
+        return 0
+    for peer in result:
+        print(peer)
+    if not result:
+        print("(no peers alive)", file=sys.stderr)
+    return 0
+
+
+def cmd_status(client: Client, args) -> int:
+    result = survey(client, args.node)
+    if not any(v.reachable for v in result.nodes):
+        raise ClientError(result.nodes[0].error if result.nodes else "no node answered")
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(format_survey(result, args.counter))
+    return 0 if result.agree else 1
+
+
+def cmd_wait_converged(client: Client, args) -> int:
+    deadline = time.monotonic() + args.timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        result = survey(client, args.node, timeout=max(0.1, min(client.timeout, remaining)))
+        if result.agree:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if args.json:
+                _print_json({"converged": False, **result.to_json()})
+            print(f"{PROG}: not converged after {args.timeout:g} s: {result.problems[0]}",
+                  file=sys.stderr)
+            return 1
+        time.sleep(min(POLL_INTERVAL, remaining))
+    if args.json:
+        _print_json({"converged": True, **result.to_json()})
+    else:
+        count = len(result.nodes)
+        reachable = [v for v in result.nodes if v.reachable]
+        counters = reachable[0].counters()
+        shown = ", ".join(f"{k}={counters[k]}" for k in sorted(counters)[:5])
+        more = " ..." if len(counters) > 5 else ""
+        print(f"converged: {len(reachable)} of {count} node{'s' if count != 1 else ''} agree"
+              + (f" ({shown}{more})" if shown else ""))
+    return 0
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+# -- arguments ----------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    # SUPPRESS: an option given before the subcommand is not reset by the subcommand's parser.
+    common.add_argument("--node", default=argparse.SUPPRESS, metavar="HOST:PORT",
+                        help="node to ask: host:port or http(s)://host:port (default "
+                             "$DCOUNTER_NODE, else localhost:8080)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON instead of text")
+    common.add_argument("--request-timeout", type=_positive, default=argparse.SUPPRESS,
+                        metavar="S", help="seconds one HTTP request may take (default 5)")
+    parser = _Parser(prog=PROG, parents=[common],
+                     description="Increment, read and inspect a dcounter cluster.",
+                     epilog="Environment: DCOUNTER_NODE, DCOUNTER_CLIENT_TOKEN (sent as a "
+                            "Bearer token), DCOUNTER_TLS_CA (use https, verify with this CA).")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    incr = commands.add_parser("incr", parents=[common], help="increment a counter")
+    incr.add_argument("--counter", default="default", metavar="N",
+                      help="counter name (default 'default')")
+    incr.add_argument("--by", type=int, default=1, metavar="D",
+                      help="delta, may be negative (default 1)")
+    incr.add_argument("--key", metavar="K", help="idempotency key (default: a random one); "
+                                                 "the same key never counts twice")
+    incr.add_argument("--retries", type=_count, default=INCR_RETRIES, metavar="R",
+                      help=f"retries on timeouts, connection errors and 503 "
+                           f"(default {INCR_RETRIES})")
+    incr.set_defaults(run=cmd_incr)
+
+    get = commands.add_parser("get", parents=[common], help="print a counter's value")
+    get.add_argument("--counter", default="default", metavar="N",
+                     help="counter name (default 'default')")
+    get.set_defaults(run=cmd_get)
+
+    counters = commands.add_parser("counters", parents=[common],
+                                   help="every counter and its value")
+    counters.set_defaults(run=cmd_counters)
+
+    nodes = commands.add_parser("nodes", parents=[common],
+                                help="the peers the node considers alive")
+    nodes.set_defaults(run=cmd_nodes)
+
+    status = commands.add_parser("status", parents=[common],
+                                 help="every node's counts, peers and backlog; exit 1 if "
+                                      "they disagree")
+    status.add_argument("--counter", metavar="N", help="show only this counter's column")
+    status.set_defaults(run=cmd_status)
+
+    wait = commands.add_parser("wait-converged", parents=[common],
+                               help="wait until every node agrees; exit 1 on timeout")
+    wait.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
+                      help="seconds to wait (default 60)")
+    wait.set_defaults(run=cmd_wait_converged)
+    return parser
+
+
+def make_client(args, environ) -> Client:
+    node = getattr(args, "node", None) or environ.get("DCOUNTER_NODE") or DEFAULT_NODE
+    node = node.strip()
+    ca = environ.get("DCOUNTER_TLS_CA") or None
+    if "://" in node:
+        scheme = node.split("://", 1)[0].lower()
+        if scheme not in ("http", "https"):
+            raise _UsageError(f"--node: unsupported scheme {scheme!r} (http or https)")
+        node = scheme + "://" + node.split("://", 1)[1]
+    else:
+        scheme = "https" if ca else "http"
+    if not node.split("://", 1)[-1].rstrip("/"):
+        raise _UsageError("--node: empty address")
+    args.node = node
+    args.json = getattr(args, "json", False)
+    token = environ.get("DCOUNTER_CLIENT_TOKEN") or None
+    return Client(scheme=scheme, token=token, verify=ca if ca else True,
+                  timeout=getattr(args, "request_timeout", 5.0))
+
+
+def main(argv: list[str] | None = None, environ=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "run", None) is None:
+            raise _UsageError("a command is required: incr, get, counters, nodes, status or "
+                              "wait-converged (see --help)")
+        client = make_client(args, environ)
+    except _UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        return args.run(client, args)
+    except ClientError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, never a traceback
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
