@@ -70,6 +70,7 @@ class Node:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
                                                            thread_name_prefix="contact")
         self.anti_entropy_rounds = 0
+        self._refusal_warned: dict[str, float] = {}  # peer -> when its 401 was last logged
         self.started = False
 
     # -- start and stop ---------------------------------------------------------------------------
@@ -299,10 +300,21 @@ class Node:
                 log.warning("peer %s refused us (%s); removing it", peer, exc.message)
                 self.peers.leave(peer)
                 self.replicator.remove_peer(peer)
+            elif exc.status == 401:
+                self._warn_unauthorized(peer, exc.message)
             else:
                 log.debug("heartbeat to %s refused: %s", peer, exc)
             return
         self._handle_reply(peer, reply)
+
+    def _warn_unauthorized(self, peer: str, message: str) -> None:
+        """A peer refused our signature: the nodes' secrets differ (a rotation half done) or
+        their clocks are further apart than --max-clock-skew. Logged once a minute per peer."""
+        now = self.clock.monotonic()
+        last = self._refusal_warned.get(peer)
+        if last is None or now - last >= 60.0:
+            self._refusal_warned[peer] = now
+            log.warning("peer %s refused our request signature: %s", peer, message)
 
     def _handle_reply(self, peer: str, reply: dict) -> bool:
         """A successful direct contact with `peer`; `reply` is its membership payload."""

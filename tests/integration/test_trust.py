@@ -12,6 +12,7 @@ import time
 import pytest
 
 from dcounter import auth
+from tests.integration.harness import poll
 
 SECRET = "cluster-secret-" + "1" * 20
 OLD = "cluster-secret-" + "0" * 20
@@ -186,6 +187,20 @@ def test_rotating_the_secret_keeps_the_cluster_converging(cluster):
             cluster.wait_converged([a, b], expected, timeout=20)
     assert signed_post(a, "/nodes/heartbeat", {"node_id": b.node_id},
                        secret=OLD).status_code == 401
+
+
+def test_a_half_done_rotation_is_logged_and_still_converges(cluster):
+    """a signs with the new secret that b does not know yet: a's calls to b are refused, b's
+    calls to a are accepted. b's pushes and b's pulls from a keep both counts equal, and a says
+    in its log why b refuses it."""
+    a = cluster.node("a", extra=["--cluster-secret", f"{SECRET},{OLD}"]).start()
+    b = cluster.node("b", peers=[a.node_id], extra=["--cluster-secret", OLD]).start()
+    cluster.wait_membership([a, b])
+    assert a.incr(delta=3).status_code == 200 and b.incr(delta=4).status_code == 200
+    cluster.wait_converged([a, b], 7, timeout=20)
+    poll(lambda: "refused our request signature" in a.stderr(), 10,
+         message="a to log that b refuses its signature")
+    assert "do the nodes share a cluster secret" in a.stderr()
 
 
 def test_without_a_secret_on_loopback_there_is_no_warning(cluster):
