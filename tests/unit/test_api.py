@@ -313,3 +313,17 @@ def test_health_ready_status_and_metrics(node):
     assert status == 200 and payload["node_id"] == NODE_ID and payload["durable"] is False
     status, text, _ = get(node, "/metrics")
     assert status == 200 and "dcounter_http_requests_total" in text
+
+
+def test_idempotency_keys_expire_by_the_wall_clock_and_are_swept(make_node):
+    node = make_node(idempotency_ttl=60.0)
+    headers = {"Idempotency-Key": "k"}
+    post(node, "/counter/increment", headers=headers)
+    node.clock.advance(59)
+    assert post(node, "/counter/increment", headers=headers)[2]["Idempotent-Replayed"] == "true"
+    node.clock.advance(2)
+    node.cleanup_once()
+    assert node.counter.key_count() == 0
+    status, payload, replay = post(node, "/counter/increment", headers=headers)
+    assert status == 200 and "Idempotent-Replayed" not in replay
+    assert payload["count"] == 2
