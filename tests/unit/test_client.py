@@ -1,0 +1,85 @@
+"""The `dcounter` command's pure parts: where it connects, what it sends, how it compares."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dcounter.client import NodeView, Survey, _disagreements, build_parser, format_survey, \
+    make_client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def client_for(argv, environ):
+    args = build_parser().parse_args(argv)
+    return make_client(args, environ), args
+
+
+def test_the_node_comes_from_the_flag_the_environment_or_the_default():
+    client, args = client_for(["get"], {})
+    assert args.node == "localhost:8080" and client.url(args.node, "/x") == \
+        "http://localhost:8080/x"
+    client, args = client_for(["get"], {"DCOUNTER_NODE": "vm1:9000"})
+    assert client.url(args.node, "/x") == "http://vm1:9000/x"
+    # Options before or after the subcommand.
+    client, args = client_for(["--node", "a:1", "get"], {"DCOUNTER_NODE": "vm1:9000"})
+    assert args.node == "a:1"
+    client, args = client_for(["get", "--node", "b:2", "--json"], {})
+    assert args.node == "b:2" and args.json is True
+
+
+def test_https_with_a_ca_file_or_an_https_url_and_the_token_as_bearer():
+    client, args = client_for(["get", "--node", "vm1:8080"],
+                              {"DCOUNTER_TLS_CA": "/etc/dcounter/ca.pem",
+                               "DCOUNTER_CLIENT_TOKEN": "tok"})
+    assert client.url(args.node, "/status") == "https://vm1:8080/status"
+    assert client.url("vm2:8080", "/status") == "https://vm2:8080/status"
+    assert client.verify == "/etc/dcounter/ca.pem"
+    assert client._session().headers["Authorization"] == "Bearer tok"
+    client, args = client_for(["get", "--node", "https://vm1:8080/"], {})
+    assert client.url(args.node, "/status") == "https://vm1:8080/status"
+    assert client.url("vm2:8080", "/status") == "https://vm2:8080/status"
+    assert client.verify is True
+    assert "Authorization" not in client._session().headers
+
+
+def view(node, counters, digest=None, listed_alive=True, cluster="default"):
+    return NodeView(node, node, listed_alive,
+                    status={"node_id": node, "cluster": cluster, "counters": counters,
+                            "digest": digest or {"o": 1}, "peers": {}, "replication": {},
+                            "ready": {"ready": True, "reason": ""}})
+
+
+def test_agreement_needs_equal_counts_and_equal_digests():
+    assert _disagreements([view("a:1", {"x": 1}), view("b:1", {"x": 1, "y": 0})]) == []
+    assert _disagreements([view("a:1", {"x": 1}), view("b:1", {"x": 2})]) == \
+        ["x: a:1=1, b:1=2"]
+    # The same totals from different events: not converged yet.
+    problems = _disagreements([view("a:1", {"x": 1}, {"o1": 1}),
+                               view("b:1", {"x": 1}, {"o2": 1})])
+    assert problems and "not every node has seen the same events" in problems[0]
+    down_member = NodeView("c:1", "c:1", True, error="c:1: no answer in time")
+    down_candidate = NodeView("d:1", "d:1", False, error="d:1: connection refused")
+    assert _disagreements([view("a:1", {"x": 1}), down_member]) == ["c:1: no answer in time"]
+    assert _disagreements([view("a:1", {"x": 1}), down_candidate]) == []
+
+
+def test_status_table():
+    survey = Survey(nodes=[view("a:1", {"x": 1}), view("b:22", {"x": 2}),
+                           NodeView("c:1", "c:1", True, error="c:1: no answer in time")])
+    survey.problems = _disagreements(survey.nodes)
+    assert format_survey(survey, None).splitlines() == [
+        "NODE  STATE        x  PEERS  BACKLOG",
+        "a:1   ok           1      0        0",
+        "b:22  ok           2      0        0",
+        "c:1   unreachable  -      -        -",
+        "DISAGREE:",
+        "  c:1: no answer in time",
+        "  x: a:1=1, b:22=2",
+    ]
+
+
+def test_bin_dcounter_runs_from_a_checkout():
+    result = subprocess.run([sys.executable, str(ROOT / "bin" / "dcounter"), "--version"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("dcounter ")
