@@ -34,7 +34,7 @@ class Request:
     method: str
     path: str
     query: list[tuple[str, str]]
-    headers: object  # http.client.HTTPMessage
+    headers: object  # Headers (or anything with get and get_all, such as HTTPMessage)
     body: bytes
     client: str
     route: str = ""
@@ -90,6 +90,51 @@ class _LastLineReader:
     def readline(self, limit: int = -1) -> bytes:
         self.last = self.rfile.readline(limit)
         return self.last
+
+
+_MAX_HEADER_LINE = 65536  # the limits of http.client.parse_headers
+_MAX_HEADERS = 100
+
+
+class Headers:
+    """A request's header fields, read without the `email` package (its parser costs more than
+    everything else a request does). Names match case-insensitively; `get` gives the first
+    value and `get_all` every value, as `http.client.HTTPMessage` does."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: list[tuple[str, str, str]]):
+        self._fields = fields  # (lower-case name, name as sent, value)
+
+    def get(self, name: str, default=None):
+        name = name.lower()
+        for key, _, value in self._fields:
+            if key == name:
+                return value
+        return default
+
+    def get_all(self, name: str, failobj=None):
+        name = name.lower()
+        values = [value for key, _, value in self._fields if key == name]
+        return values or failobj
+
+    def __getitem__(self, name: str):
+        return self.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def keys(self) -> list[str]:
+        return [name for _, name, _ in self._fields]
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(name, value) for _, name, value in self._fields]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -164,6 +209,73 @@ class Handler(BaseHTTPRequestHandler):
             self._serve()
         finally:
             self.server.track_request(-1)
+
+    def parse_request(self) -> bool:
+        """`BaseHTTPRequestHandler.parse_request` with its request-line rules, limits and error
+        statuses, reading the header block into `Headers` instead of an email message. A header
+        line without a colon, with white space before the colon, or folded gets 400."""
+        self.command = None
+        self.request_version = version = self.default_request_version
+        self.close_connection = True
+        requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.requestline = requestline
+        words = requestline.split()
+        if not words:
+            return False
+        if len(words) >= 3:
+            version = words[-1]
+            number = version[5:].split(".") if version.startswith("HTTP/") else []
+            if len(number) != 2 or not all(part.isdigit() and len(part) <= 10
+                                           for part in number):
+                self.send_error(400, f"Bad request version ({version!r})")
+                return False
+            major_minor = int(number[0]), int(number[1])
+            if major_minor >= (2, 0):
+                self.send_error(505, f"Invalid HTTP version ({version[5:]})")
+                return False
+            if major_minor >= (1, 1):
+                self.close_connection = False
+            self.request_version = version
+        if not 2 <= len(words) <= 3:
+            self.send_error(400, f"Bad request syntax ({requestline!r})")
+            return False
+        command, path = words[:2]
+        if len(words) == 2:
+            self.close_connection = True
+            if command != "GET":
+                self.send_error(400, f"Bad HTTP/0.9 request type ({command!r})")
+                return False
+        self.command, self.path = command, path
+        if path.startswith("//"):  # as the standard library does (gh-87389)
+            self.path = "/" + path.lstrip("/")
+        fields = []
+        readline = self.rfile.readline
+        while True:
+            line = readline(_MAX_HEADER_LINE + 1)
+            if len(line) > _MAX_HEADER_LINE:
+                self.send_error(431, "Line too long")
+                return False
+            if line in (b"\r\n", b"\n", b""):
+                break
+            if len(fields) >= _MAX_HEADERS:
+                self.send_error(431, "Too many headers")
+                return False
+            name, colon, value = line.decode("iso-8859-1").partition(":")
+            if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+                self.send_error(400, "malformed header line")
+                return False
+            fields.append((name.lower(), name, value.strip()))
+        self.headers = headers = Headers(fields)
+        connection = (headers.get("Connection") or "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        if (headers.get("Expect") or "").lower() == "100-continue" and \
+                self.request_version >= "HTTP/1.1":
+            if not self.handle_expect_100():
+                return False
+        return True
 
     def _arm_timeout(self) -> None:
         """Before each read: the idle timeout between requests, else what is left of the
