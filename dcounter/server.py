@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 log = logging.getLogger(__name__)
 
 _CLIENT_GONE = (ConnectionError, TimeoutError, socket.timeout, BrokenPipeError)
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Response:
 
     @classmethod
     def json(cls, status: int, payload, headers: dict | None = None) -> "Response":
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        body = _JSON.encode(payload).encode()
         return cls(status, body, "application/json", headers or {})
 
 
@@ -347,16 +348,21 @@ class Handler(BaseHTTPRequestHandler):
             # The reply, too, must go out within a deadline: a client that stops reading does
             # not hold its thread forever (sendall's timeout bounds the whole send).
             self.connection.settimeout(self.server.request_deadline)
-            self.send_response_only(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
+            # Status line, headers and body leave in one send (one system call, one segment).
+            status = response.status
+            phrase = self.responses[status][0] if status in self.responses else ""
+            lines = [f"{self.protocol_version} {status} {phrase}\r\n"
+                     f"Content-Type: {response.content_type}\r\n"
+                     f"Content-Length: {len(response.body)}\r\n"]
             for name, value in response.headers.items():
-                self.send_header(name, value)
+                lines.append(f"{name}: {value}\r\n")
+                if name.lower() == "connection" and str(value).lower() == "close":
+                    self.close_connection = True
             if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
+                lines.append("Connection: close\r\n")
+            lines.append("\r\n")
+            head = "".join(lines).encode("latin-1", "strict")
+            self.wfile.write(head if self.command == "HEAD" else head + response.body)
             self.wfile.flush()
         except _CLIENT_GONE:
             self.close_connection = True
