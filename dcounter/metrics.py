@@ -1,10 +1,12 @@
 """A small metrics registry rendered in the Prometheus text format (version 0.0.4).
 
-Counters and gauges with labels, and summaries kept as `_sum`/`_count` pairs. Thread-safe;
+Counters and gauges with labels, summaries kept as `_sum`/`_count` pairs, and histograms with
+fixed buckets. Thread-safe;
 no dependency. Gauges that are read from live state are registered as callbacks and evaluated
 at scrape time.
 """
 
+import bisect
 import threading
 
 _HELP = {
@@ -22,6 +24,15 @@ _HELP = {
     "dcounter_commit_seconds": ("summary", "Time to commit one group of changes to storage "
                                            "(durable mode only)."),
     "dcounter_commit_group_size": ("summary", "Requests committed together in one group."),
+    "dcounter_replication_delay_seconds": ("histogram", "Time from an event's commit at this "
+                                           "node until a peer acknowledged it, per event and "
+                                           "peer."),
+}
+
+# Upper bounds (seconds) of the histograms' buckets; +Inf is added when rendering.
+_BUCKETS = {
+    "dcounter_replication_delay_seconds": (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075,
+                                           0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 }
 
 # Counters that only ever have labelled series: no unlabelled zero sample is shown for them.
@@ -78,6 +89,26 @@ class Metrics:
             series[("sum",)] = series.get(("sum",), 0) + value
             series[("count",)] = series.get(("count",), 0) + 1
 
+    def observe_histogram(self, name: str, values) -> None:
+        """Observations `values` (numbers) in the histogram `name` (buckets in `_BUCKETS`)."""
+        values = sorted(values)
+        if not values:
+            return
+        counts, start = [], 0
+        for bound in _BUCKETS[name]:
+            end = bisect.bisect_right(values, bound, start)
+            counts.append(end - start)
+            start = end
+        counts.append(len(values) - start)
+        total = sum(values)
+        with self._lock:
+            series = self._values.setdefault(name, {})
+            for index, count in enumerate(counts):
+                if count:
+                    series[("bucket", index)] = series.get(("bucket", index), 0) + count
+            series[("sum",)] = series.get(("sum",), 0) + total
+            series[("count",)] = series.get(("count",), 0) + len(values)
+
     def gauge(self, name: str, help_text: str, read) -> None:
         """`read()` returns a number or a list of (labels dict, number)."""
         self._gauges[name] = (help_text, read)
@@ -103,6 +134,15 @@ class Metrics:
             lines.append(f"# TYPE {name} {kind}")
             series = snapshot.get(name, {})
             if kind == "summary":
+                lines.append(f"{name}_sum {_number(series.get(('sum',), 0))}")
+                lines.append(f"{name}_count {_number(series.get(('count',), 0))}")
+                continue
+            if kind == "histogram":
+                bounds = _BUCKETS[name]
+                cumulative = 0
+                for index, bound in enumerate(bounds + (float("inf"),)):
+                    cumulative += series.get(("bucket", index), 0)
+                    lines.append(f'{name}_bucket{{le="{_number(bound)}"}} {_number(cumulative)}')
                 lines.append(f"{name}_sum {_number(series.get(('sum',), 0))}")
                 lines.append(f"{name}_count {_number(series.get(('count',), 0))}")
                 continue

@@ -36,7 +36,8 @@ class PeerLink:
         self.peer = peer
         self.r = replicator
         self.cond = threading.Condition()
-        self.backlog: collections.deque[Event] = collections.deque()
+        # (event, monotonic time it was queued): the time measures the replication delay.
+        self.backlog: collections.deque[tuple[Event, float]] = collections.deque()
         self.state = LinkState.IDLE
         self.last_start = float("-inf")
         self.stopped = False
@@ -50,7 +51,8 @@ class PeerLink:
         with self.cond:
             if self.stopped:
                 return
-            self.backlog.extend(events)
+            now = self.r.clock.monotonic()
+            self.backlog.extend((event, now) for event in events)
             if len(self.backlog) > self.r.max_backlog:
                 self._drop_locked("backlog over its bound")
             if self.state is LinkState.IDLE:
@@ -100,7 +102,9 @@ class PeerLink:
                 with self.cond:
                     self.state = LinkState.READY if self.backlog else LinkState.IDLE
                 continue
-            ok = self.r.send_batch(self.peer, batch)
+            ok = self.r.send_batch(self.peer, [event for event, _ in batch])
+            if ok:
+                self.r.observe_delivery(batch)
             with self.cond:
                 if ok:
                     self.sent_batches += 1
@@ -177,6 +181,13 @@ class Replicator:
         self.on_success(peer)
         return True
 
+    def observe_delivery(self, batch: list[tuple[Event, float]]) -> None:
+        """Record how long each event of an acknowledged batch took since it was queued."""
+        if self.metrics:
+            now = self.clock.monotonic()
+            self.metrics.observe_histogram("dcounter_replication_delay_seconds",
+                                           [now - queued for _, queued in batch])
+
     def schedule_retry(self, peer: str) -> None:
         self.schedule.failed(peer, self.clock.monotonic())
         self._retry_wakeup.set()
@@ -227,7 +238,7 @@ class Replicator:
         left = 0
         for link in links:
             with link.cond:
-                pending = list(link.backlog)
+                pending = [event for event, _ in link.backlog]
                 link.backlog.clear()
             while pending:
                 remaining = deadline - self.clock.monotonic()
