@@ -302,23 +302,58 @@ def wait_membership(target: Target, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{target.name}: nodes did not all see each other within {timeout}s")
 
 
-def internal_requests(port: int) -> float:
-    """The sum of dcounter_http_requests_total over the internal routes at one node."""
-    client = Client(port)
-    try:
-        status, body = client.request("GET", "/metrics")
-    finally:
-        client.close()
-    if status != 200:
-        raise RuntimeError(f"/metrics on port {port}: HTTP {status}")
-    total = 0.0
-    for line in body.decode().splitlines():
-        if not line.startswith("dcounter_http_requests_total{"):
-            continue
-        labels, _, value = line.rpartition(" ")
-        if any(f'route="{route}"' in labels for route in INTERNAL_ROUTES):
-            total += float(value)
-    return total
+DELAY = "dcounter_replication_delay_seconds"
+
+
+@dataclass
+class Scrape:
+    """What the benchmark reads from the nodes' /metrics, summed over the nodes."""
+    internal: float = 0.0  # dcounter_http_requests_total over INTERNAL_ROUTES
+    delay_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+
+    def __sub__(self, other: "Scrape") -> "Scrape":
+        return Scrape(self.internal - other.internal,
+                      {le: n - other.delay_buckets.get(le, 0)
+                       for le, n in self.delay_buckets.items()})
+
+
+def scrape(ports: list[int]) -> Scrape:
+    result = Scrape()
+    for port in ports:
+        client = Client(port)
+        try:
+            status, body = client.request("GET", "/metrics")
+        finally:
+            client.close()
+        if status != 200:
+            raise RuntimeError(f"/metrics on port {port}: HTTP {status}")
+        for line in body.decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("dcounter_http_requests_total{"):
+                if any(f'route="{route}"' in name for route in INTERNAL_ROUTES):
+                    result.internal += float(value)
+            elif name.startswith(DELAY + "_bucket{"):
+                le = float(name.split('le="', 1)[1].split('"', 1)[0])
+                result.delay_buckets[le] = result.delay_buckets.get(le, 0) + float(value)
+    return result
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The q-quantile of a cumulative histogram, interpolated linearly inside its bucket (as
+    Prometheus' histogram_quantile does); None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
 
 
 # -- load generation ---------------------------------------------------------------------------
@@ -562,8 +597,10 @@ class RunResult:
     internal_per_increment: float | None
     rss_warm_kib: list[int | None]
     rss_after_kib: list[int | None]
-    replication_ms: list[float]
+    replication_ms: list[float]  # probes: increment sent -> read showing it at every peer
     replication_missed: int
+    delivery_p99_ms: float | None  # the nodes' histogram: commit -> acknowledged by a peer
+    delivered_within_100ms: float | None
 
 
 class Converge:
@@ -745,7 +782,8 @@ class Bench:
         if kind == "bare":
             target = start_bare(self.procs, self.workdir)
         else:
-            target = start_cluster(self.procs, self.workdir, size, durable)
+            target = start_cluster(self.procs, self.workdir, size, durable,
+                                   self.args.node_args)
         try:
             return self._measure(target, size, durable)
         finally:
@@ -756,7 +794,7 @@ class Bench:
         self.warm_up(target)
         rss_warm = [rss_kib(pid) for pid in target.pids]
         dcounter = target.kind == "dcounter"
-        internal_before = sum(internal_requests(p) for p in target.ports) if dcounter else 0
+        before = scrape(target.ports) if dcounter else Scrape()
         start = time.monotonic() + 0.3
         stop = start + args.duration
         load = Load(self, target.ports, args.connections, start, stop)
@@ -774,10 +812,14 @@ class Bench:
         finally:
             for client in clients:
                 client.close()
-        internal = None
+        internal, delay_p99, within = None, None, None
         if dcounter:
-            internal_after = sum(internal_requests(p) for p in target.ports)
-            internal = (internal_after - internal_before) / max(1, result.acknowledged)
+            moved = scrape(target.ports) - before
+            internal = moved.internal / max(1, result.acknowledged)
+            if size > 1:
+                delay_p99 = histogram_quantile(moved.delay_buckets, 0.99)
+                total = moved.delay_buckets.get(math.inf, 0)
+                within = moved.delay_buckets.get(0.1, 0) / total if total else None
         rss_after = [rss_kib(pid) for pid in target.pids]
         return RunResult(
             config=target.name, kind=target.kind, nodes=size, durable=durable,
@@ -788,14 +830,16 @@ class Bench:
             final_counts=finals, counts_match=all(v == expected for v in finals),
             internal_per_increment=internal, rss_warm_kib=rss_warm, rss_after_kib=rss_after,
             replication_ms=[s * 1000 for s in probe.samples] if probe else [],
-            replication_missed=probe.missed if probe else 0)
+            replication_missed=probe.missed if probe else 0,
+            delivery_p99_ms=None if delay_p99 is None else delay_p99 * 1000,
+            delivered_within_100ms=within)
 
     # -- the memory check ---------------------------------------------------------------------
     def memory_check(self) -> dict:
         """A three-node durable cluster: RSS after a warm-up and after `memory_increments` and
         twice that many further increments."""
         args = self.args
-        target = start_cluster(self.procs, self.workdir, 3, True)
+        target = start_cluster(self.procs, self.workdir, 3, True, args.node_args)
         try:
             total = 0
             rss = {}
@@ -869,6 +913,12 @@ def summarise(runs: list[RunResult]) -> list[dict]:
             "converge_ms_max": (None if any(r.converge_ms is None for r in group)
                                 else max(r.converge_ms for r in group)),
             "internal_per_increment": _median([r.internal_per_increment for r in group]),
+            "delivery_p99_ms": _median([r.delivery_p99_ms for r in group]),
+            "delivery_p99_ms_max": max((r.delivery_p99_ms for r in group
+                                        if r.delivery_p99_ms is not None), default=None),
+            "delivered_within_100ms": min((r.delivered_within_100ms for r in group
+                                           if r.delivered_within_100ms is not None),
+                                          default=None),
             "replication_p99_ms": _p99(replication),
             "replication_samples": len(replication),
             "replication_missed": sum(r.replication_missed for r in group),
@@ -884,22 +934,33 @@ def _fmt(value, spec: str = ".0f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
+def _span(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f}"
+
+
 def render_table(rows: list[dict], memory: dict | None) -> str:
     header = ("| config | inc/s | vs bare | vs 1 node | p50 ms | p99 ms | converge ms | "
-              "internal req/inc | repl. p99 ms | RSS MB warm → after | final = acked |")
+              "internal req/inc | replication p99 ms: delivered (≤100 ms) / visible | "
+              "RSS MB warm → after | final = acked |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
-        rss = ", ".join(f"{_fmt(a, '.1f')}→{_fmt(b, '.1f')}"
-                        for a, b in zip(row["rss_warm_mib"], row["rss_after_mib"])) \
-            if row["config"] != "bare" else "-"
+        rss = "-"
+        if row["config"] != "bare" and None not in row["rss_warm_mib"] + row["rss_after_mib"]:
+            rss = f"{_span(row['rss_warm_mib'])} → {_span(row['rss_after_mib'])}"
         converge = _fmt(row["converge_ms_median"])
         if row["converge_ms_max"] is not None and row["runs"] > 1:
             converge += f" (max {row['converge_ms_max']:.0f})"
         elif row["converge_ms_max"] is None:
             converge = "not converged"
         repl = "-"
+        if row["delivery_p99_ms"] is not None:
+            repl = f"{row['delivery_p99_ms']:.0f}"
+            if row["runs"] > 1:
+                repl += f" (max {row['delivery_p99_ms_max']:.0f})"
+            repl += f" ({100 * row['delivered_within_100ms']:.1f} %)"
         if row["replication_samples"]:
-            repl = f"{row['replication_p99_ms']:.0f} (n={row['replication_samples']})"
+            repl += f" / {row['replication_p99_ms']:.0f} (n={row['replication_samples']})"
         if row["replication_missed"]:
             repl += f", {row['replication_missed']} over 5 s"
         match = "yes" if row["counts_match"] else "NO"
@@ -974,6 +1035,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-increments", type=int,
                         help="increments per step of the memory check (100000; quick 10000; "
                              "0 skips it)")
+    parser.add_argument("--node-args", type=str.split, default=[],
+                        help="extra flags for every dcounter node, e.g. '--sync normal'")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--load-worker", help=argparse.SUPPRESS)
     return parser
