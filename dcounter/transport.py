@@ -36,16 +36,37 @@ class Transport:
         self._session.headers.update({"Content-Type": "application/json",
                                       "User-Agent": "dcounter-peer"})
         self._lock = threading.Lock()
+        self._templates: dict[tuple[str, str], requests.PreparedRequest] = {}
 
     def url(self, node_id: str, path: str) -> str:
         return f"{self.scheme}://{node_id}{path}"
+
+    def _prepare(self, node_id: str, path: str, body: bytes) -> requests.PreparedRequest:
+        """A POST of `body` to `path` at `node_id`. Preparing a request from scratch (parsing the
+        URL, merging the session's headers, cookies and hooks) cost about as much as sending
+        it, so each (peer, path) is prepared once and copied."""
+        key = (node_id, path)
+        template = self._templates.get(key)
+        if template is None:
+            template = self._session.prepare_request(
+                requests.Request("POST", self.url(node_id, path)))
+            with self._lock:
+                if len(self._templates) >= 1024:  # peers come and go; keep the cache bounded
+                    self._templates.clear()
+                self._templates[key] = template
+        prepared = template.copy()
+        prepared.prepare_body(body, None)
+        return prepared
 
     def post(self, node_id: str, path: str, payload: dict, timeout: float | None = None) -> dict:
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = self.signer("POST", path, body) if self.signer else None
         try:
-            response = self._session.post(self.url(node_id, path), data=body, headers=headers,
-                                          timeout=timeout or self.timeout, allow_redirects=False)
+            prepared = self._prepare(node_id, path, body)
+            if headers:
+                prepared.headers.update(headers)
+            response = self._session.send(prepared, timeout=timeout or self.timeout,
+                                          allow_redirects=False)
         except requests.RequestException as exc:
             self._observe(path, False)
             raise PeerUnreachable(f"{node_id}: {type(exc).__name__}") from exc
