@@ -3,7 +3,10 @@
 Each peer has a `PeerLink`: a backlog (deque) of events and a sender thread. When the link has
 been idle an event goes at once; while the link is busy a batch collects what arrives, and a
 new batch starts at most once per `batch_linger` seconds, so under load one request carries
-many events. A failed send puts the batch back and asks the `RetrySchedule` for the next
+many events. Past `batch_linger` a batch smaller than `EVENTS_PER_PEER` events per peer waits
+on for more, up to `LINGER_CAP` times `batch_linger` since the last start: under load a node
+then sends at most one request per `EVENTS_PER_PEER` events per peer, so replication costs at
+most 1/`EVENTS_PER_PEER` requests per increment whatever the cluster size. A failed send puts the batch back and asks the `RetrySchedule` for the next
 attempt (`min(base * 2**(attempt-1), cap)`); the replicator's retry loop (`retry_once`) wakes
 the link when it is due. A success resets the backoff.
 
@@ -22,6 +25,10 @@ from dcounter.errors import PeerRefused, PeerUnreachable
 from dcounter.retry import RetrySchedule
 
 log = logging.getLogger(__name__)
+
+EVENTS_PER_PEER = 12  # a busy link's batch goal, per peer: replication stays under 1/12
+                      # request per increment, leaving room for heartbeats under 0.1
+LINGER_CAP = 3        # times batch_linger: the longest a busy link lets a batch grow
 
 
 class LinkState(enum.Enum):
@@ -52,12 +59,15 @@ class PeerLink:
             if self.stopped:
                 return
             now = self.r.clock.monotonic()
+            before = len(self.backlog)
             self.backlog.extend((event, now) for event in events)
             if len(self.backlog) > self.r.max_backlog:
                 self._drop_locked("backlog over its bound")
             if self.state is LinkState.IDLE:
                 self.state = LinkState.READY
                 self.cond.notify()
+            elif before < self.r.batch_goal <= len(self.backlog):
+                self.cond.notify()  # a lingering batch reached its goal
 
     def wake(self) -> None:
         with self.cond:
@@ -88,10 +98,18 @@ class PeerLink:
                     self.cond.wait()
                 if self.stopped:
                     return
-                # A busy link lets the batch grow for up to `batch_linger` since the last start.
-                wait = self.last_start + self.r.batch_linger - clock.monotonic()
-                if wait > 0 and len(self.backlog) < self.r.batch_max:
-                    self.cond.wait(wait)
+                # A busy link lets the batch grow for `batch_linger` since the last start, then
+                # on up to LINGER_CAP * batch_linger while it is short of its goal (two waits at
+                # most: the first ends at `batch_linger` or earlier, the second at the cap or
+                # when the goal is reached).
+                linger = self.r.batch_linger
+                for _ in range(2):
+                    since = clock.monotonic() - self.last_start
+                    size = len(self.backlog)
+                    if size >= self.r.batch_max or since >= linger * LINGER_CAP or \
+                            (since >= linger and size >= self.r.batch_goal):
+                        break
+                    self.cond.wait((linger if since < linger else linger * LINGER_CAP) - since)
                     if self.stopped:
                         return
                 n = min(len(self.backlog), self.r.batch_max)
@@ -134,6 +152,7 @@ class Replicator:
         self.metrics = metrics
         self._lock = threading.Lock()
         self._links: dict[str, PeerLink] = {}
+        self.batch_goal = EVENTS_PER_PEER  # EVENTS_PER_PEER per link
         self._retry_wakeup = threading.Event()
 
     # -- membership ---------------------------------------------------------------------------
@@ -142,11 +161,13 @@ class Replicator:
             if peer in self._links:
                 return
             link = self._links[peer] = PeerLink(peer, self)
+            self.batch_goal = EVENTS_PER_PEER * len(self._links)
         link.thread.start()
 
     def remove_peer(self, peer: str) -> None:
         with self._lock:
             link = self._links.pop(peer, None)
+            self.batch_goal = EVENTS_PER_PEER * max(1, len(self._links))
         if link is not None:
             with link.cond:
                 link._drop_locked("peer removed")
