@@ -64,7 +64,7 @@ class Node:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._pulls: dict[str, set[str]] = {}
+        self._pulls: dict[str, dict[str, int]] = {}  # peer -> {origin: watermark it showed}
         self._pull_lock = threading.Lock()
         self._pull_wakeup = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
@@ -279,7 +279,9 @@ class Node:
         behind = self.counter.behind(digest)
         if behind and not self.peers.is_self(source):
             with self._pull_lock:
-                self._pulls.setdefault(source, set()).update(behind)
+                wanted = self._pulls.setdefault(source, {})
+                for origin in behind:
+                    wanted[origin] = max(wanted.get(origin, 0), digest[origin])
             self._pull_wakeup.set()
         return behind
 
@@ -383,9 +385,11 @@ class Node:
         with self._pull_lock:
             pulls, self._pulls = self._pulls, {}
         adopted = 0
-        for peer, origins in pulls.items():
-            origins = self.counter.behind({o: float("inf") for o in origins})
+        for peer, wanted in pulls.items():
+            # Events still in flight when the peer showed its digest may have arrived since.
+            origins = self.counter.behind(wanted)
             if not origins:
+                self.anti_entropy_rounds += 1  # compared: nothing left to pull
                 continue
             try:
                 reply = self.transport.post(peer, "/counter/state",
@@ -444,8 +448,13 @@ class Node:
             self._guard(self.retry_once, "retry")
 
     def _sync_loop(self) -> None:
+        # A peer's digest often shows events that are on their way here by replication: give
+        # them a moment to arrive before pulling prefixes nobody needs.
+        settle = min(0.25, self.config.heartbeat_interval / 2)
         while not self._stop.is_set():
             self._pull_wakeup.wait(1.0)
+            if self._pull_wakeup.is_set() and self._stop.wait(settle):
+                return
             self._pull_wakeup.clear()
             if not self._stop.is_set():
                 self._guard(self.pull_once, "anti-entropy")
