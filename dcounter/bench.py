@@ -1037,6 +1037,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "0 skips it)")
     parser.add_argument("--node-args", type=str.split, default=[],
                         help="extra flags for every dcounter node, e.g. '--sync normal'")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="run only the memory check")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--load-worker", help=argparse.SUPPRESS)
     return parser
@@ -1066,6 +1068,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     bench = Bench(args)
     runs: list[RunResult] = []
     memory = None
@@ -1073,7 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.log(f"{PROG}: load generator {bench.loadgen}, {args.connections} connections, "
                   f"{args.duration:g} s per run, {args.reps} repetition(s)")
-        for rep in range(args.reps):
+        for rep in range(0 if args.memory_only else args.reps):
             for size in sizes:
                 plan = [("bare", 1, None)] + [("dcounter", size, mode == "durable")
                                                for mode in modes]
