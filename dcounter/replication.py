@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_PER_PEER = 12  # a busy link's batch goal, per peer: replication stays under 1/12
                       # request per increment, leaving room for heartbeats under 0.1
-LINGER_CAP = 3        # times batch_linger: the longest a busy link lets a batch grow
+LINGER_CAP = 3.5      # times batch_linger: the longest a busy link lets a batch grow
 
 
 class LinkState(enum.Enum):
