@@ -14,7 +14,9 @@ Everything runs on loopback, in processes this module starts and ends by pid:
   acknowledged increments (2xx) are exact.
 
 Runs are interleaved (bare, cluster, cluster, bare, ...) and repeated, and the table quotes
-medians, so drift on a shared machine affects the ceiling and the clusters alike. Per run:
+medians; a ratio to the bare server is each run's rate over the bare runs just before and after
+it (a ratio to one node: over the one-node run of the same repetition), the median of those,
+so drift on a shared machine affects both sides of a ratio alike. Per run:
 acknowledged increments/s, p50/p99 latency at saturation, the time from the end of the load
 until every node shows the final total, internal HTTP requests per increment (from every
 node's `dcounter_http_requests_total`), each node's resident memory after a warm-up and after
@@ -601,6 +603,7 @@ class RunResult:
     replication_missed: int
     delivery_p99_ms: float | None  # the nodes' histogram: commit -> acknowledged by a peer
     delivered_within_100ms: float | None
+    rep: int = 0
 
 
 class Converge:
@@ -887,15 +890,35 @@ def _p99(samples: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+def paired_ratios(runs: list[RunResult]) -> tuple[dict[int, float], dict[int, float]]:
+    """Per dcounter run (by index): its rate over the mean of the bare runs just before and
+    just after it, and (clusters) over the one-node run of the same mode and repetition.
+    Neighbours share the machine's drift, so the ratios are steadier than ratios of medians."""
+    bare = [i for i, run in enumerate(runs) if run.kind == "bare"]
+    to_bare, to_one = {}, {}
+    for i, run in enumerate(runs):
+        if run.kind == "bare":
+            continue
+        around = [j for j in bare if j < i][-1:] + [j for j in bare if j > i][:1]
+        reference = statistics.mean(runs[j].increments_per_s for j in around) if around else 0
+        if reference > 0:
+            to_bare[i] = run.increments_per_s / reference
+        if run.nodes > 1:
+            single = [r for r in runs if r.kind == "dcounter" and r.nodes == 1
+                      and r.durable == run.durable and r.rep == run.rep]
+            if single and single[0].increments_per_s > 0:
+                to_one[i] = run.increments_per_s / single[0].increments_per_s
+    return to_bare, to_one
+
+
 def summarise(runs: list[RunResult]) -> list[dict]:
-    configs: dict[str, list[RunResult]] = {}
-    for run in runs:
-        configs.setdefault(run.config, []).append(run)
-    bare = _median([r.increments_per_s for r in configs.get("bare", [])])
-    one = {True: _median([r.increments_per_s for r in configs.get("1 node, durable", [])]),
-           False: _median([r.increments_per_s for r in configs.get("1 node, in-memory", [])])}
+    configs: dict[str, list[int]] = {}
+    for index, run in enumerate(runs):
+        configs.setdefault(run.config, []).append(index)
+    to_bare, to_one = paired_ratios(runs)
     rows = []
-    for name, group in configs.items():
+    for name, indices in configs.items():
+        group = [runs[i] for i in indices]
         rate = _median([r.increments_per_s for r in group])
         first = group[0]
         replication = [s for r in group for s in r.replication_ms]
@@ -903,10 +926,9 @@ def summarise(runs: list[RunResult]) -> list[dict]:
         rows.append({
             "config": name, "nodes": first.nodes, "durable": first.durable, "runs": len(group),
             "increments_per_s": rate,
-            "ratio_to_bare": rate / bare if bare else None,
-            "ratio_to_one_node": (rate / one[first.durable]
-                                  if first.kind == "dcounter" and first.nodes > 1
-                                  and one.get(first.durable) else None),
+            "ratio_to_bare": 1.0 if first.kind == "bare" else
+            _median([to_bare.get(i) for i in indices]),
+            "ratio_to_one_node": _median([to_one.get(i) for i in indices]),
             "p50_ms": _median([r.p50_ms for r in group]),
             "p99_ms": _median([r.p99_ms for r in group]),
             "converge_ms_median": _median([r.converge_ms for r in group]),
@@ -1020,7 +1042,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one short repetition and a small memory check (under a minute)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--duration", type=float, help="seconds of load per run (5; quick 2)")
-    parser.add_argument("--reps", type=int, help="repetitions of every run (3; quick 1)")
+    parser.add_argument("--reps", type=int, help="repetitions of every run (5; quick 1)")
     parser.add_argument("--warmup", type=int, help="warm-up increments per run (2000; "
                                                    "quick 1000)")
     parser.add_argument("--connections", type=int, default=16,
@@ -1052,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
         return load_worker(json.loads(args.load_worker))
     quick = args.quick
     args.duration = args.duration or (2.0 if quick else 5.0)
-    args.reps = args.reps or (1 if quick else 3)
+    args.reps = args.reps or (1 if quick else 5)
     args.warmup = args.warmup or (1000 if quick else 2000)
     if args.memory_increments is None:
         args.memory_increments = 10_000 if quick else 100_000
@@ -1082,6 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
                                                for mode in modes]
                 for kind, n, durable in plan:
                     run = bench.run(kind, n, durable)
+                    run.rep = rep
                     runs.append(run)
                     bench.log(f"  rep {rep + 1}: {run.config}: {run.increments_per_s:.0f} inc/s, "
                               f"p99 {_fmt(run.p99_ms, '.1f')} ms, converge "
