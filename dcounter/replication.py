@@ -6,9 +6,11 @@ new batch starts at most once per `batch_linger` seconds, so under load one requ
 many events. Past `batch_linger` a batch smaller than `EVENTS_PER_PEER` events per peer waits
 on for more, up to `LINGER_CAP` times `batch_linger` since the last start: under load a node
 then sends at most one request per `EVENTS_PER_PEER` events per peer, so replication costs at
-most 1/`EVENTS_PER_PEER` requests per increment whatever the cluster size. A failed send puts the batch back and asks the `RetrySchedule` for the next
-attempt (`min(base * 2**(attempt-1), cap)`); the replicator's retry loop (`retry_once`) wakes
-the link when it is due. A success resets the backoff.
+most 1/`EVENTS_PER_PEER` requests per increment whatever the cluster size.
+
+A failed send puts the batch back and asks the `RetrySchedule` for the next attempt
+(`min(base * 2**(attempt-1), cap)`); the replicator's retry loop (`retry_once`) wakes the link
+when it is due. A success resets the backoff.
 
 The backlog is bounded: past `max_backlog` it is dropped and the peer catches up through
 anti-entropy (every event stays in the prefix of the nodes that applied it). A removed peer's
