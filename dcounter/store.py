@@ -10,7 +10,8 @@ of another schema version stops the node at start (`StartupError`); it is never 
 replaced. A write that fails while running raises `StorageFailure` (503 to the client) and
 leaves the state as it was.
 
-Only the writer thread calls `write`; `load` runs before the node serves.
+Only the writer calls `write`, one group at a time (see writer.py); `load` runs before the node
+serves.
 """
 
 import fcntl
@@ -159,7 +160,7 @@ class Store:
                 from None
         return origin, origins, keys
 
-    # -- writing (writer thread only) ------------------------------------------------------------
+    # -- writing (the writer only, one group at a time) -------------------------------------------
     def write(self, txn: Txn) -> None:
         conn = self._conn
         try:
