@@ -39,7 +39,6 @@ class Request:
     body: bytes
     client: str
     route: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -79,20 +78,6 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
-class _LastLineReader:
-    """Stands in for `rfile` while `parse_request` reads the headers and remembers the last
-    line read: a header block that ends at end of stream instead of a blank line was cut off by
-    the client hanging up, and must not be served as a complete request."""
-
-    def __init__(self, rfile):
-        self.rfile = rfile
-        self.last = b""
-
-    def readline(self, limit: int = -1) -> bytes:
-        self.last = self.rfile.readline(limit)
-        return self.last
-
-
 _MAX_HEADER_LINE = 65536  # the limits of http.client.parse_headers
 _MAX_HEADERS = 100
 
@@ -104,38 +89,21 @@ class Headers:
 
     __slots__ = ("_fields",)
 
-    def __init__(self, fields: list[tuple[str, str, str]]):
-        self._fields = fields  # (lower-case name, name as sent, value)
+    def __init__(self, fields: list[tuple[str, str]]):
+        self._fields = fields  # (lower-case name, value)
 
     def get(self, name: str, default=None):
         name = name.lower()
-        for key, _, value in self._fields:
+        for key, value in self._fields:
             if key == name:
                 return value
         return default
 
     def get_all(self, name: str, failobj=None):
         name = name.lower()
-        values = [value for key, _, value in self._fields if key == name]
+        values = [value for key, value in self._fields if key == name]
         return values or failobj
 
-    def __getitem__(self, name: str):
-        return self.get(name)
-
-    def __contains__(self, name: str) -> bool:
-        return self.get(name) is not None
-
-    def __len__(self) -> int:
-        return len(self._fields)
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def keys(self) -> list[str]:
-        return [name for _, name, _ in self._fields]
-
-    def items(self) -> list[tuple[str, str]]:
-        return [(name, value) for _, name, value in self._fields]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -172,7 +140,7 @@ class Handler(BaseHTTPRequestHandler):
         # Idle wait for the next request on a kept-alive connection.
         self._deadline = None
         try:
-            first = self.rfile.peek(1) if hasattr(self.rfile, "peek") else b"x"
+            first = self.rfile.peek(1)
         except _CLIENT_GONE:
             self.close_connection = True
             return
@@ -193,16 +161,10 @@ class Handler(BaseHTTPRequestHandler):
         if not self.raw_requestline.endswith(b"\n"):  # empty, or the client hung up mid-line
             self.close_connection = True
             return
-        reader = self.rfile = _LastLineReader(self.rfile)
         try:
             if not self.parse_request():
                 return
         except _CLIENT_GONE:
-            self.close_connection = True
-            return
-        finally:
-            self.rfile = reader.rfile
-        if reader.last not in (b"\r\n", b"\n"):  # the headers were cut off
             self.close_connection = True
             return
         self.server.track_request(+1)
@@ -214,7 +176,8 @@ class Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         """`BaseHTTPRequestHandler.parse_request` with its request-line rules, limits and error
         statuses, reading the header block into `Headers` instead of an email message. A header
-        line without a colon, with white space before the colon, or folded gets 400."""
+        line without a colon, with white space before the colon, or folded gets 400; a header
+        block cut off by the client hanging up is not served at all."""
         self.command = None
         self.request_version = version = self.default_request_version
         self.close_connection = True
@@ -256,8 +219,11 @@ class Handler(BaseHTTPRequestHandler):
             if len(line) > _MAX_HEADER_LINE:
                 self.send_error(431, "Line too long")
                 return False
-            if line in (b"\r\n", b"\n", b""):
+            if line in (b"\r\n", b"\n"):
                 break
+            if not line.endswith(b"\n"):  # the client hung up mid-headers: serve nothing
+                self.close_connection = True
+                return False
             if len(fields) >= _MAX_HEADERS:
                 self.send_error(431, "Too many headers")
                 return False
@@ -265,7 +231,7 @@ class Handler(BaseHTTPRequestHandler):
             if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
                 self.send_error(400, "malformed header line")
                 return False
-            fields.append((name.lower(), name, value.strip()))
+            fields.append((name.lower(), value.strip()))
         self.headers = headers = Headers(fields)
         connection = (headers.get("Connection") or "").lower()
         if connection == "close":
@@ -319,10 +285,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         path, _, query = self.path.partition("?")
-        try:
-            params = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
-        except ValueError:
-            params = [("", "")]
+        params = parse_qsl(query, keep_blank_values=True)
         request = Request(self.command, path, params, self.headers, body,
                           self.client_address[0] if self.client_address else "")
         response = server.app.handle(request)
@@ -331,8 +294,7 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self, length: int) -> bytes | None:
         chunks, remaining = [], length
         while remaining > 0:
-            chunk = self.rfile.read1(min(remaining, 65536)) if hasattr(self.rfile, "read1") \
-                else self.rfile.read(remaining)
+            chunk = self.rfile.read1(min(remaining, 65536))
             if not chunk:
                 return None
             chunks.append(chunk)
@@ -398,7 +360,6 @@ class Server(ThreadingHTTPServer):
         self._count_lock = threading.Lock()
         self.connections = 0
         self.in_flight = 0
-        self.refused_connections = 0
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         super().__init__(address, Handler)
@@ -409,8 +370,6 @@ class Server(ThreadingHTTPServer):
             over = self.connections >= self.max_connections
             if not over:
                 self.connections += 1
-            else:
-                self.refused_connections += 1
         if over:
             threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
             return

@@ -12,13 +12,12 @@ failure), requests duplicated, and requests held back and delivered late by `del
 `random.Random`.
 """
 
-import http.client
 import json
 import random
 import threading
 
 from dcounter.errors import PeerRefused, PeerUnreachable
-from dcounter.server import Request
+from dcounter.server import Headers, Request
 
 
 class FakeClock:
@@ -49,12 +48,10 @@ def make_request(method: str, path: str, body=b"", *, headers: dict | None = Non
         body = json.dumps(body)
     if isinstance(body, str):
         body = body.encode()
-    message = http.client.HTTPMessage()
-    for name, value in (headers or {}).items():
-        message[name] = value
+    fields = [(name.lower(), value) for name, value in (headers or {}).items()]
     if body:
-        message["Content-Length"] = str(len(body))
-    return Request(method, path, list(query or []), message, body, client)
+        fields.append(("content-length", str(len(body))))
+    return Request(method, path, list(query or []), Headers(fields), body, client)
 
 
 class FakeTransport:
