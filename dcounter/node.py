@@ -22,7 +22,7 @@ import logging
 import threading
 
 from dcounter import PROTOCOL, tls, validation
-from dcounter.api import App, decode_digest
+from dcounter.api import App, decode_digest, decode_peer_list
 from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
 from dcounter.config import Config
@@ -246,10 +246,14 @@ class Node:
             return False
         if sender == self.node_id or self.peers.is_self(sender):
             return False
-        if self.peers.heard_from(sender, self.clock.monotonic(), origin):
-            log.info("peer %s joined", sender)
-            self.replicator.add_peer(sender)
+        self._listed(sender, self.peers.heard_from(sender, self.clock.monotonic(), origin))
         return True
+
+    def _listed(self, peer: str, new: bool) -> None:
+        """After a direct contact: a peer listed for the first time (or again) gets a link."""
+        if new:
+            log.info("peer %s joined", peer)
+            self.replicator.add_peer(peer)
 
     def on_join(self, sender, origin, digest, peers) -> dict:
         self._accept_contact(sender, origin)
@@ -325,9 +329,7 @@ class Node:
             if origin is not None:
                 validation.origin(origin)
             digest = decode_digest(reply.get("digest", {}))
-            peers = [p for p in reply.get("peers", []) if isinstance(p, str)]
-            for p in peers:
-                validation.node_id(p)
+            peers = decode_peer_list(reply.get("peers", []))
         except BadRequest as exc:
             log.warning("ignoring malformed reply from %s: %s", peer, exc.message)
             return False
@@ -335,9 +337,7 @@ class Node:
             log.info("%s is this node itself; not listing it as a peer", peer)
             self.peers.mark_self(peer)
             return False
-        if self.peers.contact_succeeded(peer, self.clock.monotonic(), origin):
-            log.info("peer %s joined", peer)
-            self.replicator.add_peer(peer)
+        self._listed(peer, self.peers.contact_succeeded(peer, self.clock.monotonic(), origin))
         if not self._learn(peer, digest, peers):
             self.anti_entropy_rounds += 1  # compared digests: nothing to pull
         return True
@@ -444,7 +444,7 @@ class Node:
 
     def _retry_loop(self) -> None:
         while not self._stop.is_set():
-            self.replicator.wait_for_retry(self._stop, 1.0)
+            self.replicator.wait_for_retry(1.0)
             self._guard(self.retry_once, "retry")
 
     def _sync_loop(self) -> None:

@@ -51,8 +51,6 @@ class PeerLink:
         self.last_start = float("-inf")
         self.stopped = False
         self.dropped = 0
-        self.sent_batches = 0
-        self.failed_batches = 0
         self.thread = threading.Thread(target=self._run, name=f"link-{peer}", daemon=True)
 
     # -- called by other threads ----------------------------------------------------------------
@@ -127,10 +125,8 @@ class PeerLink:
                 self.r.observe_delivery(batch)
             with self.cond:
                 if ok:
-                    self.sent_batches += 1
                     self.state = LinkState.READY if self.backlog else LinkState.IDLE
                 else:
-                    self.failed_batches += 1
                     self.backlog.extendleft(reversed(batch))
                     if len(self.backlog) > self.r.max_backlog:
                         self._drop_locked("backlog over its bound")
@@ -142,7 +138,7 @@ class PeerLink:
 class Replicator:
     def __init__(self, self_id: str, transport, schedule: RetrySchedule, clock, *,
                  max_backlog: int, batch_max: int, batch_linger: float,
-                 on_success=lambda peer: None, on_give_up=lambda peer: None, metrics=None):
+                 on_success=lambda peer: None, metrics=None):
         self.self_id = self_id
         self.transport = transport
         self.schedule = schedule
@@ -187,10 +183,12 @@ class Replicator:
         for link in links:
             link.enqueue(events)
 
+    def _payload(self, batch: list[Event]) -> dict:
+        return {"node_id": self.self_id, "events": [e.to_wire() for e in batch]}
+
     def send_batch(self, peer: str, batch: list[Event]) -> bool:
-        payload = {"node_id": self.self_id, "events": [e.to_wire() for e in batch]}
         try:
-            self.transport.post(peer, "/counter/replicate", payload)
+            self.transport.post(peer, "/counter/replicate", self._payload(batch))
         except (PeerUnreachable, PeerRefused) as exc:
             attempt = self.schedule.attempts(peer) + 1
             log.debug("replicate to %s failed (attempt %d): %s", peer, attempt, exc)
@@ -224,8 +222,9 @@ class Replicator:
             link.wake()
         return due
 
-    def wait_for_retry(self, stop: threading.Event, max_wait: float) -> None:
-        """Block until the next retry is due, a new one is scheduled, or stop is set."""
+    def wait_for_retry(self, max_wait: float) -> None:
+        """Block until the next retry is due or a new one is scheduled (stop() wakes it too),
+        at most `max_wait` seconds."""
         next_due = self.schedule.next_due()
         wait = max_wait if next_due is None else max(0.0, min(max_wait,
                                                                next_due - self.clock.monotonic()))
@@ -270,9 +269,7 @@ class Replicator:
                     break
                 batch, pending = pending[:self.batch_max], pending[self.batch_max:]
                 try:
-                    self.transport.post(link.peer, "/counter/replicate",
-                                        {"node_id": self.self_id,
-                                         "events": [e.to_wire() for e in batch]},
+                    self.transport.post(link.peer, "/counter/replicate", self._payload(batch),
                                         timeout=min(remaining, self.transport.timeout))
                 except (PeerUnreachable, PeerRefused):
                     left += len(batch) + len(pending)
