@@ -25,50 +25,48 @@ PROG = "dcounter-node"
 
 # (flag, Config field, type, help). Each flag may also come from DCOUNTER_<FIELD>.
 _FLAGS = [
-    ("--port", "port", int, "TCP port to listen on (default 8080; 0 picks a free one)"),
-    ("--host", "host", str, "address to bind (default 127.0.0.1; 0.0.0.0 serves other machines)"),
+    ("--port", "port", int, "TCP port to listen on; 0 picks a free one"),
+    ("--host", "host", str, "address to bind; 0.0.0.0 serves other machines"),
     ("--peers", "peers", str, "comma-separated host:port of nodes to join"),
     ("--advertise", "advertise", str, "host:port peers use to reach this node "
                                       "(default localhost:PORT on loopback, else HOSTNAME:PORT)"),
-    ("--cluster", "cluster", str, "cluster name; nodes of other clusters are refused "
-                                  "(default 'default')"),
+    ("--cluster", "cluster", str, "cluster name; nodes of other clusters are refused"),
     ("--data-dir", "data_dir", str, "directory for durable state (default ./dcounter-data-PORT)"),
-    ("--sync", "sync", str, "SQLite sync: 'full' survives power loss (default), 'normal' "
+    ("--sync", "sync", str, "SQLite sync: 'full' survives power loss, 'normal' "
                             "survives a process crash and is faster"),
-    ("--heartbeat-interval", "heartbeat_interval", float, "seconds between heartbeats (2)"),
-    ("--cleanup-interval", "cleanup_interval", float, "seconds between silent-peer sweeps (5)"),
-    ("--peer-timeout", "peer_timeout", float, "seconds of silence before a peer is removed (6)"),
-    ("--retry-base", "retry_base", float, "first replication retry delay in seconds (0.1)"),
-    ("--retry-max", "retry_max", float, "cap of the retry delay in seconds (10)"),
-    ("--request-timeout", "request_timeout", float, "seconds a call to a peer may take (2)"),
-    ("--max-counters", "max_counters", int, "distinct counters a node creates (10000)"),
-    ("--max-body", "max_body", int, "largest request body in bytes (1048576)"),
+    ("--heartbeat-interval", "heartbeat_interval", float, "seconds between heartbeats"),
+    ("--cleanup-interval", "cleanup_interval", float, "seconds between silent-peer sweeps"),
+    ("--peer-timeout", "peer_timeout", float, "seconds of silence before a peer is removed"),
+    ("--retry-base", "retry_base", float, "first replication retry delay in seconds"),
+    ("--retry-max", "retry_max", float, "cap of the retry delay in seconds"),
+    ("--request-timeout", "request_timeout", float, "seconds a call to a peer may take"),
+    ("--max-counters", "max_counters", int, "distinct counters a node creates"),
+    ("--max-body", "max_body", int, "largest request body in bytes"),
     ("--max-backlog", "max_backlog", int, "events queued per peer before the backlog is dropped "
-                                          "and anti-entropy takes over (100000)"),
-    ("--gap-cap", "gap_cap", int, "out-of-order events held per origin (10000)"),
-    ("--batch-max", "batch_max", int, "events per replicate request (2000)"),
-    ("--batch-linger", "batch_linger", float, "seconds a busy link waits for a batch to grow "
-                                              "(0.02; an idle link sends at once)"),
-    ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered "
-                                                    "(86400)"),
-    ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown (2)"),
-    ("--max-connections", "max_connections", int, "concurrent connections served (256)"),
+                                          "and anti-entropy takes over"),
+    ("--gap-cap", "gap_cap", int, "out-of-order events held per origin"),
+    ("--batch-max", "batch_max", int, "events per replicate request"),
+    ("--batch-linger", "batch_linger", float, "seconds a busy link waits for a batch to grow; an "
+                                              "idle link sends at once"),
+    ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered"),
+    ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown"),
+    ("--max-connections", "max_connections", int, "concurrent connections served"),
     ("--request-deadline", "request_deadline", float, "seconds a client has to send one "
-                                                      "request's headers and body (10)"),
+                                                      "request's headers and body"),
     ("--idle-timeout", "idle_timeout", float, "seconds an idle kept-alive connection stays "
-                                              "open (30)"),
+                                              "open"),
     ("--cluster-secret", "cluster_secret", str, "comma-separated secrets signing requests "
                                                 "between nodes: sign with the first, accept any "
                                                 "(prefer DCOUNTER_CLUSTER_SECRET)"),
     ("--max-clock-skew", "max_clock_skew", float, "seconds a signed request's timestamp may be "
-                                                  "off this node's clock (30)"),
+                                                  "off this node's clock"),
     ("--client-token", "client_token", str, "bearer token increments need (prefer "
                                             "DCOUNTER_CLIENT_TOKEN)"),
     ("--tls-cert", "tls_cert", str, "PEM certificate: serve HTTPS and call peers over HTTPS"),
     ("--tls-key", "tls_key", str, "PEM private key of --tls-cert"),
     ("--tls-ca", "tls_ca", str, "PEM CA bundle peer certificates are verified against "
                                 "(default: the public CAs)"),
-    ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR (INFO)"),
+    ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
 ]
 _BOOL_FLAGS = [
     ("--in-memory", "in_memory", "keep nothing on disk: events acknowledged but not yet "
@@ -96,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="Every flag can also be set as an environment variable "
                             "DCOUNTER_<FLAG> (e.g. DCOUNTER_PEERS, DCOUNTER_IN_MEMORY=1); "
                             "flags win.")
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
     for flag, field, _type, help_text in _FLAGS:
+        default = defaults[field]
+        if default not in (None, ()):  # the default shown is Config's, never a copy of it
+            shown = f"{default:g}" if isinstance(default, float) else \
+                repr(default) if isinstance(default, str) else str(default)
+            help_text = f"{help_text} (default {shown})"
         parser.add_argument(flag, dest=field, metavar=field.upper(), help=help_text)
     for flag, field, help_text in _BOOL_FLAGS:
         parser.add_argument(flag, dest=field, action="store_const", const="1", help=help_text)
