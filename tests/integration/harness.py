@@ -201,6 +201,14 @@ class Cluster:
             return (expected is None or value == expected) and (value,)
         return poll(converged, timeout, message=f"convergence to {expected}")[0]
 
+    def wait_replication_idle(self, nodes, timeout: float = 15.0) -> None:
+        """Until no node has events waiting for, or in flight to, any peer."""
+        def idle():
+            return all(link["backlog"] == 0 and link["state"] == "idle"
+                       for node in nodes
+                       for link in node.get("/status").json()["replication"].values())
+        poll(idle, timeout, message="replication to go idle")
+
     def close(self) -> None:
         for node in self.nodes:
             node.kill()

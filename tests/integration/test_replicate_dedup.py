@@ -5,7 +5,6 @@ Batches are posted to `/counter/replicate` as a peer would, under origins the te
 """
 
 import threading
-import time
 import uuid
 
 import requests
@@ -46,7 +45,7 @@ def test_a_batch_delivered_twice_counts_once_everywhere(cluster):
     assert (again["applied"], again["duplicates"]) == (0, 3)
     # Re-delivered in pieces and in another order.
     assert replicate(c, batch[2], batch[0])["duplicates"] == 2
-    time.sleep(0.5)  # replication rounds pass; nothing may be counted again
+    cluster.wait_replication_idle([a, b, c])  # every re-send is done; nothing counted again
     for node in (a, b, c):
         assert node.get("/counters").json()["counters"] == {"dup": 12, "default": 2}
         assert SENDER not in node.nodes()
@@ -108,7 +107,7 @@ def test_events_out_of_order_count_once(cluster):
         result = replicate(node, *(event(origin, s, "scattered", d)
                                    for s, d in ((4, 300), (2, 2), (3, 40), (1, 1))))
         assert (result["applied"], result["duplicates"]) == (0, 4)
-    time.sleep(0.5)
+    cluster.wait_replication_idle([a, b, c])
     for node in (a, b, c):
         assert node.get("/counters").json()["counters"] == {"scattered": 343, "ooo": 7}
 
@@ -134,5 +133,5 @@ def test_the_original_single_event_form_counts_once(cluster):
     other = b.post("/counter/replicate", {"node_id": SENDER, "event_id": str(uuid.uuid4())})
     assert other.status_code == 200 and other.json()["applied"] == 1
     counters_everywhere(cluster, [a, b, c], {"default": 2})
-    time.sleep(0.5)
+    cluster.wait_replication_idle([a, b, c])
     assert [n.count() for n in (a, b, c)] == [2, 2, 2]
