@@ -42,7 +42,6 @@ from dcounter.errors import Unauthorized, Unavailable
 TIMESTAMP_HEADER = "X-Dcounter-Timestamp"
 NONCE_HEADER = "X-Dcounter-Nonce"
 SIGNATURE_HEADER = "X-Dcounter-Signature"
-KINDS = ("peer", "write", "read", "open")
 NONCE_CAPACITY = 250_000  # accepted nonces remembered at once; beyond it signed calls get 503
 
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")

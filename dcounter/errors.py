@@ -38,14 +38,6 @@ class Conflict(DcounterError):
     status = 409
 
 
-class LengthRequired(DcounterError):
-    status = 411
-
-
-class PayloadTooLarge(DcounterError):
-    status = 413
-
-
 class Unprocessable(DcounterError):
     status = 422
 

@@ -22,7 +22,6 @@ from dcounter.retry import RetryPolicy
 class PeerInfo:
     last_seen: float          # monotonic seconds
     origin: str | None = None
-    joined: float = 0.0
 
 
 @dataclass
@@ -70,7 +69,7 @@ class PeerStore:
             self._candidates.pop(node_id, None)
             info = self._alive.get(node_id)
             if info is None:
-                self._alive[node_id] = PeerInfo(last_seen=now, origin=origin, joined=now)
+                self._alive[node_id] = PeerInfo(last_seen=now, origin=origin)
                 return True
             info.last_seen = max(info.last_seen, now)
             if origin is not None:

@@ -214,15 +214,6 @@ class Store:
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint failed: %s", exc)
 
-    def size_bytes(self) -> int:
-        total = 0
-        for suffix in ("", "-wal"):
-            try:
-                total += os.path.getsize(self.path + suffix)
-            except OSError:
-                pass
-        return total
-
     def close(self) -> None:
         if self._conn is not None:
             try:
