@@ -367,7 +367,9 @@ def _link_thread(peer: str) -> threading.Thread:
     return thread
 
 
-def test_a_late_replicate_reply_does_not_bring_back_a_peer_that_left(cluster_of):
+def _replicate_in_flight(cluster_of):
+    """Two formed nodes; n1's replicate to n2 is held in flight. -> (cluster, n1, n2, the
+    sender thread of n1's link to n2)."""
     c = cluster_of(2)
     n1, n2 = c.ids
     c.form()
@@ -375,6 +377,11 @@ def test_a_late_replicate_reply_does_not_bring_back_a_peer_that_left(cluster_of)
     c.net.hold(n2)
     c.increment(n1)
     wait_for(lambda: c.net.waiting.get(n2) == 1, "the replicate to be in flight")
+    return c, n1, n2, sender
+
+
+def test_a_late_replicate_reply_does_not_bring_back_a_peer_that_left(cluster_of):
+    c, n1, n2, sender = _replicate_in_flight(cluster_of)
     leave = make_request("POST", "/nodes/leave", {"node_id": n2})
     assert c[n1].app.handle(leave).status == 200
     assert c[n1].peers.alive() == []
@@ -386,13 +393,7 @@ def test_a_late_replicate_reply_does_not_bring_back_a_peer_that_left(cluster_of)
 
 
 def test_a_late_replicate_reply_does_not_revive_an_expired_peer_without_a_link(cluster_of):
-    c = cluster_of(2)
-    n1, n2 = c.ids
-    c.form()
-    sender = _link_thread(n2)
-    c.net.hold(n2)
-    c.increment(n1)
-    wait_for(lambda: c.net.waiting.get(n2) == 1, "the replicate to be in flight")
+    c, n1, n2, sender = _replicate_in_flight(cluster_of)
     c.clock.advance(7.0)
     assert c[n1].cleanup_once() == [n2]
     c.net.release(n2)
