@@ -348,7 +348,9 @@ class Txn:
         return len(self._c._totals) + new
 
     def remote(self, events: list[Event], now: float) -> RemoteResult:
-        """Stage replicated events; duplicates and events beyond the gap cap are skipped."""
+        """Stage replicated events; duplicates and events beyond the gap cap are skipped. The key
+        of every event is remembered, new or not: a duplicate may be an event this node learned
+        inside a prefix, which carries no keys, and a client's retry must still find it."""
         applied, duplicates, deferred = [], 0, 0
         for event in events:
             if event.origin == self.local_origin and event.seq > self.watermark(event.origin):
@@ -356,12 +358,11 @@ class Txn:
             w = self.watermark(event.origin)
             if event.seq <= w or self._held(event.origin, event.seq) is not None:
                 duplicates += 1
-                continue
-            if event.seq > w + self._c.gap_cap:
+            elif event.seq > w + self._c.gap_cap:
                 deferred += 1
-                continue
-            self._apply(event.origin, event.seq, event.counter, event.delta, event.key)
-            applied.append(event)
+            else:
+                self._apply(event.origin, event.seq, event.counter, event.delta, event.key)
+                applied.append(event)
             if event.key is not None and self.key(event.key, now) is None:
                 self._remember_key(event.key, KeyRecord(event.id, event.counter, event.delta,
                                                         None, now + self._c.key_ttl))

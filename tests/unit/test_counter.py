@@ -356,6 +356,27 @@ def test_key_arriving_with_a_replicated_event_recognises_a_retry():
     assert c.count("c") == 7
 
 
+def test_key_arriving_with_a_duplicate_event_is_remembered():
+    # The event came first inside a prefix (which carries no keys), then by push with its key.
+    c = make_counter()
+    adopt(c, "peer", 1, {"c": 2})
+    result = remote(c, ev(1, 2, key="client-retry"))
+    assert result.applied == [] and result.duplicates == 1
+    replay = local(c, delta=2, key="client-retry")
+    assert replay.replayed and replay.event_id == "peer:1"
+    assert c.count("c") == 2
+
+
+def test_key_arriving_with_a_held_duplicate_or_a_deferred_event_is_remembered():
+    c = make_counter(gap_cap=10)
+    remote(c, ev(3, 1))
+    result = remote(c, ev(3, 1, key="held-dup"), ev(50, 1, key="deferred"))
+    assert result.duplicates == 1 and result.deferred == 1
+    assert local(c, delta=1, key="held-dup").event_id == "peer:3"
+    assert local(c, delta=1, key="deferred").event_id == "peer:50"
+    assert c.count("c") == 1
+
+
 def test_key_never_suppresses_a_distinct_replicated_event():
     c = make_counter()
     local(c, delta=1, key="shared")
