@@ -42,8 +42,9 @@ log = logging.getLogger("dcounter.node")
 
 class Node:
     def __init__(self, config: Config, clock=None, transport: Transport | None = None,
-                 auth=None, ssl_context=None):
+                 auth=None, ssl_context=None, on_fatal=None):
         self.config = config
+        self.on_fatal = on_fatal  # called with the reason after it is logged; cli.py exits 3
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.auth = auth if auth is not None else Auth.from_config(config, self.clock)
@@ -113,7 +114,8 @@ class Node:
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,
                                      on_success=self._replicated_to, metrics=self.metrics)
         self.writer = Writer(self.counter, self.store, on_commit=self.replicator.enqueue,
-                             observe_commit=self._observe_commit, clock=self.clock)
+                             on_fatal=self._fatal, observe_commit=self._observe_commit,
+                             clock=self.clock)
         self._register_gauges()
 
     def start(self) -> None:
@@ -127,6 +129,12 @@ class Node:
         self._spawn("sync", self._sync_loop)
         self.started = True
         self._kick.set()
+
+    def _fatal(self, reason: str) -> None:
+        """The writer can no longer keep memory and disk equal: say why, then stop."""
+        log.critical("%s", reason)
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     def _spawn(self, name: str, target) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
