@@ -22,7 +22,7 @@ import logging
 import threading
 
 from dcounter import PROTOCOL, tls, validation
-from dcounter.api import App, decode_digest, decode_peer_list
+from dcounter.api import App
 from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
 from dcounter.config import Config
@@ -35,6 +35,7 @@ from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.server import Server
 from dcounter.store import Store
 from dcounter.transport import Transport
+from dcounter.wire import decode_digest, decode_peer_list, decode_snapshot
 from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
@@ -532,21 +533,3 @@ class Node:
                 for t, p, ok, d in self.peers.recent_attempts()],
             "digest": self.counter.digest(),
         }
-
-
-def decode_snapshot(value) -> dict[str, dict]:
-    if not isinstance(value, dict):
-        raise BadRequest("origins must be an object")
-    for origin, prefix in value.items():
-        validation.origin(origin)
-        if not isinstance(prefix, dict):
-            raise BadRequest("each origin's state must be an object")
-        w = prefix.get("watermark")
-        counters = prefix.get("counters")
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0 or not isinstance(counters, dict):
-            raise BadRequest("state needs a watermark and counters")
-        for name, total in counters.items():
-            validation.counter_name(name)
-            if isinstance(total, bool) or not isinstance(total, int):
-                raise BadRequest("counter totals must be integers")
-    return value
