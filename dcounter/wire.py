@@ -8,9 +8,11 @@ Either way nothing changes.
 Bounds (the README's "Range" section), chosen so that everything accepted can be stored exactly
 (SQLite keeps watermarks and sequence numbers as 64-bit INTEGERs, totals as text):
 
-* sequence numbers in event ids and watermarks in a snapshot: 1 to 2^63-1. A digest's
-  watermarks may also be 0 ("knows the origin, holds none of its events"): no node sends it
-  today, and it never starts a pull, so it is accepted rather than refusing a whole heartbeat.
+* sequence numbers in event ids and watermarks in a snapshot: 1 to 2^63-1 (an event id's
+  shape, `validation.split_event_id`, allows at most 18 digits today, which is stricter). A
+  digest's watermarks may also be 0 ("knows the origin, holds none of its events"): no node
+  sends it today, and it never starts a pull, so it is accepted rather than refusing a whole
+  heartbeat.
 * deltas: within +-(2^53-1) and not 0 (what a client may send; see validation.py).
 * an origin's per-counter total in a snapshot: at most `watermark x (2^53-1)` in absolute
   value, the most `watermark` deltas can add up to. It may leave signed 64 bits (origins can
