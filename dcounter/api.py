@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dcounter import PROTOCOL, statuspage, validation
-from dcounter.counter import Event
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotFound)
 from dcounter.server import Request, Response, error_response
+from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_event,
+                           decode_peer_list)
 
 log = logging.getLogger(__name__)
-
-MAX_ORIGINS_PER_PULL = 10_000
 
 
 @dataclass(frozen=True)
@@ -50,17 +49,6 @@ def json_body(request: Request, *, allow_empty: bool = False) -> dict:
     return data
 
 
-def check_fields(data: dict, required=(), optional=(), where: str = "body") -> None:
-    missing = [name for name in required if name not in data]
-    if missing:
-        raise BadRequest(f"missing field{'s' if len(missing) > 1 else ''} in {where}: "
-                         + ", ".join(missing))
-    unknown = sorted(set(data) - set(required) - set(optional))
-    if unknown:
-        raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''} in {where}: "
-                         + ", ".join(unknown))
-
-
 def query_params(request: Request, allowed=()) -> dict:
     params = {}
     for name, value in request.query:
@@ -88,36 +76,6 @@ def check_membership_fields(node, data: dict) -> None:
                            f"{PROTOCOL})")
     if "origin" in data:
         validation.origin(data["origin"])
-
-
-def decode_digest(value) -> dict[str, int]:
-    if not isinstance(value, dict) or len(value) > MAX_ORIGINS_PER_PULL:
-        raise BadRequest("digest must be an object of origin -> watermark")
-    for origin, watermark in value.items():
-        validation.origin(origin, "digest origin")
-        if isinstance(watermark, bool) or not isinstance(watermark, int) or watermark < 0:
-            raise BadRequest("digest watermarks must be non-negative integers")
-    return value
-
-
-def decode_peer_list(value) -> list[str]:
-    if not isinstance(value, list) or len(value) > 1024:
-        raise BadRequest("peers must be a list of host:port strings")
-    return [validation.node_id(peer, "peers entry") for peer in value]
-
-
-def decode_event(value) -> Event:
-    if not isinstance(value, dict):
-        raise BadRequest("each event must be an object")
-    check_fields(value, required=("id", "counter", "delta"), optional=("key",), where="event")
-    parts = validation.split_event_id(value["id"])
-    if parts is None:
-        raise BadRequest("event id must be '<origin>:<seq>' with seq >= 1")
-    key = value.get("key")
-    if key is not None:
-        validation.idempotency_key(key, "event key")
-    return Event(parts[0], parts[1], validation.counter_name(value["counter"], "event counter"),
-                 validation.delta(value["delta"], "event delta"), key)
 
 
 # -- routes -----------------------------------------------------------------------------------

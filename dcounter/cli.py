@@ -4,7 +4,9 @@ gracefully on SIGTERM or SIGINT.
 `main(argv) -> int` is what `bin/dcounter-node`, `python -m dcounter` and the console script
 call; tests can call it in-process. Every problem at start is one line on stderr and a non-zero
 exit: 2 for invalid flags, 1 for a node that cannot start (port in use, data directory
-unusable).
+unusable). A running node that can no longer keep its memory equal to its data directory (a
+group of increments committed to disk but not applied in memory) logs one CRITICAL line saying
+why and exits at once with status 3 (`EXIT_FATAL`); restarted, it serves what is on disk.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dcounter.config import Config
 from dcounter.errors import StartupError
 
 PROG = "dcounter-node"
+EXIT_FATAL = 3  # memory and disk would disagree: stop at once (2 means invalid flags)
 
 # (flag, Config field, type, help). Each flag may also come from DCOUNTER_<FIELD>.
 _FLAGS = [
@@ -163,6 +166,17 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
+def _exit_fatal(reason: str) -> None:
+    """The node logged `reason`; exit now, without a shutdown that would keep serving from a
+    memory that no longer matches the disk."""
+    for stream in (sys.stdout, sys.stderr):  # log records are flushed as they are written
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_FATAL)
+
+
 def main(argv: list[str] | None = None, *, stop_event: threading.Event | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -174,7 +188,7 @@ def main(argv: list[str] | None = None, *, stop_event: threading.Event | None = 
 
     from dcounter.node import Node  # imported late: keeps `--help` fast
 
-    node = Node(config)
+    node = Node(config, on_fatal=_exit_fatal)
     try:
         node.open()
     except StartupError as exc:

@@ -109,9 +109,41 @@ class _Staged:
         self.held_add: dict[int, tuple[str, int, str | None]] = {}
         self.held_del: set[int] = set()
 
+    def copy(self) -> "_Staged":
+        other = _Staged(self.watermark)
+        other.prefix = dict(self.prefix)
+        other.replace_prefix = self.replace_prefix
+        other.held_add = dict(self.held_add)
+        other.held_del = set(self.held_del)
+        return other
+
+
+_UNSTAGED = object()
+
+
+class Savepoint:
+    """A transaction as it was when `Txn.savepoint()` was called, recorded lazily: each staged
+    origin, total and key is saved as it was just before its first change after the savepoint,
+    so taking one costs nothing and rolling back costs what was staged since."""
+    __slots__ = ("origins", "totals", "keys", "outbound", "local_origin", "reorigined_from")
+
+    def __init__(self, txn: "Txn"):
+        self.origins: dict[str, _Staged | None] = {}  # None: the origin was not staged
+        self.totals: dict[str, object] = {}  # counter -> staged total or _UNSTAGED
+        self.keys: dict[str, tuple[object, bool]] = {}  # key -> (staged record, in keys_del)
+        self.outbound = len(txn.outbound)
+        self.local_origin = txn.local_origin
+        self.reorigined_from = txn.reorigined_from
+
 
 class Txn:
-    """A set of staged changes. Read through it, the counter looks as it will after install."""
+    """A set of staged changes. Read through it, the counter looks as it will after install.
+
+    Every staging change goes through `_staged` (an origin), `_add_total` (a total) or
+    `_stage_key` (a key), which record what a savepoint needs to undo it; `outbound` only grows
+    and the local origin changes only in `reorigin`. `savepoint()` / `rollback_to(sp)` let the
+    writer undo one job's changes without touching the other jobs of its group.
+    """
 
     def __init__(self, counter: "Counter"):
         self._c = counter
@@ -122,13 +154,58 @@ class Txn:
         self.local_origin = counter.local_origin
         self.reorigined_from: str | None = None
         self.outbound: list[Event] = []  # new local events, replicated after install
+        self._savepoint: Savepoint | None = None
+
+    # -- savepoints ---------------------------------------------------------------------------
+    def savepoint(self) -> Savepoint:
+        """Mark the staged state; `rollback_to` returns to it. One savepoint at a time: a new
+        one replaces the previous."""
+        self._savepoint = Savepoint(self)
+        return self._savepoint
+
+    def rollback_to(self, sp: Savepoint) -> None:
+        """Undo everything staged since `sp` was taken; `sp` stays usable."""
+        if sp is not self._savepoint:
+            raise ValueError("only the latest savepoint can be rolled back to")
+        for origin, saved in sp.origins.items():
+            if saved is None:
+                self.origins.pop(origin, None)
+            else:
+                self.origins[origin] = saved
+        for name, total in sp.totals.items():
+            if total is _UNSTAGED:
+                self.totals.pop(name, None)
+            else:
+                self.totals[name] = total
+        for key, (record, deleted) in sp.keys.items():
+            if record is _UNSTAGED:
+                self.keys_add.pop(key, None)
+            else:
+                self.keys_add[key] = record
+            if deleted:
+                self.keys_del.add(key)
+            else:
+                self.keys_del.discard(key)
+        del self.outbound[sp.outbound:]
+        self.local_origin, self.reorigined_from = sp.local_origin, sp.reorigined_from
+        sp.origins, sp.totals, sp.keys = {}, {}, {}  # the state is sp's again: nothing to undo
+
+    def _stage_key(self, key: str) -> None:
+        """Called before a key's staged record changes."""
+        sp = self._savepoint
+        if sp is not None and key not in sp.keys:
+            sp.keys[key] = (self.keys_add.get(key, _UNSTAGED), key in self.keys_del)
 
     # -- reads through the overlay -------------------------------------------------------
     def _committed(self, origin: str) -> OriginState | None:
         return self._c._origins.get(origin)
 
     def _staged(self, origin: str) -> _Staged:
+        """The origin's staged changes, for changing them."""
         staged = self.origins.get(origin)
+        sp = self._savepoint
+        if sp is not None and origin not in sp.origins:
+            sp.origins[origin] = staged.copy() if staged is not None else None
         if staged is None:
             committed = self._committed(origin)
             staged = _Staged(committed.watermark if committed else 0)
@@ -200,6 +277,9 @@ class Txn:
     # -- staging --------------------------------------------------------------------------
     def _add_total(self, counter: str, delta: int) -> int:
         value = (self.total(counter) or 0) + delta
+        sp = self._savepoint
+        if sp is not None and counter not in sp.totals:
+            sp.totals[counter] = self.totals.get(counter, _UNSTAGED)
         self.totals[counter] = value
         return value
 
@@ -231,6 +311,7 @@ class Txn:
         self._add_total(counter, delta)
 
     def _remember_key(self, key: str, record: KeyRecord) -> None:
+        self._stage_key(key)
         self.keys_del.discard(key)
         self.keys_add[key] = record
 
@@ -267,7 +348,9 @@ class Txn:
         return len(self._c._totals) + new
 
     def remote(self, events: list[Event], now: float) -> RemoteResult:
-        """Stage replicated events; duplicates and events beyond the gap cap are skipped."""
+        """Stage replicated events; duplicates and events beyond the gap cap are skipped. The key
+        of every event is remembered, new or not: a duplicate may be an event this node learned
+        inside a prefix, which carries no keys, and a client's retry must still find it."""
         applied, duplicates, deferred = [], 0, 0
         for event in events:
             if event.origin == self.local_origin and event.seq > self.watermark(event.origin):
@@ -275,12 +358,11 @@ class Txn:
             w = self.watermark(event.origin)
             if event.seq <= w or self._held(event.origin, event.seq) is not None:
                 duplicates += 1
-                continue
-            if event.seq > w + self._c.gap_cap:
+            elif event.seq > w + self._c.gap_cap:
                 deferred += 1
-                continue
-            self._apply(event.origin, event.seq, event.counter, event.delta, event.key)
-            applied.append(event)
+            else:
+                self._apply(event.origin, event.seq, event.counter, event.delta, event.key)
+                applied.append(event)
             if event.key is not None and self.key(event.key, now) is None:
                 self._remember_key(event.key, KeyRecord(event.id, event.counter, event.delta,
                                                         None, now + self._c.key_ttl))
@@ -322,6 +404,7 @@ class Txn:
     def expire_keys(self, now: float) -> int:
         expired = [key for key, record in self._c._keys.items() if record.expires <= now]
         for key in expired:
+            self._stage_key(key)
             self.keys_del.add(key)
             self.keys_add.pop(key, None)
         return len(expired)

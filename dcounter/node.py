@@ -22,7 +22,7 @@ import logging
 import threading
 
 from dcounter import PROTOCOL, tls, validation
-from dcounter.api import App, decode_digest, decode_peer_list
+from dcounter.api import App
 from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
 from dcounter.config import Config
@@ -35,6 +35,7 @@ from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.server import Server
 from dcounter.store import Store
 from dcounter.transport import Transport
+from dcounter.wire import decode_digest, decode_peer_list, decode_snapshot
 from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
@@ -42,8 +43,9 @@ log = logging.getLogger("dcounter.node")
 
 class Node:
     def __init__(self, config: Config, clock=None, transport: Transport | None = None,
-                 auth=None, ssl_context=None):
+                 auth=None, ssl_context=None, on_fatal=None):
         self.config = config
+        self.on_fatal = on_fatal  # called with the reason after it is logged; cli.py exits 3
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.auth = auth if auth is not None else Auth.from_config(config, self.clock)
@@ -113,7 +115,8 @@ class Node:
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,
                                      on_success=self._replicated_to, metrics=self.metrics)
         self.writer = Writer(self.counter, self.store, on_commit=self.replicator.enqueue,
-                             observe_commit=self._observe_commit, clock=self.clock)
+                             on_fatal=self._fatal, observe_commit=self._observe_commit,
+                             clock=self.clock)
         self._register_gauges()
 
     def start(self) -> None:
@@ -127,6 +130,12 @@ class Node:
         self._spawn("sync", self._sync_loop)
         self.started = True
         self._kick.set()
+
+    def _fatal(self, reason: str) -> None:
+        """The writer can no longer keep memory and disk equal: say why, then stop."""
+        log.critical("%s", reason)
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
 
     def _spawn(self, name: str, target) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -524,21 +533,3 @@ class Node:
                 for t, p, ok, d in self.peers.recent_attempts()],
             "digest": self.counter.digest(),
         }
-
-
-def decode_snapshot(value) -> dict[str, dict]:
-    if not isinstance(value, dict):
-        raise BadRequest("origins must be an object")
-    for origin, prefix in value.items():
-        validation.origin(origin)
-        if not isinstance(prefix, dict):
-            raise BadRequest("each origin's state must be an object")
-        w = prefix.get("watermark")
-        counters = prefix.get("counters")
-        if isinstance(w, bool) or not isinstance(w, int) or w < 0 or not isinstance(counters, dict):
-            raise BadRequest("state needs a watermark and counters")
-        for name, total in counters.items():
-            validation.counter_name(name)
-            if isinstance(total, bool) or not isinstance(total, int):
-                raise BadRequest("counter totals must be integers")
-    return value

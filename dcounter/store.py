@@ -162,6 +162,9 @@ class Store:
 
     # -- writing (the writer only, one group at a time) -------------------------------------------
     def write(self, txn: Txn) -> None:
+        """Write `txn` as one SQLite transaction. Any failure (an sqlite3 error, or a value
+        SQLite refuses such as an integer beyond 64 bits) rolls it back and raises
+        `StorageFailure`: nothing of `txn` is stored."""
         conn = self._conn
         try:
             conn.execute("BEGIN")
@@ -172,7 +175,7 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except Exception as exc:
             raise StorageFailure(f"storage failure: {exc}") from exc
 
     @staticmethod

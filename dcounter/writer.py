@@ -1,11 +1,24 @@
 """The writer: the one place where the counter's state changes (group commit).
 
-Request threads `submit(job)`; a job is a function `job(txn) -> result` that checks first and
-stages only when it will succeed (so a job that raises leaves nothing in the transaction). The
-writer thread takes every job waiting, runs them into one transaction, commits it to the store,
-installs it in the counter, hands the new local events to `on_commit`, and only then wakes the
-submitters. A failed commit fails every job of the group with `StorageFailure` and changes
-nothing, not even a sequence number.
+Request threads `submit(job)`; a job is a function `job(txn) -> result` that stages changes in
+the counter's transaction. The writer thread takes every job waiting, runs them into one
+transaction, commits it to the store, installs it in the counter, hands the new local events to
+`on_commit`, and only then wakes the submitters.
+
+The rules it keeps:
+
+* A group is installed whole or fails whole. A commit that fails, for any reason, fails every
+  job of the group (`StorageFailure`, 503) and changes nothing, not even a sequence number:
+  no job of a group that was not installed is ever answered with success.
+* A job that raises leaves nothing staged: each job runs after `txn.savepoint()` and a job that
+  raises (a refusal or a bug) is rolled back to it and gets its exception; the other jobs of the
+  group go on. No SQLite savepoint per job is needed: jobs only stage into the `Txn`, and the
+  store writes the `Txn` after every job has run, as one SQLite transaction that commits or
+  rolls back whole.
+* Memory never disagrees with disk. A group committed to the store but not installed in memory
+  (a bug, or memory exhausted) calls `on_fatal(reason)` once; the node logs the reason and the
+  process exits with status 3 (see cli.py). Until then the writer refuses every job (503), so
+  nothing is staged over a state that no longer matches the disk.
 
 When no group is being committed, the submitting thread commits its job (with whatever is
 queued) itself instead: handing it to an idle writer thread and being woken by it are two
@@ -13,7 +26,7 @@ thread switches, which on a busy machine cost more than the commit. Either way o
 committed at a time (`_commit_lock`), and while one is, new jobs queue for the writer thread.
 
 Without a store (`--in-memory`) there is nothing to wait for: jobs run inline, serialised by a
-lock, which saves two thread switches per request.
+lock, which saves two thread switches per request; the same savepoint and install rules hold.
 """
 
 import logging
@@ -44,11 +57,13 @@ _STOP = object()
 class Writer:
     def __init__(self, counter: Counter, store=None, *,
                  on_commit: Callable[[list[Event]], None] = lambda events: None,
+                 on_fatal: Callable[[str], None] | None = None,
                  max_group: int = 1024, observe_commit: Callable[[float, int], None] | None = None,
                  clock=None):
         self.counter = counter
         self.store = store
         self.on_commit = on_commit
+        self.on_fatal = on_fatal or _log_fatal
         self.max_group = max_group
         self.observe_commit = observe_commit
         self.clock = clock
@@ -58,6 +73,7 @@ class Writer:
         self._commit_lock = threading.Lock()  # one group at a time, the writer's or a caller's
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._fatal: str | None = None  # why memory may disagree with disk; nothing commits
 
     def start(self) -> None:
         if self.store is not None:
@@ -76,13 +92,10 @@ class Writer:
 
     def submit(self, fn: Callable[[Txn], object]):
         if self.store is None:
-            if self._closed:
-                raise Unavailable("node is shutting down")
             return self._run_inline(fn)
         job = _Job(fn)
         with self._submit_lock:
-            if self._closed:
-                raise Unavailable("node is shutting down")
+            self._check_open()
             here = self._commit_lock.acquire(blocking=False)
             if not here:
                 self._queue.put(job)
@@ -96,18 +109,26 @@ class Writer:
             raise job.error
         return job.result
 
+    def _check_open(self) -> None:
+        if self._fatal is not None:
+            raise Unavailable("node is stopping after an internal error")
+        if self._closed:
+            raise Unavailable("node is shutting down")
+
     def _run_inline(self, fn):
         with self._inline_lock:
+            self._check_open()
             txn = self.counter.begin()
+            sp = txn.savepoint()
             try:
                 result = fn(txn)
             except BaseException:
+                txn.rollback_to(sp)
                 self.counter.abort(txn)
                 raise
-            self.counter.install(txn)
-            events = txn.outbound
-        if events:
-            self.on_commit(events)
+            if not self._install(txn):
+                raise Unavailable("node is stopping after an internal error")
+        self._hand_over(txn.outbound)
         return result
 
     def _run(self) -> None:
@@ -138,12 +159,11 @@ class Writer:
             group.append(job)
         try:
             self._commit_group(group)
-        except BaseException as exc:  # never let the writer die silently
+        except BaseException as exc:  # never let the writer die; unreachable unless a bug
             log.exception("writer failed")
-            self.counter.abort(None)
-            for job in group:
-                if job.error is None and job.result is None:
-                    job.error = StorageFailure(f"storage failure: {exc}")
+            self._stop_for(f"the writer failed ({exc!r}); whether its last group was installed "
+                           "is unknown")
+            _fail(group, Unavailable("node is stopping after an internal error"))
         finally:
             for job in group:
                 if job.done.locked():
@@ -151,24 +171,82 @@ class Writer:
         return not stop_after
 
     def _commit_group(self, group: list[_Job]) -> None:
+        """Run, commit and install `group`, setting each job's result or error."""
+        if self._fatal is not None:
+            _fail(group, Unavailable("node is stopping after an internal error"))
+            return
         txn = self.counter.begin()
-        for job in group:
-            try:
-                job.result = job.fn(txn)
-            except DcounterError as exc:
-                job.error = exc
-        if not txn.empty():
+        try:
+            for job in group:
+                self._stage(job, txn)
             started = self.clock.monotonic() if self.clock else 0.0
-            try:
+            if not txn.empty():
                 self.store.write(txn)
-            except StorageFailure as exc:
-                self.counter.abort(txn)
-                log.error("%s; %d request(s) refused", exc.message, len(group))
-                for job in group:
-                    job.result, job.error = None, exc
-                return
-            if self.observe_commit and self.clock:
+        except BaseException as exc:
+            self.counter.abort(txn)
+            failure = exc if isinstance(exc, StorageFailure) else \
+                StorageFailure(f"storage failure: {exc!r}")
+            log.error("%s; %d request(s) refused", failure.message, len(group))
+            _fail(group, failure)
+            return
+        if not self._install(txn):
+            _fail(group, Unavailable("node is stopping after an internal error"))
+            return
+        if self.observe_commit and self.clock and not txn.empty():
+            try:
                 self.observe_commit(self.clock.monotonic() - started, len(group))
-        self.counter.install(txn)
-        if txn.outbound:
-            self.on_commit(txn.outbound)
+            except Exception:
+                log.exception("observing a commit failed")
+        self._hand_over(txn.outbound)
+
+    @staticmethod
+    def _stage(job: _Job, txn: Txn) -> None:
+        """Run one job into `txn`; if it raises, undo what it staged and keep its exception."""
+        sp = txn.savepoint()
+        try:
+            job.result = job.fn(txn)
+        except BaseException as exc:
+            txn.rollback_to(sp)
+            job.error = exc
+
+    def _install(self, txn: Txn) -> bool:
+        """Make a committed `txn` visible. False (and the node stops) if that failed: the store
+        holds what memory does not."""
+        try:
+            self.counter.install(txn)
+        except BaseException as exc:
+            self._stop_for(f"a committed group could not be installed in memory ({exc!r}); "
+                           "stopping so that memory and disk cannot disagree")
+            return False
+        return True
+
+    def _stop_for(self, reason: str) -> None:
+        if self._fatal is not None:
+            return
+        self._fatal = reason
+        try:
+            self.on_fatal(reason)
+        except Exception:
+            log.exception("on_fatal failed")
+
+    def _hand_over(self, events: list[Event]) -> None:
+        """Committed and installed events go to replication; a failure here loses no event (it
+        is in the prefix, which anti-entropy carries) and fails no request."""
+        if not events:
+            return
+        try:
+            self.on_commit(events)
+        except Exception:
+            log.exception("handing %d committed event(s) to replication failed; anti-entropy "
+                          "will carry them", len(events))
+
+
+def _fail(group: list[_Job], failure: BaseException) -> None:
+    """Every job of `group` that was not refused on its own gets `failure` instead of a result."""
+    for job in group:
+        if job.error is None:
+            job.result, job.error = None, failure
+
+
+def _log_fatal(reason: str) -> None:
+    log.critical("%s", reason)

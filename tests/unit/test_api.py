@@ -2,9 +2,12 @@
 
 import dataclasses
 import json
+import logging
+from types import SimpleNamespace
 
 import pytest
 
+from dcounter.api import App, Route
 from dcounter.config import Config
 from dcounter.node import Node
 from dcounter.validation import INT64_MAX, MAX_DELTA
@@ -210,6 +213,7 @@ def test_bad_membership_requests_change_nothing(node, path, body, status):
 @pytest.mark.parametrize("field,value", [
     ("digest", []), ("digest", {"o": -1}), ("digest", {"o": 1.5}), ("digest", {"o": True}),
     ("digest", {"bad origin": 1}), ("peers", "n3:7003"), ("peers", ["n3"]), ("peers", [3]),
+    ("digest", {"o": 2**63}), ("digest", {"o": 2**64 + 5}),
 ])
 def test_bad_digest_or_peer_list_is_400(node, field, value):
     for path in ("/nodes/join", "/nodes/heartbeat"):
@@ -263,6 +267,8 @@ def test_replicate_applies_once(node):
     {"id": "o2:5", "counter": "c", "delta": 1, "extra": 1},
     {"id": "o2:5", "counter": "c", "delta": 1, "key": ""},
     {"id": "o2:5", "counter": "c", "delta": 1, "key": 5},
+    {"id": "o2:9223372036854775808", "counter": "c", "delta": 1},
+    {"id": "o2:5", "counter": "c", "delta": MAX_DELTA + 1},
 ])
 def test_one_bad_event_refuses_the_whole_batch(node, bad_event):
     batch = {"node_id": "n2:7002", "events": [{"id": "o2:1", "counter": "c", "delta": 1},
@@ -302,6 +308,38 @@ def test_state_returns_the_requested_prefixes(node):
                                   {"origins": [], "x": 1}, {"origins": [1]}])
 def test_malformed_state_requests_are_400(node, body):
     assert_error(post(node, "/counter/state", body), 400)
+
+
+@pytest.mark.parametrize("prefix", [
+    {"watermark": 2**63, "counters": {"c": 1}},
+    {"watermark": 2, "counters": {"c": 2 * MAX_DELTA + 1}},
+    {"watermark": 2, "counters": {"c": -2 * MAX_DELTA - 1}},
+    {"watermark": 0, "counters": {}},
+    {"watermark": 3, "counters": {"c": True}},
+])
+def test_a_state_reply_out_of_bounds_is_ignored_with_a_warning(node, prefix, caplog):
+    peer = "n9:7009"
+    reply = {"node_id": peer, "origins": {"o9": prefix}}
+    routes = [Route("POST", "/counter/state", lambda _node, _request: (200, reply), "peer")]
+    node.transport.network.attach(SimpleNamespace(node_id=peer, app=App(None, routes)))
+    post(node, "/nodes/heartbeat", {"node_id": peer, "digest": {"o9": 5}})  # n9 is ahead
+    with caplog.at_level(logging.WARNING, logger="dcounter"):
+        assert node.pull_once() == 0
+    assert f"ignoring malformed state from {peer}" in caplog.text
+    assert node.counter.counters() == {} and node.counter.digest() == {}
+
+
+def test_a_state_reply_at_the_bounds_is_adopted(node):
+    peer = "n9:7009"
+    big = 2 * MAX_DELTA  # two events of the largest delta
+    reply = {"node_id": peer, "origins": {"o9": {"watermark": 2, "counters": {"c": big}},
+                                          "o8": {"watermark": INT64_MAX, "counters": {}}}}
+    routes = [Route("POST", "/counter/state", lambda _node, _request: (200, reply), "peer")]
+    node.transport.network.attach(SimpleNamespace(node_id=peer, app=App(None, routes)))
+    post(node, "/nodes/heartbeat", {"node_id": peer, "digest": {"o9": 2, "o8": INT64_MAX}})
+    assert node.pull_once() == 2
+    assert node.counter.counters() == {"c": big}
+    assert node.counter.digest() == {"o9": 2, "o8": INT64_MAX}
 
 
 # -- health and status ----------------------------------------------------------------------------

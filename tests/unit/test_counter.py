@@ -87,6 +87,53 @@ def test_aborted_transaction_leaves_no_trace_and_consumes_no_seq():
     assert result.event_id == f"{LOCAL}:2"
 
 
+def test_rollback_to_a_savepoint_restores_everything_staged_after_it():
+    clock = FakeClock()
+    c = make_counter(key_ttl=10.0)
+    local(c, key="old", now=clock.time())
+    remote(c, ev(3, 30))  # held: peer:3
+    clock.advance(11)  # "old" has expired
+    txn = c.begin()
+    kept = txn.local("c", 2, "kept", clock.time())
+    sp = txn.savepoint()
+    txn.local("c", 7, "dropped", clock.time())
+    txn.local("new-counter", 1, None, clock.time())
+    txn.remote([ev(1), ev(2, key="remote-key"), ev(5, origin="other")], clock.time())
+    txn.adopt("third", 3, {"c": 3})
+    txn.remote([Event(LOCAL, 9, "c", 1)], clock.time())  # takes a fresh origin
+    txn.expire_keys(clock.time())
+    txn.rollback_to(sp)
+    assert txn.local_origin == LOCAL and txn.reorigined_from is None
+    assert [e.id for e in txn.outbound] == [kept.event_id]
+    assert txn.total("c") == 33 and txn.total("new-counter") is None
+    c.install(txn)
+
+    assert c.counters() == {"c": 33} and c.local_origin == LOCAL
+    assert c.digest() == {LOCAL: 2}
+    assert c.held_total() == 1 and c.key_count() == 2  # "old" not expired: that was rolled back
+    assert c.key("dropped", clock.time()) is None and c.key("remote-key", clock.time()) is None
+    assert local(c, delta=1, now=clock.time()).event_id == f"{LOCAL}:3"
+    assert remote(c, ev(1), ev(2)).applied == [ev(1), ev(2)]
+    assert c.counters() == {"c": 36}  # 1 + 2 + 1 local, 30 + 1 + 1 from peer (3 folds in)
+
+
+def test_a_savepoint_can_be_rolled_back_to_again_and_a_new_one_replaces_it():
+    c = make_counter()
+    txn = c.begin()
+    sp = txn.savepoint()
+    txn.local("c", 1, None, 0.0)
+    txn.rollback_to(sp)
+    txn.local("c", 2, None, 0.0)
+    txn.rollback_to(sp)
+    assert txn.empty() and txn.outbound == []
+    txn.local("c", 3, None, 0.0)
+    second = txn.savepoint()
+    txn.local("c", 4, None, 0.0)
+    txn.rollback_to(second)
+    c.install(txn)
+    assert c.counters() == {"c": 3} and c.digest() == {LOCAL: 1}
+
+
 def test_only_one_transaction_at_a_time():
     c = make_counter()
     txn = c.begin()
@@ -307,6 +354,27 @@ def test_key_arriving_with_a_replicated_event_recognises_a_retry():
     assert replay.replayed and replay.event_id == "peer:1"
     assert replay.count == 7  # this node's current count
     assert c.count("c") == 7
+
+
+def test_key_arriving_with_a_duplicate_event_is_remembered():
+    # The event came first inside a prefix (which carries no keys), then by push with its key.
+    c = make_counter()
+    adopt(c, "peer", 1, {"c": 2})
+    result = remote(c, ev(1, 2, key="client-retry"))
+    assert result.applied == [] and result.duplicates == 1
+    replay = local(c, delta=2, key="client-retry")
+    assert replay.replayed and replay.event_id == "peer:1"
+    assert c.count("c") == 2
+
+
+def test_key_arriving_with_a_held_duplicate_or_a_deferred_event_is_remembered():
+    c = make_counter(gap_cap=10)
+    remote(c, ev(3, 1))
+    result = remote(c, ev(3, 1, key="held-dup"), ev(50, 1, key="deferred"))
+    assert result.duplicates == 1 and result.deferred == 1
+    assert local(c, delta=1, key="held-dup").event_id == "peer:3"
+    assert local(c, delta=1, key="deferred").event_id == "peer:50"
+    assert c.count("c") == 1
 
 
 def test_key_never_suppresses_a_distinct_replicated_event():

@@ -208,6 +208,22 @@ def test_a_failed_write_raises_storage_failure_and_changes_nothing(opened, tmp_p
     assert state_of(opened().counter)[1] == {"c": 10}
 
 
+def test_a_value_sqlite_refuses_is_a_storage_failure_and_rolls_back(opened):
+    handle = opened()
+    handle.local(delta=1)
+    txn = handle.counter.begin()
+    txn.local("c", 5, "k", 0.0)
+    txn.adopt("peer", 2**63, {"c": 1})  # beyond SQLite's INTEGER: OverflowError
+    with pytest.raises(StorageFailure, match="storage failure"):
+        handle.store.write(txn)
+    handle.counter.abort(txn)
+    assert not handle.store._conn.in_transaction
+    assert handle.local(delta=2).event_id == f"{handle.origin}:2"
+    handle.close()
+    reopened = opened()
+    assert reopened.counter.counters() == {"c": 3} and reopened.counter.key("k", 0.0) is None
+
+
 def test_a_refused_job_in_a_group_does_not_stop_the_others(opened):
     handle = opened()
     handle.local(delta=1, key="k")

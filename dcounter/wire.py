@@ -1,0 +1,107 @@
+"""The shapes of the messages between nodes and their bounds: nothing else parses a peer's JSON.
+
+Every decoder takes the decoded JSON value and returns it checked (or an `Event`), or raises
+`BadRequest` with a message a user can act on. A peer's request that fails is answered 400 by the
+route (`api.py`); a peer's reply that fails is logged as a warning and ignored (`node.py`).
+Either way nothing changes.
+
+Bounds (the README's "Range" section), chosen so that everything accepted can be stored exactly
+(SQLite keeps watermarks and sequence numbers as 64-bit INTEGERs, totals as text):
+
+* sequence numbers in event ids and watermarks in a snapshot: 1 to 2^63-1 (an event id's
+  shape, `validation.split_event_id`, allows at most 18 digits today, which is stricter). A
+  digest's watermarks may also be 0 ("knows the origin, holds none of its events"): no node
+  sends it today, and it never starts a pull, so it is accepted rather than refusing a whole
+  heartbeat.
+* deltas: within +-(2^53-1) and not 0 (what a client may send; see validation.py).
+* an origin's per-counter total in a snapshot: at most `watermark x (2^53-1)` in absolute
+  value, the most `watermark` deltas can add up to. It may leave signed 64 bits (origins can
+  offset each other), and the store keeps it exactly.
+* origins in a digest, a pull or a snapshot: at most MAX_ORIGINS_PER_PULL; entries in a peer
+  list: at most MAX_PEER_LIST.
+
+This module imports nothing of the node: only `validation`, `errors` and the `Event` type.
+"""
+
+from __future__ import annotations
+
+from dcounter import validation
+from dcounter.counter import Event
+from dcounter.errors import BadRequest
+from dcounter.validation import INT64_MAX, MAX_DELTA
+
+MAX_SEQ = INT64_MAX  # sequence numbers and watermarks: SQLite's INTEGER
+MAX_ORIGINS_PER_PULL = 10_000
+MAX_PEER_LIST = 1024
+
+
+def check_fields(data: dict, required=(), optional=(), where: str = "body") -> None:
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise BadRequest(f"missing field{'s' if len(missing) > 1 else ''} in {where}: "
+                         + ", ".join(missing))
+    unknown = sorted(set(data) - set(required) - set(optional))
+    if unknown:
+        raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''} in {where}: "
+                         + ", ".join(unknown))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decode_digest(value) -> dict[str, int]:
+    """`{origin: watermark}` with watermarks 0 to 2^63-1."""
+    if not isinstance(value, dict) or len(value) > MAX_ORIGINS_PER_PULL:
+        raise BadRequest("digest must be an object of origin -> watermark")
+    for origin, watermark in value.items():
+        validation.origin(origin, "digest origin")
+        if not _is_int(watermark) or not 0 <= watermark <= MAX_SEQ:
+            raise BadRequest("digest watermarks must be integers from 0 to 2^63-1")
+    return value
+
+
+def decode_peer_list(value) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_PEER_LIST:
+        raise BadRequest("peers must be a list of host:port strings")
+    return [validation.node_id(peer, "peers entry") for peer in value]
+
+
+def decode_event(value) -> Event:
+    """`{"id": "<origin>:<seq>", "counter", "delta"[, "key"]}` with seq 1 to 2^63-1."""
+    if not isinstance(value, dict):
+        raise BadRequest("each event must be an object")
+    check_fields(value, required=("id", "counter", "delta"), optional=("key",), where="event")
+    parts = validation.split_event_id(value["id"])
+    if parts is None or not 1 <= parts[1] <= MAX_SEQ:
+        raise BadRequest("event id must be '<origin>:<seq>' with seq from 1 to 2^63-1")
+    key = value.get("key")
+    if key is not None:
+        validation.idempotency_key(key, "event key")
+    return Event(parts[0], parts[1], validation.counter_name(value["counter"], "event counter"),
+                 validation.delta(value["delta"], "event delta"), key)
+
+
+def decode_snapshot(value) -> dict[str, dict]:
+    """`{origin: {"watermark": w, "counters": {name: total}}}`, the reply to a pull: w from 1 to
+    2^63-1, each total within +-(w x (2^53-1))."""
+    if not isinstance(value, dict) or len(value) > MAX_ORIGINS_PER_PULL:
+        raise BadRequest(f"origins must be an object of at most {MAX_ORIGINS_PER_PULL} origins")
+    for origin, prefix in value.items():
+        validation.origin(origin)
+        if not isinstance(prefix, dict):
+            raise BadRequest("each origin's state must be an object")
+        w = prefix.get("watermark")
+        counters = prefix.get("counters")
+        if not _is_int(w) or not isinstance(counters, dict):
+            raise BadRequest("state needs a watermark and counters")
+        if not 1 <= w <= MAX_SEQ:
+            raise BadRequest("a state's watermark must be from 1 to 2^63-1")
+        bound = w * MAX_DELTA
+        for name, total in counters.items():
+            validation.counter_name(name)
+            if not _is_int(total):
+                raise BadRequest("counter totals must be integers")
+            if not -bound <= total <= bound:
+                raise BadRequest(f"total of {name!r} is more than {w} events can add up to")
+    return value
