@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 EVENTS_PER_PEER = 12  # a busy link's batch goal, per peer: replication stays under 1/12
                       # request per increment, leaving room for heartbeats under 0.1
 LINGER_CAP = 3.5      # times batch_linger: the longest a busy link lets a batch grow
+MAX_UNEXPECTED_FAILURES = 5  # sends of a batch that fail for an unexpected reason before it is
+                             # dropped and left to anti-entropy
 
 
 class LinkState(enum.Enum):
@@ -51,6 +53,7 @@ class PeerLink:
         self.last_start = float("-inf")
         self.stopped = False
         self.dropped = 0
+        self.unexpected_failures = 0  # in a row, since the last success or drop
         self.thread = threading.Thread(target=self._run, name=f"link-{peer}", daemon=True)
 
     # -- called by other threads ----------------------------------------------------------------
@@ -120,19 +123,35 @@ class PeerLink:
                 with self.cond:
                     self.state = LinkState.READY if self.backlog else LinkState.IDLE
                 continue
-            ok = self.r.send_batch(self.peer, [event for event, _ in batch])
+            unexpected = False
+            try:
+                ok = self.r.send_batch(self, [event for event, _ in batch])
+            except Exception:
+                log.exception("replicate to %s failed unexpectedly", self.peer)
+                ok, unexpected = False, True
             if ok:
                 self.r.observe_delivery(batch)
             with self.cond:
                 if ok:
+                    self.unexpected_failures = 0
                     self.state = LinkState.READY if self.backlog else LinkState.IDLE
+                elif unexpected and self.unexpected_failures + 1 >= MAX_UNEXPECTED_FAILURES:
+                    # Whatever breaks the send may be in the batch itself: give it up rather
+                    # than block every later event behind it.
+                    log.error("dropping a batch of %d events for %s after %d unexpected "
+                              "failures; anti-entropy will catch it up", len(batch), self.peer,
+                              self.unexpected_failures + 1)
+                    self.dropped += len(batch)
+                    self.unexpected_failures = 0
+                    self.state = LinkState.BACKOFF
                 else:
+                    self.unexpected_failures += unexpected
                     self.backlog.extendleft(reversed(batch))
                     if len(self.backlog) > self.r.max_backlog:
                         self._drop_locked("backlog over its bound")
                     self.state = LinkState.BACKOFF
             if not ok:
-                self.r.schedule_retry(self.peer)
+                self.r.schedule_retry(self)
 
 
 class Replicator:
@@ -170,7 +189,7 @@ class Replicator:
             with link.cond:
                 link._drop_locked("peer removed")
             link.stop()
-        self.schedule.forget(peer)
+            self.schedule.forget(link)
 
     def peers(self) -> list[str]:
         with self._lock:
@@ -186,20 +205,28 @@ class Replicator:
     def _payload(self, batch: list[Event]) -> dict:
         return {"node_id": self.self_id, "events": [e.to_wire() for e in batch]}
 
-    def send_batch(self, peer: str, batch: list[Event]) -> bool:
+    def send_batch(self, link: PeerLink, batch: list[Event]) -> bool:
+        """Send one batch; False on a failure the transport expects (unreachable, refused).
+        Anything else raises. Backoff is keyed by the link, never by the peer's name: a link
+        removed while its send was in flight must not touch the state of the peer's next link."""
+        peer = link.peer
         try:
             self.transport.post(peer, "/counter/replicate", self._payload(batch))
         except (PeerUnreachable, PeerRefused) as exc:
-            attempt = self.schedule.attempts(peer) + 1
+            attempt = self.schedule.attempts(link) + 1
             log.debug("replicate to %s failed (attempt %d): %s", peer, attempt, exc)
             if self.metrics:
                 self.metrics.inc("dcounter_replicate_batches_failed_total")
             return False
-        self.schedule.succeeded(peer)
-        if self.metrics:
-            self.metrics.inc("dcounter_replicate_batches_sent_total")
-            self.metrics.inc("dcounter_replicate_events_sent_total", len(batch))
-        self.on_success(peer)
+        self.schedule.succeeded(link)
+        # The batch arrived: what follows must not make it count as a failure.
+        try:
+            if self.metrics:
+                self.metrics.inc("dcounter_replicate_batches_sent_total")
+                self.metrics.inc("dcounter_replicate_events_sent_total", len(batch))
+            self.on_success(peer)
+        except Exception:
+            log.exception("bookkeeping after a batch to %s failed; continuing", peer)
         return True
 
     def observe_delivery(self, batch: list[tuple[Event, float]]) -> None:
@@ -209,18 +236,16 @@ class Replicator:
             self.metrics.observe_histogram("dcounter_replication_delay_seconds",
                                            [now - queued for _, queued in batch])
 
-    def schedule_retry(self, peer: str) -> None:
-        self.schedule.failed(peer, self.clock.monotonic())
+    def schedule_retry(self, link: PeerLink) -> None:
+        self.schedule.failed(link, self.clock.monotonic())
         self._retry_wakeup.set()
 
     # -- the retry loop's step ----------------------------------------------------------------
     def retry_once(self, now: float) -> list[str]:
         due = self.schedule.pop_due(now)
-        with self._lock:
-            links = [self._links[p] for p in due if p in self._links]
-        for link in links:
-            link.wake()
-        return due
+        for link in due:
+            link.wake()  # a removed link is stopped: waking it does nothing
+        return [link.peer for link in due]
 
     def wait_for_retry(self, max_wait: float) -> None:
         """Block until the next retry is due or a new one is scheduled (stop() wakes it too),
@@ -239,7 +264,7 @@ class Replicator:
         for link in links:
             with link.cond:
                 out[link.peer] = {"backlog": len(link.backlog), "state": link.state.value,
-                                  "attempts": self.schedule.attempts(link.peer),
+                                  "attempts": self.schedule.attempts(link),
                                   "dropped": link.dropped}
         return out
 
