@@ -62,9 +62,7 @@ class ScriptedTransport:
 def make(transport, clock, **kwargs) -> Replicator:
     replicator = Replicator("self:1", transport, RetrySchedule(RetryPolicy(0.1, 10.0)), clock,
                             max_backlog=1000, batch_max=100, batch_linger=0.0, **kwargs)
-    start = getattr(replicator, "start", None)
-    if start is not None:
-        start()
+    replicator.start()
     return replicator
 
 
@@ -166,3 +164,40 @@ def test_an_old_links_late_success_leaves_the_new_links_backoff_alone():
         assert replicator.backlogs()["p:1"]["attempts"] == 0
     finally:
         replicator.stop()
+
+
+def sender_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("link-")}
+
+
+def test_sender_threads_start_only_with_start():
+    clock, transport = FakeClock(), ScriptedTransport()
+    replicator = Replicator("self:1", transport, RetrySchedule(RetryPolicy(0.1, 10.0)), clock,
+                            max_backlog=1000, batch_max=100, batch_linger=0.0)
+    try:
+        replicator.add_peer("early:1")
+        replicator.enqueue([event(1)])
+        assert "link-early:1" not in sender_threads()
+        assert replicator.backlogs()["early:1"]["backlog"] == 1
+        replicator.start()
+        wait_for(lambda: transport.delivered_to("early:1") == ["o:1"], "the queued event")
+        replicator.add_peer("late:1")
+        assert "link-late:1" in sender_threads()  # after start(): at once
+        replicator.enqueue([event(2)])
+        wait_for(lambda: transport.delivered_to("late:1") == ["o:2"], "the later event")
+    finally:
+        replicator.stop()
+    wait_for(lambda: not {"link-early:1", "link-late:1"} & sender_threads(), "the senders to end")
+
+
+def test_a_replicator_never_started_stops_and_drains():
+    clock, transport = FakeClock(), ScriptedTransport()
+    replicator = Replicator("self:1", transport, RetrySchedule(RetryPolicy(0.1, 10.0)), clock,
+                            max_backlog=1000, batch_max=2, batch_linger=0.0)
+    replicator.add_peer("p:1")
+    replicator.enqueue(events := [event(1), event(2), event(3)])
+    replicator.stop()
+    replicator.add_peer("q:1")  # after stop(): listed, never started
+    assert "link-q:1" not in sender_threads()
+    assert replicator.drain(clock.monotonic() + 5.0) == 0
+    assert transport.delivered_to("p:1") == [e.id for e in events]
