@@ -108,7 +108,7 @@ def test_a_batch_that_always_fails_unexpectedly_is_dropped_and_later_events_stil
     replicator = make(transport, clock)
     try:
         replicator.add_peer("p:1")
-        with caplog.at_level(logging.ERROR, logger="dcounter.replication"):
+        with caplog.at_level(logging.ERROR, logger="dcounter"):
             replicator.enqueue([event(1)])
             wait_for(lambda: replicator.backlogs()["p:1"]["dropped"] == 1,
                      "the batch to be dropped", step=fire_due_retries(replicator, clock))
@@ -158,7 +158,7 @@ def test_an_old_links_late_success_leaves_the_new_links_backoff_alone():
         assert old_success.wait(DEADLINE)  # the old link's success has been recorded
         assert replicator.backlogs()["p:1"]["attempts"] == 1  # still the new link's count
         clock.advance(10.0)
-        assert replicator.retry_once(clock.monotonic()) == ["p:1"]
+        replicator.retry_once(clock.monotonic())
         wait_for(lambda: "o:2" in transport.delivered_to("p:1"), "the new link's retry")
         wait_for(lambda: replicator.backlogs()["p:1"]["state"] == "idle", "the link to idle")
         assert replicator.backlogs()["p:1"]["attempts"] == 0
