@@ -201,3 +201,21 @@ def test_a_replicator_never_started_stops_and_drains():
     assert "link-q:1" not in sender_threads()
     assert replicator.drain(clock.monotonic() + 5.0) == 0
     assert transport.delivered_to("p:1") == [e.id for e in events]
+
+
+def test_an_error_after_a_delivery_neither_resends_nor_stops_the_link():
+    def on_success(peer):
+        raise RuntimeError("a bug in the success callback")
+
+    clock, transport = FakeClock(), ScriptedTransport()
+    replicator = make(transport, clock, on_success=on_success)
+    try:
+        replicator.add_peer("p:1")
+        replicator.enqueue([event(1)])
+        wait_for(lambda: transport.delivered_to("p:1") == ["o:1"], "the first event")
+        replicator.enqueue([event(2)])
+        wait_for(lambda: transport.delivered_to("p:1") == ["o:1", "o:2"], "the second event")
+        wait_for(lambda: replicator.backlogs()["p:1"]["state"] == "idle", "the link to idle")
+        assert replicator.backlogs()["p:1"]["attempts"] == 0
+    finally:
+        replicator.stop()
