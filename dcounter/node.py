@@ -123,6 +123,7 @@ class Node:
         if self.server is None:
             self.open()
         self.writer.start()
+        self.replicator.start()
         self._spawn("http", lambda: self.server.serve_forever(poll_interval=0.1))
         self._spawn("membership", self._membership_loop)
         self._spawn("cleanup", self._cleanup_loop)

@@ -1,138 +1,137 @@
-"""Outbound replication: one link per peer, batching, backoff, bounded backlogs.
+"""Outbound replication: one link per peer, a thread shell around the peer's `Outbox`.
 
-Each peer has a `PeerLink`: a backlog (deque) of events and a sender thread. When the link has
-been idle an event goes at once; while the link is busy a batch collects what arrives, and a
-new batch starts at most once per `batch_linger` seconds, so under load one request carries
-many events. Past `batch_linger` a batch smaller than `EVENTS_PER_PEER` events per peer waits
-on for more, up to `LINGER_CAP` times `batch_linger` since the last start: under load a node
-then sends at most one request per `EVENTS_PER_PEER` events per peer, so replication costs at
-most 1/`EVENTS_PER_PEER` requests per increment whatever the cluster size.
+What to send, when, and what to give up is decided by `outbox.Outbox` (pure: batching, linger,
+backoff, bounds). A `PeerLink` runs it: its sender thread takes a batch when the outbox says
+so, posts it, and reports the outcome; it sleeps until the outbox's next wakeup, a new event,
+or the retry loop's wake (`Replicator.retry_once`). Nothing a send raises ends the thread: an
+unexpected error counts as a failed send (logged with its traceback) and the outbox backs off,
+then drops a batch that keeps failing so. Backoff is keyed by the outbox, never by the peer's
+name, so a link removed while its send was in flight cannot touch the peer's next link.
 
-A failed send puts the batch back and asks the `RetrySchedule` for the next attempt
-(`min(base * 2**(attempt-1), cap)`); the replicator's retry loop (`retry_once`) wakes the link
-when it is due. A success resets the backoff.
-
-The backlog is bounded: past `max_backlog` it is dropped and the peer catches up through
-anti-entropy (every event stays in the prefix of the nodes that applied it). A removed peer's
-backlog is dropped the same way.
+Threads start only in `Replicator.start()`; a link added before it waits for it, a link added
+after starts at once. A removed peer's backlog is dropped (anti-entropy catches the peer up).
 """
 
-import collections
-import enum
 import logging
 import threading
 
 from dcounter.counter import Event
 from dcounter.errors import PeerRefused, PeerUnreachable
+from dcounter.outbox import EVENTS_PER_PEER, LINGER_CAP, LinkState, Outbox, Queued
 from dcounter.retry import RetrySchedule
 
 log = logging.getLogger(__name__)
 
-EVENTS_PER_PEER = 12  # a busy link's batch goal, per peer: replication stays under 1/12
-                      # request per increment, leaving room for heartbeats under 0.1
-LINGER_CAP = 3.5      # times batch_linger: the longest a busy link lets a batch grow
-
-
-class LinkState(enum.Enum):
-    IDLE = "idle"        # nothing to send
-    READY = "ready"      # events waiting, may send
-    SENDING = "sending"  # a batch is in flight
-    BACKOFF = "backoff"  # the last send failed; waiting for the retry schedule
+__all__ = ["EVENTS_PER_PEER", "LINGER_CAP", "LinkState", "PeerLink", "Replicator"]
 
 
 class PeerLink:
-    def __init__(self, peer: str, replicator: "Replicator"):
+    def __init__(self, peer: str, replicator: "Replicator", outbox: Outbox):
         self.peer = peer
         self.r = replicator
-        self.cond = threading.Condition()
-        # (event, monotonic time it was queued): the time measures the replication delay.
-        self.backlog: collections.deque[tuple[Event, float]] = collections.deque()
-        self.state = LinkState.IDLE
-        self.last_start = float("-inf")
+        self.outbox = outbox
+        self.cond = threading.Condition()  # guards the outbox and the flags below
+        self.started = False
         self.stopped = False
-        self.dropped = 0
         self.thread = threading.Thread(target=self._run, name=f"link-{peer}", daemon=True)
 
     # -- called by other threads ----------------------------------------------------------------
+    def start(self) -> None:
+        with self.cond:
+            if self.started or self.stopped:
+                return
+            self.started = True
+        self.thread.start()
+
     def enqueue(self, events: list[Event]) -> None:
         with self.cond:
-            if self.stopped:
-                return
-            now = self.r.clock.monotonic()
-            before = len(self.backlog)
-            self.backlog.extend((event, now) for event in events)
-            if len(self.backlog) > self.r.max_backlog:
-                self._drop_locked("backlog over its bound")
-            if self.state is LinkState.IDLE:
-                self.state = LinkState.READY
+            if not self.stopped and self.outbox.enqueue(events, self.r.clock.monotonic()):
                 self.cond.notify()
-            elif before < self.r.batch_goal <= len(self.backlog):
-                self.cond.notify()  # a lingering batch reached its goal
 
     def wake(self) -> None:
+        """Look at the outbox again (a retry may be due)."""
         with self.cond:
-            if self.state is LinkState.BACKOFF:
-                self.state = LinkState.READY if self.backlog else LinkState.IDLE
-                self.cond.notify()
+            self.cond.notify()
 
     def stop(self) -> None:
         with self.cond:
             self.stopped = True
             self.cond.notify()
 
-    def _drop_locked(self, why: str) -> None:
-        if self.backlog:
-            log.warning("dropping %d events queued for %s (%s); anti-entropy will catch it up",
-                        len(self.backlog), self.peer, why)
-            self.dropped += len(self.backlog)
-            self.backlog.clear()
+    def join(self, timeout: float) -> None:
+        if self.started:
+            self.thread.join(timeout=timeout)
 
-    # -- the sender thread ----------------------------------------------------------------------
-    def _run(self) -> None:
+    def status(self) -> dict:
+        with self.cond:
+            return {"backlog": len(self.outbox.backlog), "state": self.outbox.state.value,
+                    "attempts": self.outbox.attempts, "dropped": self.outbox.dropped}
+
+    # -- the sender's steps -----------------------------------------------------------------------
+    def next_batch(self) -> list[Queued] | None:
+        """Block until the outbox gives a batch; None once stopped."""
         clock = self.r.clock
-        while True:
-            with self.cond:
-                while not self.stopped and (self.state is not LinkState.READY or not self.backlog):
-                    if self.state is LinkState.READY and not self.backlog:
-                        self.state = LinkState.IDLE
-                    self.cond.wait()
-                if self.stopped:
-                    return
-                # A busy link lets the batch grow for `batch_linger` since the last start, then
-                # on up to LINGER_CAP * batch_linger while it is short of its goal (two waits at
-                # most: the first ends at `batch_linger` or earlier, the second at the cap or
-                # when the goal is reached).
-                linger = self.r.batch_linger
-                for _ in range(2):
-                    since = clock.monotonic() - self.last_start
-                    size = len(self.backlog)
-                    if size >= self.r.batch_max or since >= linger * LINGER_CAP or \
-                            (since >= linger and size >= self.r.batch_goal):
-                        break
-                    self.cond.wait((linger if since < linger else linger * LINGER_CAP) - since)
-                    if self.stopped:
-                        return
-                n = min(len(self.backlog), self.r.batch_max)
-                batch = [self.backlog.popleft() for _ in range(n)]
-                self.state = LinkState.SENDING
-                self.last_start = clock.monotonic()
-            if not batch:
-                with self.cond:
-                    self.state = LinkState.READY if self.backlog else LinkState.IDLE
-                continue
-            ok = self.r.send_batch(self.peer, [event for event, _ in batch])
+        with self.cond:
+            while not self.stopped:
+                now = clock.monotonic()
+                batch = self.outbox.take_batch(now)
+                if batch is not None:
+                    return batch
+                wake_at = self.outbox.next_wakeup(now)
+                self.cond.wait(None if wake_at is None else max(0.0, wake_at - now))
+            return None
+
+    def send(self, batch: list[Queued]) -> bool:
+        """Post a batch taken by `next_batch` and report its outcome to the outbox."""
+        unexpected = False
+        try:
+            self.r.post_batch(self.peer, [event for event, _ in batch])
+            ok = True
+        except (PeerUnreachable, PeerRefused) as exc:
+            log.debug("replicate to %s failed (attempt %d): %s", self.peer,
+                      self.outbox.attempts + 1, exc)
+            ok = False
+        except Exception:
+            log.exception("replicate to %s failed unexpectedly", self.peer)
+            ok, unexpected = False, True
+        with self.cond:
+            now = self.r.clock.monotonic()
             if ok:
-                self.r.observe_delivery(batch)
+                self.outbox.sent_ok(batch, now)
+            else:
+                self.outbox.send_failed(batch, now, unexpected)
+            if self.stopped:
+                self.outbox.forget()  # removed while in flight: leave no schedule entry behind
+        if ok:
+            self.r.delivered(self.peer, batch)
+        else:
+            self.r.retry_scheduled()
+        return ok
+
+    def _run(self) -> None:
+        while True:
+            try:
+                batch = self.next_batch()
+                if batch is None:
+                    return
+                self.send(batch)
+            except Exception:
+                log.exception("sender for %s failed; continuing", self.peer)
+                self._recover()
+
+    def _recover(self) -> None:
+        """After an error outside the send itself: the batch in flight goes back (or, after
+        repeated failures, is dropped) and the outbox backs off, as for a failed send."""
+        try:
             with self.cond:
-                if ok:
-                    self.state = LinkState.READY if self.backlog else LinkState.IDLE
-                else:
-                    self.backlog.extendleft(reversed(batch))
-                    if len(self.backlog) > self.r.max_backlog:
-                        self._drop_locked("backlog over its bound")
-                    self.state = LinkState.BACKOFF
-            if not ok:
-                self.r.schedule_retry(self.peer)
+                self.outbox.send_failed(self.outbox.in_flight or [], self.r.clock.monotonic(),
+                                        unexpected=True)
+            self.r.retry_scheduled()
+        except Exception:
+            log.exception("sender for %s cannot recover; pausing", self.peer)
+            with self.cond:
+                if not self.stopped:
+                    self.cond.wait(self.r.schedule.policy.cap)
 
 
 class Replicator:
@@ -150,27 +149,52 @@ class Replicator:
         self.metrics = metrics
         self._lock = threading.Lock()
         self._links: dict[str, PeerLink] = {}
+        self._started = False
+        self._stopped = False
         self.batch_goal = EVENTS_PER_PEER  # EVENTS_PER_PEER per link
         self._retry_wakeup = threading.Event()
+
+    def start(self) -> None:
+        """Start the sender threads: of the links added so far, and of later ones at once."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._started = True
+            links = list(self._links.values())
+        for link in links:
+            link.start()
 
     # -- membership ---------------------------------------------------------------------------
     def add_peer(self, peer: str) -> None:
         with self._lock:
             if peer in self._links:
                 return
-            link = self._links[peer] = PeerLink(peer, self)
-            self.batch_goal = EVENTS_PER_PEER * len(self._links)
-        link.thread.start()
+            outbox = Outbox(peer, self.schedule, max_backlog=self.max_backlog,
+                            batch_max=self.batch_max, batch_linger=self.batch_linger)
+            link = self._links[peer] = PeerLink(peer, self, outbox)
+            start = self._started and not self._stopped
+        self._regoal()
+        if start:
+            link.start()
 
     def remove_peer(self, peer: str) -> None:
         with self._lock:
             link = self._links.pop(peer, None)
-            self.batch_goal = EVENTS_PER_PEER * max(1, len(self._links))
+        self._regoal()
         if link is not None:
             with link.cond:
-                link._drop_locked("peer removed")
+                link.outbox.drop("peer removed")
+                link.outbox.forget()
             link.stop()
-        self.schedule.forget(peer)
+
+    def _regoal(self) -> None:
+        """A busy link's batch goal grows with the cluster (EVENTS_PER_PEER per peer)."""
+        with self._lock:
+            self.batch_goal = goal = EVENTS_PER_PEER * max(1, len(self._links))
+            links = list(self._links.values())
+        for link in links:
+            with link.cond:
+                link.outbox.goal = goal
 
     def peers(self) -> list[str]:
         with self._lock:
@@ -186,41 +210,52 @@ class Replicator:
     def _payload(self, batch: list[Event]) -> dict:
         return {"node_id": self.self_id, "events": [e.to_wire() for e in batch]}
 
-    def send_batch(self, peer: str, batch: list[Event]) -> bool:
+    def post_batch(self, peer: str, batch: list[Event], timeout: float | None = None) -> None:
+        """Post one batch. Raises PeerUnreachable / PeerRefused on the failures the transport
+        expects, and whatever else goes wrong."""
         try:
-            self.transport.post(peer, "/counter/replicate", self._payload(batch))
-        except (PeerUnreachable, PeerRefused) as exc:
-            attempt = self.schedule.attempts(peer) + 1
-            log.debug("replicate to %s failed (attempt %d): %s", peer, attempt, exc)
+            self.transport.post(peer, "/counter/replicate", self._payload(batch),
+                                **({} if timeout is None else {"timeout": timeout}))
+        except Exception:
             if self.metrics:
                 self.metrics.inc("dcounter_replicate_batches_failed_total")
-            return False
-        self.schedule.succeeded(peer)
-        if self.metrics:
-            self.metrics.inc("dcounter_replicate_batches_sent_total")
-            self.metrics.inc("dcounter_replicate_events_sent_total", len(batch))
-        self.on_success(peer)
-        return True
+            raise
 
-    def observe_delivery(self, batch: list[tuple[Event, float]]) -> None:
+    def delivered(self, peer: str, batch: list[Queued]) -> None:
+        """A batch arrived: metrics and the success callback. Their errors are logged, never
+        turned into a failed send."""
+        try:
+            if self.metrics:
+                self.metrics.inc("dcounter_replicate_batches_sent_total")
+                self.metrics.inc("dcounter_replicate_events_sent_total", len(batch))
+            self.observe_delivery(batch)
+            self.on_success(peer)
+        except Exception:
+            log.exception("bookkeeping after a batch to %s failed; continuing", peer)
+
+    def observe_delivery(self, batch: list[Queued]) -> None:
         """Record how long each event of an acknowledged batch took since it was queued."""
         if self.metrics:
             now = self.clock.monotonic()
             self.metrics.observe_histogram("dcounter_replication_delay_seconds",
                                            [now - queued for _, queued in batch])
 
-    def schedule_retry(self, peer: str) -> None:
-        self.schedule.failed(peer, self.clock.monotonic())
+    def retry_scheduled(self) -> None:
+        """A link backed off: the retry loop's wait may need to end sooner."""
         self._retry_wakeup.set()
 
     # -- the retry loop's step ----------------------------------------------------------------
     def retry_once(self, now: float) -> list[str]:
+        """Wake the links whose retry is due; returns their peers."""
         due = self.schedule.pop_due(now)
         with self._lock:
-            links = [self._links[p] for p in due if p in self._links]
+            # A popped outbox of a removed link has no link left to wake.
+            links = [link for outbox in due
+                     if (link := self._links.get(outbox.peer)) is not None
+                     and link.outbox is outbox]
         for link in links:
             link.wake()
-        return due
+        return [link.peer for link in links]
 
     def wait_for_retry(self, max_wait: float) -> None:
         """Block until the next retry is due or a new one is scheduled (stop() wakes it too),
@@ -235,22 +270,17 @@ class Replicator:
     def backlogs(self) -> dict[str, dict]:
         with self._lock:
             links = list(self._links.values())
-        out = {}
-        for link in links:
-            with link.cond:
-                out[link.peer] = {"backlog": len(link.backlog), "state": link.state.value,
-                                  "attempts": self.schedule.attempts(link.peer),
-                                  "dropped": link.dropped}
-        return out
+        return {link.peer: link.status() for link in links}
 
     def stop(self) -> None:
         with self._lock:
+            self._stopped = True
             links = list(self._links.values())
         for link in links:
             link.stop()
         self._retry_wakeup.set()
         for link in links:
-            link.thread.join(timeout=self.transport.timeout + 1)
+            link.join(timeout=self.transport.timeout + 1)
 
     def drain(self, deadline: float) -> int:
         """After stop(): one last attempt per peer with a backlog, within `deadline`
@@ -260,8 +290,7 @@ class Replicator:
         left = 0
         for link in links:
             with link.cond:
-                pending = [event for event, _ in link.backlog]
-                link.backlog.clear()
+                pending = [event for event, _ in link.outbox.take_all()]
             while pending:
                 remaining = deadline - self.clock.monotonic()
                 if remaining <= 0:
@@ -269,9 +298,10 @@ class Replicator:
                     break
                 batch, pending = pending[:self.batch_max], pending[self.batch_max:]
                 try:
-                    self.transport.post(link.peer, "/counter/replicate", self._payload(batch),
-                                        timeout=min(remaining, self.transport.timeout))
-                except (PeerUnreachable, PeerRefused):
+                    self.post_batch(link.peer, batch, timeout=min(remaining,
+                                                                  self.transport.timeout))
+                except Exception as exc:
+                    log.debug("last replicate to %s failed: %s", link.peer, exc)
                     left += len(batch) + len(pending)
                     break
         return left

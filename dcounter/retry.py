@@ -1,9 +1,11 @@
 """Backoff policy and the heapq schedule of due peer sends (pure).
 
 `RetryPolicy.delay(attempt)` is `min(base * 2**(attempt-1), cap)`: 0.1, 0.2, 0.4 ... 6.4, 10, 10
-with the defaults. `RetrySchedule` keeps, per peer, the attempt count and when it may be tried
-next; the node's retry loop calls `pop_due(now)` and hands the due peers back to the senders.
-Heap entries are `(due, tiebreak, peer)`, so payloads are never compared. Cancelled or
+with the defaults. `RetrySchedule` keeps, per handle, the attempt count and when it may be tried
+next; the node's retry loop calls `pop_due(now)` and hands the due handles back to the senders.
+A handle is any hashable: the replicator uses the link object itself, not the peer's name, so a
+late outcome of a removed link can never reset or cancel the backoff of the peer's next link.
+Heap entries are `(due, tiebreak, handle)`, so payloads are never compared. Cancelled or
 rescheduled entries stay in the heap and are skipped when popped.
 """
 

@@ -2,7 +2,8 @@
 
 No loops run (`open()` only, never `start()`): the test calls `rejoin_once`, `heartbeat_once`,
 `cleanup_once`, `pull_once` and `retry_once` itself and moves a FakeClock. Replication sends
-run in the per-peer sender threads, so their effect is awaited by polling with a deadline.
+run in the per-peer sender threads (`replicator.start()`), so their effect is awaited by polling
+with a deadline.
 """
 
 import dataclasses
@@ -44,6 +45,7 @@ class Cluster:
     def add(self, node_id: str, cfg: Config) -> Node:
         node = Node(cfg, clock=self.clock, transport=self.net.transport(node_id))
         node.open()
+        node.replicator.start()  # the senders run; the loops do not
         self.net.attach(node)
         self.nodes[node_id] = node
         return node

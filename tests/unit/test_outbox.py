@@ -1,0 +1,225 @@
+"""One peer's outbox, driven by a fake clock: batching, linger, backoff, bounds and drops."""
+
+import logging
+
+import pytest
+
+from dcounter.counter import Event
+from dcounter.outbox import LINGER_CAP, LinkState, Outbox
+from dcounter.retry import RetryPolicy, RetrySchedule
+from tests.fakes import FakeClock
+
+LINGER = 0.25  # for the linger tests: exact in binary, so the fake clock lands on it
+
+
+def make(**kwargs) -> tuple[Outbox, FakeClock]:
+    # The default linger (0.02 s, at most 0.07 s with the cap) is shorter than any backoff.
+    options = {"max_backlog": 1000, "batch_max": 100, "batch_linger": 0.02, "goal": 12}
+    options.update(kwargs)
+    schedule = options.pop("schedule", None) or RetrySchedule(RetryPolicy(0.1, 10.0))
+    return Outbox("p:1", schedule, **options), FakeClock()
+
+
+def events(first: int, count: int) -> list[Event]:
+    return [Event("o", seq, "c", 1) for seq in range(first, first + count)]
+
+
+def ids(batch) -> list[str]:
+    return [event.id for event, _ in batch]
+
+
+def test_an_idle_outbox_sends_an_event_at_once():
+    box, clock = make(batch_linger=LINGER)
+    assert box.next_wakeup(clock.monotonic()) is None  # nothing to do until an event comes
+    assert box.enqueue(events(1, 1), clock.monotonic()) is True
+    assert box.next_wakeup(clock.monotonic()) == clock.monotonic()
+    batch = box.take_batch(clock.monotonic())
+    assert ids(batch) == ["o:1"] and batch[0][1] == clock.monotonic()  # queued at
+    assert box.state is LinkState.SENDING
+
+
+def test_one_batch_in_flight_at_a_time():
+    box, clock = make()
+    box.enqueue(events(1, 1), clock.monotonic())
+    first = box.take_batch(clock.monotonic())
+    assert box.enqueue(events(2, 3), clock.monotonic()) is False
+    clock.advance(1.0)
+    assert box.take_batch(clock.monotonic()) is None
+    assert box.next_wakeup(clock.monotonic()) is None  # the outcome comes first
+    box.sent_ok(first, clock.monotonic())
+    assert ids(box.take_batch(clock.monotonic())) == ["o:2", "o:3", "o:4"]
+
+
+def test_a_busy_outbox_lingers_then_sends_a_short_batch_at_the_cap():
+    box, clock = make(batch_linger=LINGER)
+    t0 = clock.monotonic()
+    box.enqueue(events(1, 1), t0)
+    box.sent_ok(box.take_batch(t0), t0 + 0.001)
+    clock.advance(0.005)
+    assert box.enqueue(events(2, 3), clock.monotonic()) is True  # the sender looks again ...
+    assert box.take_batch(clock.monotonic()) is None            # ... and waits for `linger`
+    assert box.next_wakeup(clock.monotonic()) == pytest.approx(t0 + LINGER)
+    clock.advance(t0 + LINGER - clock.monotonic())
+    assert box.take_batch(clock.monotonic()) is None  # short of its goal: on to the cap
+    assert box.next_wakeup(clock.monotonic()) == pytest.approx(t0 + LINGER * LINGER_CAP)
+    clock.advance(t0 + LINGER * LINGER_CAP - clock.monotonic())
+    assert ids(box.take_batch(clock.monotonic())) == ["o:2", "o:3", "o:4"]
+
+
+def test_a_lingering_batch_goes_once_it_reaches_its_goal():
+    box, clock = make(batch_linger=LINGER, goal=12)
+    t0 = clock.monotonic()
+    box.enqueue(events(1, 1), t0)
+    box.sent_ok(box.take_batch(t0), t0)
+    clock.advance(LINGER)
+    box.enqueue(events(2, 10), clock.monotonic())
+    assert box.take_batch(clock.monotonic()) is None
+    assert box.enqueue(events(12, 1), clock.monotonic()) is False  # 11: not yet
+    assert box.enqueue(events(13, 1), clock.monotonic()) is True   # 12: the goal
+    assert len(box.take_batch(clock.monotonic())) == 12
+
+
+def test_the_goal_does_not_beat_the_linger():
+    box, clock = make(batch_linger=LINGER, goal=2)
+    t0 = clock.monotonic()
+    box.enqueue(events(1, 1), t0)
+    box.sent_ok(box.take_batch(t0), t0)
+    box.enqueue(events(2, 5), t0 + 0.001)
+    assert box.take_batch(t0 + 0.001) is None  # at most one batch start per linger
+    assert len(box.take_batch(t0 + LINGER)) == 5
+
+
+def test_batches_hold_at_most_batch_max_and_a_full_one_does_not_linger():
+    box, clock = make(batch_linger=LINGER, batch_max=10)
+    t0 = clock.monotonic()
+    box.enqueue(events(1, 1), t0)
+    box.sent_ok(box.take_batch(t0), t0)
+    box.enqueue(events(2, 25), t0)
+    sizes = []
+    while (batch := box.take_batch(t0)) is not None:
+        sizes.append(len(batch))
+        box.sent_ok(batch, t0)
+    assert sizes == [10, 10]  # full batches go within the linger; the short rest waits
+    assert len(box.take_batch(t0 + LINGER * LINGER_CAP)) == 5
+
+
+def test_a_failed_batch_waits_for_its_backoff_then_goes_again():
+    box, clock = make()
+    box.enqueue(events(1, 2), clock.monotonic())
+    delays = []
+    for _ in range(4):
+        batch = box.take_batch(clock.monotonic())
+        assert ids(batch) == ["o:1", "o:2"]
+        delays.append(box.send_failed(batch, clock.monotonic()))
+        assert box.state is LinkState.BACKOFF
+        assert box.next_wakeup(clock.monotonic()) == clock.monotonic() + delays[-1]
+        assert box.take_batch(clock.monotonic() + delays[-1] * 0.99) is None
+        clock.advance(delays[-1])
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert box.attempts == 4
+
+
+def test_a_failed_batch_goes_back_ahead_of_newer_events():
+    box, clock = make()
+    box.enqueue(events(1, 2), clock.monotonic())
+    batch = box.take_batch(clock.monotonic())
+    box.enqueue(events(3, 1), clock.monotonic())
+    assert box.enqueue(events(4, 1), clock.monotonic()) is False  # in backoff soon: no hurry
+    delay = box.send_failed(batch, clock.monotonic())
+    clock.advance(delay)
+    assert ids(box.take_batch(clock.monotonic())) == ["o:1", "o:2", "o:3", "o:4"]
+
+
+def test_a_success_resets_the_backoff():
+    box, clock = make()
+    box.enqueue(events(1, 1), clock.monotonic())
+    for expected in (0.1, 0.2, 0.4):
+        batch = box.take_batch(clock.monotonic())
+        assert box.send_failed(batch, clock.monotonic()) == pytest.approx(expected)
+        clock.advance(expected)
+    box.sent_ok(box.take_batch(clock.monotonic()), clock.monotonic())
+    assert box.attempts == 0 and box.state is LinkState.IDLE
+    clock.advance(1.0)
+    box.enqueue(events(2, 1), clock.monotonic())
+    assert box.send_failed(box.take_batch(clock.monotonic()), clock.monotonic()) == \
+        pytest.approx(0.1)
+
+
+def test_past_its_bound_the_backlog_is_dropped(caplog):
+    box, clock = make(max_backlog=5)
+    box.enqueue(events(1, 1), clock.monotonic())
+    batch = box.take_batch(clock.monotonic())
+    box.enqueue(events(2, 4), clock.monotonic())
+    with caplog.at_level(logging.WARNING, logger="dcounter.outbox"):
+        box.enqueue(events(6, 2), clock.monotonic())  # 6 waiting > 5
+    assert len(box.backlog) == 0 and box.dropped == 6
+    assert "p:1" in caplog.text and "anti-entropy" in caplog.text
+    box.enqueue(events(8, 5), clock.monotonic())
+    box.send_failed(batch, clock.monotonic())  # put back: 6 > 5 again
+    assert len(box.backlog) == 0 and box.dropped == 12
+
+
+def test_a_batch_failing_unexpectedly_is_dropped_after_five_tries(caplog):
+    box, clock = make()
+    box.enqueue(events(1, 2), clock.monotonic())
+    with caplog.at_level(logging.ERROR, logger="dcounter.outbox"):
+        for attempt in range(1, 6):
+            batch = box.take_batch(clock.monotonic())
+            assert ids(batch) == ["o:1", "o:2"]
+            if attempt == 3:
+                box.enqueue(events(3, 1), clock.monotonic())  # later events wait behind it
+            clock.advance(box.send_failed(batch, clock.monotonic(), unexpected=True))
+    assert box.dropped == 2 and ids(box.backlog) == ["o:3"]  # the retries did not take it
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+    assert "p:1" in caplog.text and "dropping a batch of 2 events" in caplog.text
+    assert ids(box.take_batch(clock.monotonic())) == ["o:3"]  # the later event still goes
+
+
+def test_expected_failures_never_drop_a_batch():
+    box, clock = make()
+    box.enqueue(events(1, 1), clock.monotonic())
+    for _ in range(20):
+        clock.advance(box.send_failed(box.take_batch(clock.monotonic()), clock.monotonic()))
+    assert box.dropped == 0 and ids(box.take_batch(clock.monotonic())) == ["o:1"]
+
+
+def test_unexpected_failures_count_in_a_row_only():
+    box, clock = make()
+    box.enqueue(events(1, 1), clock.monotonic())
+    for _ in range(4):
+        clock.advance(box.send_failed(box.take_batch(clock.monotonic()), clock.monotonic(),
+                                      unexpected=True))
+    box.sent_ok(box.take_batch(clock.monotonic()), clock.monotonic())
+    box.enqueue(events(2, 1), clock.monotonic())
+    clock.advance(1.0)
+    clock.advance(box.send_failed(box.take_batch(clock.monotonic()), clock.monotonic(),
+                                  unexpected=True))
+    assert box.dropped == 0 and ids(box.backlog) == ["o:2"]
+
+
+def test_an_empty_outbox_leaves_its_backoff_idle():
+    box, clock = make(max_backlog=1)
+    box.enqueue(events(1, 1), clock.monotonic())
+    batch = box.take_batch(clock.monotonic())
+    box.enqueue(events(2, 1), clock.monotonic())
+    delay = box.send_failed(batch, clock.monotonic())  # put back: over the bound, dropped
+    clock.advance(delay)
+    assert box.take_batch(clock.monotonic()) is None and box.state is LinkState.IDLE
+    assert box.enqueue(events(3, 1), clock.monotonic()) is True
+
+
+def test_an_old_outboxs_outcome_never_touches_its_successor():
+    """Two outboxes for the same peer name share one schedule: a removed one's late success
+    must leave the new one's backoff alone."""
+    schedule = RetrySchedule(RetryPolicy(0.1, 10.0))
+    old, clock = make(schedule=schedule)
+    new, _ = make(schedule=schedule)
+    old.enqueue(events(1, 1), clock.monotonic())
+    in_flight = old.take_batch(clock.monotonic())
+    old.drop("peer removed")
+    old.forget()
+    new.enqueue(events(2, 1), clock.monotonic())
+    new.send_failed(new.take_batch(clock.monotonic()), clock.monotonic())
+    old.sent_ok(in_flight, clock.monotonic())
+    assert new.attempts == 1 and new.state is LinkState.BACKOFF
+    assert schedule.pop_due(clock.monotonic() + 0.1) == [new]
