@@ -16,7 +16,7 @@ from typing import Callable
 from dcounter import PROTOCOL, statuspage, validation
 from dcounter.counter import Event
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotFound)
-from dcounter.server import Request, Response, error_response
+from dcounter.http_types import Request, Response, error_response
 
 log = logging.getLogger(__name__)
 
