@@ -290,6 +290,11 @@ class App:
             if self.auth is not None:
                 self.auth.check(request, route.kind)
             outcome = route.fn(self.node, request)
+            if isinstance(outcome, Response):
+                return outcome
+            # Encoded inside the boundary: a payload JSON cannot encode is a 500 like any bug.
+            status, payload, *rest = outcome
+            return Response.json(status, payload, rest[0] if rest else None)
         except MethodNotAllowed as exc:
             return error_response(exc.status, exc.message, {"Allow": ", ".join(exc.allow)})
         except DcounterError as exc:
@@ -298,7 +303,3 @@ class App:
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             return error_response(500, "internal error")
-        if isinstance(outcome, Response):
-            return outcome
-        status, payload, *rest = outcome
-        return Response.json(status, payload, rest[0] if rest else None)

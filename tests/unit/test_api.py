@@ -327,3 +327,12 @@ def test_idempotency_keys_expire_by_the_wall_clock_and_are_swept(make_node):
     status, payload, replay = post(node, "/counter/increment", headers=headers)
     assert status == 200 and "Idempotent-Replayed" not in replay
     assert payload["count"] == 2
+
+
+def test_a_payload_json_cannot_encode_is_a_500_json_error(node, caplog):
+    from dcounter.api import Route
+    node.app.add(Route("GET", "/broken", lambda node, request: (200, {"x": object()}), "open"))
+    with caplog.at_level("ERROR", logger="dcounter.api"):
+        assert_error(get(node, "/broken"), 500)
+    record = next(r for r in caplog.records if "internal error" in r.getMessage())
+    assert record.levelname == "ERROR" and record.exc_info is not None
