@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 
-from dcounter import __version__
+from dcounter import __version__, validation
 from dcounter.config import Config
 from dcounter.errors import StartupError
 
@@ -109,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _convert(flag: str, kind, raw: str):
+    """ASCII digits only (`int()` and `float()` also take other scripts' digits, `_`, `nan` and
+    `inf`); ASCII white space around the value, as environment files leave it, is dropped."""
     try:
+        if kind is int:
+            return validation.parse_int(raw.strip(" \t\r\n"))
+        if kind is float:
+            return validation.parse_float(raw.strip(" \t\r\n"))
         return kind(raw)
     except ValueError:
         raise _UsageError(f"{flag}: invalid value {raw!r}") from None
