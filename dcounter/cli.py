@@ -51,6 +51,8 @@ _FLAGS = [
     ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered"),
     ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown"),
     ("--max-connections", "max_connections", int, "concurrent connections served"),
+    ("--max-peers", "max_peers", int, "peers listed at once; a join past it gets 503 "
+                                      "(rejoin candidates are capped at 4x this)"),
     ("--request-deadline", "request_deadline", float, "seconds a client has to send one "
                                                       "request's headers and body"),
     ("--idle-timeout", "idle_timeout", float, "seconds an idle kept-alive connection stays "

@@ -38,6 +38,8 @@ def test_variants_come_from_dataclasses_replace():
     ({"port": -1}, "--port"),
     ({"port": 65536}, "--port"),
     ({"max_counters": 0}, "--max-counters"),
+    ({"max_peers": 0}, "--max-peers"),
+    ({"max_peers": 2.5}, "--max-peers"),
     ({"gap_cap": True}, "--gap-cap"),
     ({"max_body": 1.5}, "--max-body"),
     ({"sync": "sometimes"}, "--sync"),
