@@ -11,7 +11,7 @@ Numbers in the request line and headers (the HTTP version, Content-Length) are A
 (`validation.is_ascii_digits`); two different Content-Lengths get 400.
 
 Limits: at most `max_connections` connections are served at once (more get 503 and are
-closed); a request's headers and body must arrive within `request_deadline` seconds; an idle
+closed, all by one thread: `refuser.py`); a request's headers and body must arrive within `request_deadline` seconds; an idle
 kept-alive connection is closed after `idle_timeout` seconds. The deadline holds across every
 read, however slowly the bytes trickle in: the connection's `rfile` re-arms the socket timeout
 with the time left before each `recv` (`_DeadlineReader`), and the TLS handshake runs under one
@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 
 from dcounter import validation
 from dcounter.http_types import Headers, Request, Response, error_response
+from dcounter.refuser import Refuser
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,9 @@ class Server(ThreadingHTTPServer):
         self.in_flight = 0
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
+        self._refuser = None  # a failed bind calls server_close from inside __init__
         super().__init__(address, Handler)
+        self._refuser = Refuser(ssl_context)  # after binding: a failed bind leaves nothing open
 
     # -- connection cap -----------------------------------------------------------------------------
     def process_request(self, request, client_address):
@@ -344,40 +347,14 @@ class Server(ThreadingHTTPServer):
             if not over:
                 self.connections += 1
         if over:
-            threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
+            self._refuser.refuse(request)  # one thread answers every refusal
             return
         super().process_request(request, client_address)
 
-    def _refuse(self, request) -> None:
-        body = b'{"error":"too many connections"}'
-        try:
-            request.settimeout(1.0)
-            if self.ssl_context is not None:
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
-                            b"\r\nContent-Length: " + str(len(body)).encode() +
-                            b"\r\nConnection: close\r\nRetry-After: 1\r\n\r\n" + body)
-            # Closing with the client's request unread would reset the connection, and a reset
-            # can discard the 503 before the client reads it: read a little of what it sends
-            # first, within a second in all.
-            deadline = time.monotonic() + 1.0
-            received = 0
-            while received < 65536:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                request.settimeout(remaining)
-                chunk = request.recv(4096)
-                if not chunk:
-                    break
-                received += len(chunk)
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                request.close()
-            except OSError:
-                pass
+    def server_close(self) -> None:
+        super().server_close()
+        if self._refuser is not None:
+            self._refuser.close()
 
     def process_request_thread(self, request, client_address):
         try:

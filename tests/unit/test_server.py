@@ -103,3 +103,93 @@ def test_a_response_that_cannot_be_encoded_is_a_json_500(serve, caplog, response
         status, headers, body = exchange(server.server_address[1], GET)
     assert status == 500 and json.loads(body) == {"error": "internal error"}
     assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+
+
+def _read_all_responses(socks) -> list[int]:
+    statuses = []
+    for sock in socks:
+        status, headers, body = exchange(0, b"", sock)
+        assert headers.get("connection") == "close" and json.loads(body)["error"], body
+        statuses.append(status)
+    return statuses
+
+
+def test_connections_over_the_cap_get_503_without_a_thread_each(serve):
+    server = serve(_Returning(Response(200, b"{}")), max_connections=2)
+    port = server.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    refused = []
+    try:
+        for sock in held:  # both served: their handler threads run
+            assert exchange(0, GET, sock)[0] == 200
+        before = threading.active_count()
+        # Clients that send their request and keep the connection open, as a busy client
+        # would: the server may linger on each to read the request before it closes.
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(GET)
+            refused.append(sock)
+        assert _read_all_responses(refused) == [503] * 40
+        assert threading.active_count() <= before + 1  # one thread answers every refusal
+        # The held connections are still served.
+        assert exchange(0, GET, held[0])[0] == 200
+    finally:
+        for sock in held + refused:
+            sock.close()
+
+
+
+def _read_until_closed(sock) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_the_refuser_holds_a_bounded_number_and_closes_them_all_at_close():
+    from dcounter.refuser import RESPONSE, Refuser
+    refuser = Refuser(linger=30.0, max_pending=2)
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        for server_side, client_side in pairs:
+            client_side.settimeout(5)
+            refuser.refuse(server_side)
+        # The first two are answered and held (their clients have not hung up); the third
+        # was over the bound: closed at once, unanswered.
+        for _server, client in pairs[:2]:
+            assert client.recv(len(RESPONSE), socket.MSG_WAITALL) == RESPONSE
+        assert _read_until_closed(pairs[2][1]) == b""
+        refuser.close()
+        for _server, client in pairs[:2]:
+            assert _read_until_closed(client) == b""
+        assert not any(t.name == "refuser" and t.is_alive() for t in threading.enumerate())
+    finally:
+        refuser.close()
+        for _server, client in pairs:
+            client.close()
+
+
+def test_a_refused_client_that_hangs_up_frees_its_place():
+    from dcounter.refuser import RESPONSE, Refuser
+    refuser = Refuser(linger=30.0, max_pending=1)
+    try:
+        for _ in range(3):  # each frees the one place for the next
+            server_side, client_side = socket.socketpair()
+            with client_side:
+                client_side.settimeout(5)
+                refuser.refuse(server_side)
+                client_side.sendall(GET)
+                assert client_side.recv(len(RESPONSE), socket.MSG_WAITALL) == RESPONSE
+                client_side.shutdown(socket.SHUT_WR)
+                assert _read_until_closed(client_side) == b""
+    finally:
+        refuser.close()
+
+
+def test_a_port_in_use_is_an_os_error(serve):
+    server = serve(_Returning(Response(200, b"{}")))
+    with pytest.raises(OSError):
+        Server(server.server_address, _Returning(Response(200, b"{}")), max_body=1,
+               max_connections=1)
