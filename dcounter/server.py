@@ -11,11 +11,12 @@ Numbers in the request line and headers (the HTTP version, Content-Length) are A
 (`validation.is_ascii_digits`); two different Content-Lengths get 400.
 
 Limits: at most `max_connections` connections are served at once (more get 503 and are
-closed, all by one thread: `refuser.py`); a request's headers and body must arrive within `request_deadline` seconds; an idle
-kept-alive connection is closed after `idle_timeout` seconds. The deadline holds across every
-read, however slowly the bytes trickle in: the connection's `rfile` re-arms the socket timeout
-with the time left before each `recv` (`_DeadlineReader`), and the TLS handshake runs under one
-timeout of `request_deadline` (ssl treats a socket timeout as the handshake's total).
+closed, all by one thread: `refuser.py`); a request's headers and body must arrive within
+`request_deadline` seconds; an idle kept-alive connection is closed after `idle_timeout`
+seconds. The deadline holds across every read, however slowly the bytes trickle in: the
+connection's `rfile` re-arms the socket timeout with the time left before each `recv`
+(`_DeadlineReader`), and the TLS handshake runs under one timeout of `request_deadline` (ssl
+treats a socket timeout as the handshake's total).
 """
 
 import io
