@@ -8,7 +8,8 @@ goes to `logging` at DEBUG; a client that hangs up is not a traceback; anything 
 wrong while serving is logged at ERROR with its traceback and answered with a JSON 500.
 
 Numbers in the request line and headers (the HTTP version, Content-Length) are ASCII digits only
-(`validation.is_ascii_digits`); two different Content-Lengths get 400.
+(`validation.is_ascii_digits`), the request line's words are separated by space and tab only,
+and two different Content-Lengths get 400.
 
 Limits: at most `max_connections` connections are served at once (more get 503 and are
 closed, all by one thread: `refuser.py`); a request's headers and body must arrive within
@@ -21,6 +22,7 @@ treats a socket timeout as the handshake's total).
 
 import io
 import logging
+import re
 import socket
 import threading
 import time
@@ -56,6 +58,7 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
+_REQUEST_LINE_SPACE = re.compile(r"[ \t]+")
 _MAX_HEADER_LINE = 65536  # the limits of http.client.parse_headers
 _MAX_HEADERS = 100
 
@@ -137,7 +140,11 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         self.requestline = requestline
-        words = requestline.split()
+        # Words are separated by ASCII space and tab; str.split() would also split at the
+        # Latin-1 no-break space, NEL and the ASCII separators, where other parsers do not.
+        words = _REQUEST_LINE_SPACE.split(requestline.strip(" \t"))
+        if words == [""]:
+            words = []
         if not words:
             return False
         if len(words) >= 3:

@@ -367,6 +367,16 @@ def test_an_http_version_of_other_than_ascii_digits_gets_a_json_400(pair, versio
     assert a.get("/healthz").status_code == 200
 
 
+@pytest.mark.parametrize("line,expected", [(b"GET\xa0/counters\xa0HTTP/1.1", 400),
+                                           (b"GET\x1c/counters HTTP/1.1", 400),
+                                           (b"GET /counters\x85HTTP/1.1", 404)], ids=repr)
+def test_a_request_line_split_by_other_than_ascii_space_is_not_served(pair, line, expected):
+    """Only space and tab separate the words (the last case is one path, which does not exist)."""
+    cluster, a, b = pair
+    status, headers, payload = raw_exchange(a, line + b"\r\nHost: x\r\n\r\n")
+    assert_json_error(status, headers, payload, expected, repr(line))
+
+
 def test_non_ascii_digits_leave_no_traceback_and_no_500(pair):
     """Every request above got its 4xx from validation: the node logged no internal error."""
     cluster, a, b = pair
