@@ -15,7 +15,7 @@ from typing import Callable
 
 from dcounter import PROTOCOL, statuspage, validation
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotFound)
-from dcounter.server import Request, Response, error_response
+from dcounter.http_types import Request, Response, error_response
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_event,
                            decode_peer_list)
 
@@ -248,6 +248,11 @@ class App:
             if self.auth is not None:
                 self.auth.check(request, route.kind)
             outcome = route.fn(self.node, request)
+            if isinstance(outcome, Response):
+                return outcome
+            # Encoded inside the boundary: a payload JSON cannot encode is a 500 like any bug.
+            status, payload, *rest = outcome
+            return Response.json(status, payload, rest[0] if rest else None)
         except MethodNotAllowed as exc:
             return error_response(exc.status, exc.message, {"Allow": ", ".join(exc.allow)})
         except DcounterError as exc:
@@ -256,7 +261,3 @@ class App:
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             return error_response(500, "internal error")
-        if isinstance(outcome, Response):
-            return outcome
-        status, payload, *rest = outcome
-        return Response.json(status, payload, rest[0] if rest else None)

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 
-from dcounter import __version__
+from dcounter import __version__, validation
 from dcounter.config import Config
 from dcounter.errors import StartupError
 
@@ -54,6 +54,8 @@ _FLAGS = [
     ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered"),
     ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown"),
     ("--max-connections", "max_connections", int, "concurrent connections served"),
+    ("--max-peers", "max_peers", int, "peers listed at once; a join past it gets 503 "
+                                      "(rejoin candidates are capped at 4x this)"),
     ("--request-deadline", "request_deadline", float, "seconds a client has to send one "
                                                       "request's headers and body"),
     ("--idle-timeout", "idle_timeout", float, "seconds an idle kept-alive connection stays "
@@ -112,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _convert(flag: str, kind, raw: str):
+    """ASCII digits only (`int()` and `float()` also take other scripts' digits, `_`, `nan` and
+    `inf`); ASCII white space around the value, as environment files leave it, is dropped."""
     try:
+        if kind is int:
+            return validation.parse_int(raw.strip(" \t\r\n"))
+        if kind is float:
+            return validation.parse_float(raw.strip(" \t\r\n"))
         return kind(raw)
     except ValueError:
         raise _UsageError(f"{flag}: invalid value {raw!r}") from None

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from dcounter import __version__
+from dcounter import __version__, validation
 
 PROG = "dcounter"
 DEFAULT_NODE = "localhost:8080"
@@ -426,7 +426,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _positive(text: str) -> float:
     try:
-        value = float(text)
+        value = validation.parse_float(text.strip(" \t"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
@@ -436,7 +436,7 @@ def _positive(text: str) -> float:
 
 def _count(text: str) -> int:
     try:
-        value = int(text)
+        value = validation.parse_int(text.strip(" \t"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:

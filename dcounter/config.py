@@ -43,6 +43,8 @@ class Config:
     idempotency_ttl: float = 86_400.0  # seconds an Idempotency-Key is remembered (wall clock)
     drain_timeout: float = 2.0         # seconds to flush replication when shutting down
     max_connections: int = 256         # concurrent client connections; more get 503
+    max_peers: int = 64                # peers listed at once; a join past it gets 503 (rejoin
+                                       # candidates are capped at 4x this)
     request_deadline: float = 10.0     # seconds from a request's first byte to its last (headers
                                        # and body, and a TLS handshake); slower clients are cut off
     idle_timeout: float = 30.0         # seconds an idle kept-alive connection is kept open
@@ -80,7 +82,7 @@ class Config:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError("--port must be between 0 and 65535")
         for name in ("max_counters", "max_body", "max_backlog", "gap_cap", "batch_max",
-                     "max_connections"):
+                     "max_connections", "max_peers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")

@@ -50,6 +50,10 @@ class StorageFailure(Unavailable):
     """A write to the data directory failed; nothing was acknowledged."""
 
 
+class TooManyPeers(Unavailable):
+    """A new peer would list more peers than --max-peers allows; it is not listed."""
+
+
 class PeerUnreachable(Exception):
     """A peer could not be reached or did not answer in time."""
 

@@ -109,7 +109,7 @@ class Node:
         if warning:
             log.warning("%s", warning)
         self.peers = PeerStore(self.node_id, peer_timeout=cfg.peer_timeout, policy=self.policy,
-                               seeds=cfg.peers)
+                               seeds=cfg.peers, max_peers=cfg.max_peers)
         self.replicator = Replicator(self.node_id, self.transport, RetrySchedule(self.policy),
                                      self.clock, max_backlog=cfg.max_backlog,
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,

@@ -10,11 +10,16 @@ Rules kept here:
 * A peer that leaves is dropped at once and is not retried unless it is a seed.
 * This node's own ids (its advertised id and any alias that turned out to be itself) are never
   listed.
+* Both tables are bounded, since without a cluster secret anyone can send a join with a made-up
+  id: at most `max_peers` peers are listed (a new one past it raises `TooManyPeers`, a 503, and
+  is not listed), and at most `max_candidates` (4 x max_peers by default) candidates are kept
+  (the newest replaces the one that failed most; seeds are never dropped).
 """
 
 import threading
 from dataclasses import dataclass, field
 
+from dcounter.errors import TooManyPeers
 from dcounter.retry import RetryPolicy
 
 
@@ -34,11 +39,15 @@ class Candidate:
 
 class PeerStore:
     def __init__(self, self_id: str, *, peer_timeout: float, policy: RetryPolicy,
-                 seeds: tuple[str, ...] = (), max_candidates: int = 256):
+                 seeds: tuple[str, ...] = (), max_peers: int = 64,
+                 max_candidates: int | None = None):
         self.self_id = self_id
         self.peer_timeout = peer_timeout
         self.policy = policy
-        self.max_candidates = max_candidates
+        self.max_peers = max_peers
+        # Room for every listed peer to expire into a candidate, and as many again learned
+        # second-hand several times over.
+        self.max_candidates = 4 * max_peers if max_candidates is None else max_candidates
         self._lock = threading.Lock()
         self._alive: dict[str, PeerInfo] = {}
         self._candidates: dict[str, Candidate] = {}
@@ -62,15 +71,23 @@ class PeerStore:
 
     # -- liveness ------------------------------------------------------------------------------
     def heard_from(self, node_id: str, now: float, origin: str | None = None) -> bool:
-        """A direct successful contact. Returns True when the peer is new (or back)."""
+        """A direct successful contact. Returns True when the peer is new (or back). Raises
+        `TooManyPeers` for a new peer while `max_peers` are listed: nothing changes then (a
+        candidate stays one)."""
         with self._lock:
             if node_id in self._self_ids:
                 return False
-            self._candidates.pop(node_id, None)
             info = self._alive.get(node_id)
             if info is None:
+                if len(self._alive) >= self.max_peers:
+                    raise TooManyPeers(
+                        f"this node lists {len(self._alive)} peers, the most --max-peers allows; "
+                        f"{node_id} is not listed (raise --max-peers on every node for a larger "
+                        f"cluster)")
+                self._candidates.pop(node_id, None)
                 self._alive[node_id] = PeerInfo(last_seen=now, origin=origin)
                 return True
+            self._candidates.pop(node_id, None)
             info.last_seen = max(info.last_seen, now)
             if origin is not None:
                 info.origin = origin
@@ -163,7 +180,12 @@ class PeerStore:
     def contact_succeeded(self, node_id: str, now: float, origin: str | None = None) -> bool:
         """A contact we made succeeded. Returns True when the peer is new (or back); only those
         (joins and rejoins) go to the attempt log, routine heartbeats would drown them."""
-        new = self.heard_from(node_id, now, origin)
+        try:
+            new = self.heard_from(node_id, now, origin)
+        except TooManyPeers as exc:
+            # Full: a candidate we reached is retried later, like one we could not reach.
+            self.contact_failed(node_id, now, exc.message)
+            return False
         if new:
             with self._lock:
                 self._log_locked(now, node_id, True, "joined")

@@ -4,58 +4,38 @@ The handler only reads, decodes and writes: it reads the request line, headers a
 (Content-Length only; chunked bodies get 411, bodies over the cap 413), hands a `Request` to the
 application (`api.App.handle`) and writes the `Response` it returns. Everything is HTTP/1.1 with
 keep-alive, TCP_NODELAY, a Content-Length on every response and JSON errors. Per-request logging
-goes to `logging` at DEBUG; a client that hangs up is not a traceback.
+goes to `logging` at DEBUG; a client that hangs up is not a traceback; anything else that goes
+wrong while serving is logged at ERROR with its traceback and answered with a JSON 500.
+
+Numbers in the request line and headers (the HTTP version, Content-Length) are ASCII digits only
+(`validation.is_ascii_digits`), the request line's words are separated by space and tab only,
+and two different Content-Lengths get 400.
 
 Limits: at most `max_connections` connections are served at once (more get 503 and are
-closed); a request's headers and body must arrive within `request_deadline` seconds; an idle
-kept-alive connection is closed after `idle_timeout` seconds. The deadline holds across every
-read, however slowly the bytes trickle in: the connection's `rfile` re-arms the socket timeout
-with the time left before each `recv` (`_DeadlineReader`), and the TLS handshake runs under one
-timeout of `request_deadline` (ssl treats a socket timeout as the handshake's total).
+closed, all by one thread: `refuser.py`); a request's headers and body must arrive within
+`request_deadline` seconds; an idle kept-alive connection is closed after `idle_timeout`
+seconds. The deadline holds across every read, however slowly the bytes trickle in: the
+connection's `rfile` re-arms the socket timeout with the time left before each `recv`
+(`_DeadlineReader`), and the TLS handshake runs under one timeout of `request_deadline` (ssl
+treats a socket timeout as the handshake's total).
 """
 
 import io
-import json
 import logging
+import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
+
+from dcounter import validation
+from dcounter.http_types import Headers, Request, Response, error_response
+from dcounter.refuser import Refuser
 
 log = logging.getLogger(__name__)
 
 _CLIENT_GONE = (ConnectionError, TimeoutError, socket.timeout, BrokenPipeError)
-_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build one per call
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: list[tuple[str, str]]
-    headers: object  # Headers (or anything with get and get_all, such as HTTPMessage)
-    body: bytes
-    client: str
-    route: str = ""
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: dict = field(default_factory=dict)
-
-    @classmethod
-    def json(cls, status: int, payload, headers: dict | None = None) -> "Response":
-        body = _JSON.encode(payload).encode()
-        return cls(status, body, "application/json", headers or {})
-
-
-def error_response(status: int, message: str, headers: dict | None = None) -> Response:
-    return Response.json(status, {"error": message}, headers)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -78,32 +58,9 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
+_REQUEST_LINE_SPACE = re.compile(r"[ \t]+")
 _MAX_HEADER_LINE = 65536  # the limits of http.client.parse_headers
 _MAX_HEADERS = 100
-
-
-class Headers:
-    """A request's header fields, read without the `email` package (its parser costs more than
-    everything else a request does). Names match case-insensitively; `get` gives the first
-    value and `get_all` every value, as `http.client.HTTPMessage` does."""
-
-    __slots__ = ("_fields",)
-
-    def __init__(self, fields: list[tuple[str, str]]):
-        self._fields = fields  # (lower-case name, value)
-
-    def get(self, name: str, default=None):
-        name = name.lower()
-        for key, value in self._fields:
-            if key == name:
-                return value
-        return default
-
-    def get_all(self, name: str, failobj=None):
-        name = name.lower()
-        values = [value for key, value in self._fields if key == name]
-        return values or failobj
-
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -183,13 +140,17 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         self.requestline = requestline
-        words = requestline.split()
+        # Words are separated by ASCII space and tab; str.split() would also split at the
+        # Latin-1 no-break space, NEL and the ASCII separators, where other parsers do not.
+        words = _REQUEST_LINE_SPACE.split(requestline.strip(" \t"))
+        if words == [""]:
+            words = []
         if not words:
             return False
         if len(words) >= 3:
             version = words[-1]
             number = version[5:].split(".") if version.startswith("HTTP/") else []
-            if len(number) != 2 or not all(part.isdigit() and len(part) <= 10
+            if len(number) != 2 or not all(validation.is_ascii_digits(part) and len(part) <= 10
                                            for part in number):
                 self.send_error(400, f"Bad request version ({version!r})")
                 return False
@@ -231,7 +192,8 @@ class Handler(BaseHTTPRequestHandler):
             if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
                 self.send_error(400, "malformed header line")
                 return False
-            fields.append((name.lower(), value.strip()))
+            # Optional white space is space and tab (RFC 9110), not every Unicode space.
+            fields.append((name.lower(), value.strip(" \t\r\n")))
         self.headers = headers = Headers(fields)
         connection = (headers.get("Connection") or "").lower()
         if connection == "close":
@@ -265,13 +227,18 @@ class Handler(BaseHTTPRequestHandler):
             self._write(error_response(411, "chunked request bodies are not accepted; "
                                             "send Content-Length"), close=True)
             return
-        raw_length = self.headers.get("Content-Length")
-        length = 0
-        if raw_length is not None:
-            if not raw_length.strip().isdigit():
-                self._write(error_response(400, "invalid Content-Length"), close=True)
-                return
-            length = int(raw_length)
+        lengths = self.headers.get_all("Content-Length") or []
+        if any(not validation.is_ascii_digits(raw) for raw in lengths):
+            self._write(error_response(400, "invalid Content-Length: it must be ASCII digits"),
+                        close=True)
+            return
+        digits = {raw.lstrip("0") or "0" for raw in lengths}
+        if len(digits) > 1:  # which one frames the body would be a guess
+            self._write(error_response(400, "conflicting Content-Length headers"), close=True)
+            return
+        digits = digits.pop() if digits else "0"
+        # More digits than any cap has is over the cap (and past what int() converts).
+        length = int(digits) if len(digits) <= 18 else server.max_body + 1
         if length > server.max_body:
             self._write(error_response(413, f"request body over {server.max_body} bytes"),
                         close=True)
@@ -288,8 +255,14 @@ class Handler(BaseHTTPRequestHandler):
         params = parse_qsl(query, keep_blank_values=True)
         request = Request(self.command, path, params, self.headers, body,
                           self.client_address[0] if self.client_address else "")
-        response = server.app.handle(request)
-        self._write(response)
+        # The error boundary: whatever the application raises, and an answer that cannot be
+        # encoded, becomes a 500 with a JSON body, never a connection closed without a word.
+        try:
+            data = self._encode(server.app.handle(request))
+        except Exception:
+            log.exception("internal error on %s %s", self.command, path)
+            data = self._encode(error_response(500, "internal error"))
+        self._send(data)
 
     def _read_body(self, length: int) -> bytes | None:
         chunks, remaining = [], length
@@ -304,27 +277,36 @@ class Handler(BaseHTTPRequestHandler):
     def _write(self, response: Response, close: bool = False) -> None:
         if close:
             self.close_connection = True
-        if self.server.draining:
-            self.close_connection = True
+        self._send(self._encode(response))
+
+    def _encode(self, response: Response) -> bytes:
+        """Status line, headers and body as the bytes to send; raises on a response that
+        cannot be encoded (a header outside Latin-1, a body that is not bytes)."""
+        status = response.status
+        phrase = self.responses[status][0] if status in self.responses else ""
+        body = bytes(response.body)
+        lines = [f"{self.protocol_version} {status} {phrase}\r\n"
+                 f"Content-Type: {response.content_type}\r\n"
+                 f"Content-Length: {len(body)}\r\n"]
+        close = self.close_connection or self.server.draining
+        for name, value in response.headers.items():
+            lines.append(f"{name}: {value}\r\n")
+            if name.lower() == "connection" and str(value).lower() == "close":
+                close = True
+        if close:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1", "strict")
+        self.close_connection = close
+        return head if self.command == "HEAD" else head + body
+
+    def _send(self, data: bytes) -> None:
         try:
             # The reply, too, must go out within a deadline: a client that stops reading does
             # not hold its thread forever (sendall's timeout bounds the whole send).
             self.connection.settimeout(self.server.request_deadline)
             # Status line, headers and body leave in one send (one system call, one segment).
-            status = response.status
-            phrase = self.responses[status][0] if status in self.responses else ""
-            lines = [f"{self.protocol_version} {status} {phrase}\r\n"
-                     f"Content-Type: {response.content_type}\r\n"
-                     f"Content-Length: {len(response.body)}\r\n"]
-            for name, value in response.headers.items():
-                lines.append(f"{name}: {value}\r\n")
-                if name.lower() == "connection" and str(value).lower() == "close":
-                    self.close_connection = True
-            if self.close_connection:
-                lines.append("Connection: close\r\n")
-            lines.append("\r\n")
-            head = "".join(lines).encode("latin-1", "strict")
-            self.wfile.write(head if self.command == "HEAD" else head + response.body)
+            self.wfile.write(data)
             self.wfile.flush()
         except _CLIENT_GONE:
             self.close_connection = True
@@ -362,7 +344,9 @@ class Server(ThreadingHTTPServer):
         self.in_flight = 0
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
+        self._refuser = None  # a failed bind calls server_close from inside __init__
         super().__init__(address, Handler)
+        self._refuser = Refuser(ssl_context)  # after binding: a failed bind leaves nothing open
 
     # -- connection cap -----------------------------------------------------------------------------
     def process_request(self, request, client_address):
@@ -371,40 +355,14 @@ class Server(ThreadingHTTPServer):
             if not over:
                 self.connections += 1
         if over:
-            threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
+            self._refuser.refuse(request)  # one thread answers every refusal
             return
         super().process_request(request, client_address)
 
-    def _refuse(self, request) -> None:
-        body = b'{"error":"too many connections"}'
-        try:
-            request.settimeout(1.0)
-            if self.ssl_context is not None:
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
-                            b"\r\nContent-Length: " + str(len(body)).encode() +
-                            b"\r\nConnection: close\r\nRetry-After: 1\r\n\r\n" + body)
-            # Closing with the client's request unread would reset the connection, and a reset
-            # can discard the 503 before the client reads it: read a little of what it sends
-            # first, within a second in all.
-            deadline = time.monotonic() + 1.0
-            received = 0
-            while received < 65536:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                request.settimeout(remaining)
-                chunk = request.recv(4096)
-                if not chunk:
-                    break
-                received += len(chunk)
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                request.close()
-            except OSError:
-                pass
+    def server_close(self) -> None:
+        super().server_close()
+        if self._refuser is not None:
+            self._refuser.close()
 
     def process_request_thread(self, request, client_address):
         try:
@@ -426,7 +384,9 @@ class Server(ThreadingHTTPServer):
             self.in_flight += delta
 
     def handle_error(self, request, client_address):
-        log.debug("error while serving %s", client_address, exc_info=True)
+        # Hang-ups never get here (the handler ends those quietly): this is a bug.
+        log.error("unexpected error while serving %s", client_address[0] if client_address
+                  else "?", exc_info=True)
 
     def wait_idle(self, deadline: float) -> bool:
         """Wait until no request is being processed, or the monotonic deadline passes."""

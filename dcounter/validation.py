@@ -1,10 +1,16 @@
-"""Shapes of the identifiers that cross the wire: node ids, counter names, event ids, keys.
+"""Shapes of the identifiers that cross the wire: node ids, counter names, event ids, keys,
+and the numbers read from text (ports, sequence numbers, lengths, flag values).
 
-Every function raises `BadRequest` with a message a user can act on; nothing here touches
-state.
+A number in text is a run of ASCII digits and nothing else: `str.isdigit()` also accepts
+superscripts, full-width digits and other scripts' digits, and `int()` / `float()` accept some
+of those, surrounding white space, underscores, `nan` and `inf`; none of that is a number here.
+
+Every identifier function raises `BadRequest` with a message a user can act on; the number
+parsers raise `ValueError`; nothing here touches state.
 """
 
 import ipaddress
+import math
 import re
 
 from dcounter.errors import BadRequest
@@ -19,6 +25,34 @@ _ORIGIN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HOSTNAME_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                           r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 _KEY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
+# [0-9] is ASCII only in a character class; \d would match every script's digits.
+_DIGITS_RE = re.compile(r"[0-9]+")
+_INT_RE = re.compile(r"-?[0-9]{1,19}")
+_FLOAT_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+
+
+def is_ascii_digits(text) -> bool:
+    """`text` is a non-empty run of the ASCII digits 0-9 and nothing else."""
+    return isinstance(text, str) and _DIGITS_RE.fullmatch(text) is not None
+
+
+def parse_int(text: str) -> int:
+    """A decimal integer of ASCII digits with an optional minus sign, at most 19 digits.
+    Raises ValueError otherwise."""
+    if not isinstance(text, str) or not _INT_RE.fullmatch(text):
+        raise ValueError(f"not an integer: {text!r}")
+    return int(text)
+
+
+def parse_float(text: str) -> float:
+    """A finite decimal number of ASCII digits (optional minus sign, fraction and exponent).
+    Raises ValueError otherwise, for `nan` and `inf` too."""
+    if not isinstance(text, str) or not _FLOAT_RE.fullmatch(text):
+        raise ValueError(f"not a number: {text!r}")
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
 
 
 def counter_name(value, field: str = "counter") -> str:
@@ -55,9 +89,9 @@ def split_event_id(value) -> tuple[str, int] | None:
     if not isinstance(value, str):
         return None
     head, sep, tail = value.rpartition(":")
-    if not sep or not _ORIGIN_RE.fullmatch(head) or not tail.isdigit() or tail.startswith("0"):
+    if not sep or not _ORIGIN_RE.fullmatch(head) or not is_ascii_digits(tail):
         return None
-    if len(tail) > 18:
+    if tail.startswith("0") or len(tail) > 19 or int(tail) > INT64_MAX:
         return None
     return head, int(tail)
 
@@ -67,7 +101,8 @@ def node_id(value, field: str = "node_id") -> str:
     if not isinstance(value, str) or not value or len(value) > 261:
         raise BadRequest(f"{field} must be a string host:port")
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or port != str(int(port)):
+    if (not sep or not is_ascii_digits(port) or len(port) > 5 or port.startswith("0")
+            or not 1 <= int(port) <= 65535):
         raise BadRequest(f"{field} must be host:port with a port from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         try:

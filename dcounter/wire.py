@@ -8,8 +8,7 @@ Either way nothing changes.
 Bounds (the README's "Range" section), chosen so that everything accepted can be stored exactly
 (SQLite keeps watermarks and sequence numbers as 64-bit INTEGERs, totals as text):
 
-* sequence numbers in event ids and watermarks in a snapshot: 1 to 2^63-1 (an event id's
-  shape, `validation.split_event_id`, allows at most 18 digits today, which is stricter). A
+* sequence numbers in event ids and watermarks in a snapshot: 1 to 2^63-1. A
   digest's watermarks may also be 0 ("knows the origin, holds none of its events"): no node
   sends it today, and it never starts a pull, so it is accepted rather than refusing a whole
   heartbeat.

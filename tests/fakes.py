@@ -3,7 +3,7 @@ that connects several nodes' route tables without sockets.
 
 `FakeNetwork` hands each node a transport-compatible endpoint (`post`, `close`, `timeout`, the
 same `PeerUnreachable` / `PeerRefused` as `dcounter.transport`). A post is delivered at once, in
-the caller's thread, to the target node's `App.handle` as a `server.Request`, so the nodes'
+the caller's thread, to the target node's `App.handle` as an `http_types.Request`, so the nodes'
 real routes, validation and error handling run. Faults: `partition(a, b)` / `isolate(a)` /
 `heal()`; `hold(target)` / `release(target)` for a slow link; and, for the paths in
 `fault_paths`, requests dropped, replies dropped (the request was applied but the sender sees a
@@ -17,7 +17,7 @@ import random
 import threading
 
 from dcounter.errors import PeerRefused, PeerUnreachable
-from dcounter.server import Headers, Request
+from dcounter.http_types import Headers, Request
 
 
 class FakeClock:
@@ -42,7 +42,7 @@ class FakeClock:
 
 def make_request(method: str, path: str, body=b"", *, headers: dict | None = None,
                  query: list[tuple[str, str]] | None = None, client: str = "127.0.0.1") -> Request:
-    """A `server.Request` as the HTTP handler would build it. `body` may be bytes, a str or a
+    """An `http_types.Request` as the HTTP handler would build it. `body` may be bytes, a str or a
     JSON-serialisable object."""
     if not isinstance(body, (bytes, str)):
         body = json.dumps(body)

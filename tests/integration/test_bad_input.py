@@ -94,6 +94,7 @@ def assert_json_error(status: int, headers, body: bytes, expected: int, where: s
 
 J = json.dumps
 PEER = "{peer}"  # replaced by the second node's id
+PEER_SQUARED = "{peer}²"  # the second node's id with a superscript two after its port
 
 # (method, path, body, headers, expected status). A dict body is sent as JSON; bytes as is.
 BAD_BODIES = [
@@ -102,7 +103,9 @@ BAD_BODIES = [
 ]
 BAD_NODE_IDS = [None, 5, "", "localhost", "localhost:", "localhost:0", "localhost:65536",
                 "localhost:08080", "-bad-:80", "bad host:80", "[::1:80", "a" * 300 + ":80",
-                ["localhost:80"]]
+                ["localhost:80"],
+                # Digits that `str.isdigit()` accepts but that are not ASCII digits.
+                "a:\u00b2", "localhost:\uff18\uff10", "localhost:\u0668\u0660", "localhost:8_0"]
 BAD_COUNTERS = [5, None, "", "a" * 129, "has space", "slash/name", "naïve", ["x"], {"x": 1},
                 "new\nline"]
 BAD_DELTAS = [0, 1.5, 1.0, True, False, "1", None, [1], {"n": 1}, MAX_DELTA + 1,
@@ -148,7 +151,9 @@ for events in ({}, "x", None, 5, [5], [None], [[GOOD]]):
     CASES.append(("POST", "/counter/replicate", {"node_id": STRANGER, "events": events}, {}, 400))
 BAD_EVENTS = [{**GOOD, "id": bad} for bad in ("g00d0r1g1n:0", "g00d0r1g1n", "g00d0r1g1n:-1",
                                               ":1", "g00d0r1g1n:1.5", "g00d0r1g1n:01",
-                                              "bad origin:1", 5, None, "g00d0r1g1n:" + "9" * 19)]
+                                              "bad origin:1", 5, None, "g00d0r1g1n:" + "9" * 19,
+                                              "g00d0r1g1n:\u00b2", "g00d0r1g1n:\uff11",
+                                              "g00d0r1g1n:\u0661")]
 BAD_EVENTS += [{**GOOD, "counter": name} for name in BAD_COUNTERS]
 BAD_EVENTS += [{**GOOD, "delta": delta} for delta in BAD_DELTAS]
 BAD_EVENTS += [{k: v for k, v in GOOD.items() if k != field} for field in GOOD]
@@ -207,7 +212,8 @@ for path in ("/nodes/join", "/nodes/heartbeat"):
 # leave: a refused leave must not drop the peer it names
 for body in ({"node_id": PEER, "extra": 1}, {"node_id": PEER, "cluster": 5},
              {"node_id": PEER, "digest": {}}, {"node_id": PEER, "protocol": "1"},
-             {"peer": PEER}, {"node_id": 5}, {"node_id": "localhost"}):
+             {"peer": PEER}, {"node_id": 5}, {"node_id": "localhost"}, {"node_id": "a:\u00b2"},
+             {"node_id": PEER_SQUARED}):
     CASES.append(("POST", "/nodes/leave", body, {}, 400))
 CASES.append(("POST", "/nodes/leave", {"node_id": PEER, "cluster": "elsewhere"}, {}, 409))
 CASES.append(("POST", "/nodes/leave", {"node_id": PEER, "protocol": 99}, {}, 409))
@@ -246,7 +252,7 @@ def _case_id(case):
 
 def _substitute(body, peer: str):
     if isinstance(body, dict):
-        text = J(body).replace(J(PEER), J(peer))
+        text = J(body).replace(J(PEER), J(peer)).replace(J(PEER_SQUARED), J(peer + "²"))
         return text.encode()
     return body
 
@@ -301,6 +307,86 @@ def test_malformed_framing_gets_a_json_4xx(pair):
     status, headers, payload = raw_exchange(a, b"NONSENSE\r\n\r\n")
     assert_json_error(status, headers, payload, 400, "garbage request line")
     assert state_of(a) == before
+
+
+def _raw_request(method: str, path: str, version: bytes = b"HTTP/1.1", headers=(),
+                 body: bytes = b"") -> bytes:
+    """A request with header values given as bytes, sent as they are (Latin-1 on the wire)."""
+    lines = [method.encode() + b" " + path.encode() + b" " + version, b"Host: 127.0.0.1"]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+# Content-Length values that are not a run of ASCII digits, however `str.isdigit()` and `int()`
+# see them once the server decodes the header as Latin-1.
+NON_ASCII_LENGTHS = [b"\xb2", b"1\xb2", b"\xb3\xb9", b"\xb9", "\u0661".encode(),
+                     "\uff11".encode(), b"1_0", b"+2", b"2 2", b"\xa02"]
+
+
+@pytest.mark.parametrize("length", NON_ASCII_LENGTHS, ids=repr)
+def test_a_content_length_of_other_than_ascii_digits_gets_a_json_400(pair, length):
+    cluster, a, b = pair
+    before = state_of(a)
+    data = _raw_request("POST", "/counter/increment", headers=[(b"Content-Length", length)],
+                        body=b"{}")
+    status, headers, payload = raw_exchange(a, data)
+    assert_json_error(status, headers, payload, 400, f"Content-Length {length!r}")
+    assert state_of(a) == before
+    assert a.get("/healthz").status_code == 200
+
+
+def test_content_length_framing_limits(pair):
+    cluster, a, b = pair
+    before = state_of(a)
+    # More digits than `int()` converts by default: still a body over the cap, 413.
+    data = _raw_request("POST", "/counter/increment", headers=[(b"Content-Length", b"9" * 5000)],
+                        body=b"{}")
+    status, headers, payload = raw_exchange(a, data)
+    assert_json_error(status, headers, payload, 413, "5000-digit Content-Length")
+    # Two different lengths: which one frames the body is ambiguous, so neither does.
+    data = _raw_request("POST", "/counter/increment",
+                        headers=[(b"Content-Length", b"2"), (b"Content-Length", b"12")],
+                        body=b'{"delta": 7}')
+    status, headers, payload = raw_exchange(a, data)
+    assert_json_error(status, headers, payload, 400, "two Content-Lengths")
+    assert state_of(a) == before
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.\xb9", b"HTTP/\xb9.1", b"HTTP/\xb2.\xb2",
+                                     "HTTP/1.\u0661".encode(), b"HTTP/1.+1", b"HTTP/ 1.1"],
+                         ids=repr)
+def test_an_http_version_of_other_than_ascii_digits_gets_a_json_400(pair, version):
+    cluster, a, b = pair
+    before = state_of(a)
+    for method, path in (("GET", "/counters"), ("POST", "/counter/increment")):
+        data = _raw_request(method, path, version=version, headers=[(b"Content-Length", b"2")],
+                            body=b"{}")
+        status, headers, payload = raw_exchange(a, data)
+        assert_json_error(status, headers, payload, 400, f"{method} {path} {version!r}")
+    assert state_of(a) == before
+    assert a.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("line,expected", [(b"GET\xa0/counters\xa0HTTP/1.1", 400),
+                                           (b"GET\x1c/counters HTTP/1.1", 400),
+                                           (b"GET /counters\x85HTTP/1.1", 404)], ids=repr)
+def test_a_request_line_split_by_other_than_ascii_space_is_not_served(pair, line, expected):
+    """Only space and tab separate the words (the last case is one path, which does not exist)."""
+    cluster, a, b = pair
+    status, headers, payload = raw_exchange(a, line + b"\r\nHost: x\r\n\r\n")
+    assert_json_error(status, headers, payload, expected, repr(line))
+
+
+def test_non_ascii_digits_leave_no_traceback_and_no_500(pair):
+    """Every request above got its 4xx from validation: the node logged no internal error."""
+    cluster, a, b = pair
+    for body in ({"node_id": "a:\u00b2"}, {"node_id": "a:\u00b2", "events": []},
+                 {"node_id": "a:\u00b2", "event_id": "k"}):
+        for path in ("/nodes/join", "/nodes/heartbeat", "/nodes/leave", "/counter/replicate"):
+            response = a.post(path, body)
+            assert response.status_code == 400, (path, body, response.text)
+    log = a.stderr()
+    assert "Traceback" not in log and "internal error" not in log, log
 
 
 def test_wrong_requests_on_a_kept_alive_connection_leave_it_usable(pair):

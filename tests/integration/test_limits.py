@@ -145,3 +145,26 @@ def test_a_body_over_the_cap_gets_413_and_changes_nothing(cluster):
     assert node.count() == 0
     assert node.get("/counters").json() == {"counters": {}}
     assert node.incr().status_code == 200
+
+
+def test_joins_with_made_up_ids_list_at_most_max_peers(cluster):
+    """Without a cluster secret anyone may join: 200 joins with made-up ids list at most
+    --max-peers (64 by default) peers, each refused join gets a JSON 503, and the node keeps
+    answering. The ids are loopback addresses nobody listens on, so contacting them fails fast."""
+    node = cluster.node("a", in_memory=True).start()
+    outcomes = {200: 0, 503: 0}
+    for i in range(200):
+        response = node.post("/nodes/join", {"node_id": f"127.77.{i // 100}.{i % 100 + 1}:9"})
+        assert response.status_code in outcomes, response.text
+        outcomes[response.status_code] += 1
+        if response.status_code == 503:
+            assert "--max-peers" in response.json()["error"]
+        if i % 20 == 0:
+            assert len(node.nodes()) <= 64
+    assert outcomes[200] >= 64 and outcomes[503] > 0
+    assert len(node.nodes()) <= 64
+    status = node.get("/status").json()
+    assert len(status["replication"]) <= 64  # one sender per listed peer, no more
+    assert len(status["candidates"]) <= 4 * 64
+    assert node.get("/healthz").status_code == 200
+    assert node.incr().status_code == 200 and node.count() == 1

@@ -115,3 +115,39 @@ def test_a_trickled_tls_handshake_is_cut_off(cluster, certs):
     finally:
         sock.close()
     assert a.get("/healthz").status_code == 200
+
+
+def test_connections_over_the_cap_get_a_503_over_tls(cluster, certs):
+    a = tls_node(cluster, "a", certs, extra=["--max-connections", "2"]).start()
+    client = ssl.create_default_context(cafile=certs["ca"])
+    get = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+    def connect():
+        raw = socket.create_connection(("127.0.0.1", a.port), timeout=5)
+        return client.wrap_socket(raw, server_hostname="localhost")
+
+    def answer(sock) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    held = [connect() for _ in range(2)]
+    refused = []
+    try:
+        for sock in held:
+            sock.sendall(get)
+            assert answer(sock).startswith(b"HTTP/1.1 200")
+        for _ in range(5):
+            sock = connect()
+            refused.append(sock)
+            sock.sendall(get)
+            assert answer(sock).startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in held + refused:
+            sock.close()
+    poll(lambda: a.get("/healthz").status_code == 200, 10,
+         message="the node to serve again once connections are released")

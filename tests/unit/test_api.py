@@ -365,3 +365,29 @@ def test_idempotency_keys_expire_by_the_wall_clock_and_are_swept(make_node):
     status, payload, replay = post(node, "/counter/increment", headers=headers)
     assert status == 200 and "Idempotent-Replayed" not in replay
     assert payload["count"] == 2
+
+
+def test_a_payload_json_cannot_encode_is_a_500_json_error(node, caplog):
+    from dcounter.api import Route
+    node.app.add(Route("GET", "/broken", lambda node, request: (200, {"x": object()}), "open"))
+    with caplog.at_level("ERROR", logger="dcounter.api"):
+        assert_error(get(node, "/broken"), 500)
+    record = next(r for r in caplog.records if "internal error" in r.getMessage())
+    assert record.levelname == "ERROR" and record.exc_info is not None
+
+
+def test_a_join_past_max_peers_is_503_and_lists_nothing(make_node):
+    node = make_node(max_peers=2)
+    assert post(node, "/nodes/join", {"node_id": "n2:7002"})[0] == 200
+    assert post(node, "/nodes/join", {"node_id": "n3:7003"})[0] == 200
+    for body in ({"node_id": "n4:7004"}, {"node_id": "n4:7004", "peers": ["n5:7005"]}):
+        status, payload, _ = post(node, "/nodes/join", body)
+        assert_error((status, payload, {}), 503)
+        assert "--max-peers" in payload["error"]
+    assert_error(post(node, "/nodes/heartbeat", {"node_id": "n4:7004"}), 503)
+    assert get(node, "/nodes")[1] == ["n2:7002", "n3:7003"]
+    assert sorted(node.replicator.backlogs()) == ["n2:7002", "n3:7003"]
+    assert "n5:7005" not in node.peers.candidates(0.0)
+    # A listed peer's join and heartbeat still succeed.
+    assert post(node, "/nodes/heartbeat", {"node_id": "n3:7003"})[0] == 200
+    assert post(node, "/nodes/join", {"node_id": "n2:7002"})[0] == 200

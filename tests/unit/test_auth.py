@@ -9,7 +9,7 @@ from dcounter.api import App, Route
 from dcounter.auth import Auth, NonceCache
 from dcounter.config import Config
 from dcounter.errors import Unauthorized, Unavailable
-from dcounter.server import Request
+from dcounter.http_types import Request
 from tests.fakes import FakeClock
 
 SECRET = "s" * 32

@@ -83,3 +83,15 @@ def test_bin_dcounter_runs_from_a_checkout():
     result = subprocess.run([sys.executable, str(ROOT / "bin" / "dcounter"), "--version"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.startswith("dcounter ")
+
+
+def test_numeric_options_take_ascii_digits_only():
+    import pytest
+
+    from dcounter.client import _UsageError
+    for argv in (["incr", "--retries", "３"], ["incr", "--retries", "٣"],
+                 ["incr", "--retries", "1_0"], ["--request-timeout", "٢", "get"],
+                 ["--request-timeout", "inf", "get"], ["--request-timeout", "nan", "get"]):
+        with pytest.raises(_UsageError, match="not a number|not an integer"):
+            build_parser().parse_args(argv)
+    assert build_parser().parse_args(["incr", "--retries", "3"]).retries == 3

@@ -38,6 +38,8 @@ def test_variants_come_from_dataclasses_replace():
     ({"port": -1}, "--port"),
     ({"port": 65536}, "--port"),
     ({"max_counters": 0}, "--max-counters"),
+    ({"max_peers": 0}, "--max-peers"),
+    ({"max_peers": 2.5}, "--max-peers"),
     ({"gap_cap": True}, "--gap-cap"),
     ({"max_body": 1.5}, "--max-body"),
     ({"sync": "sometimes"}, "--sync"),
@@ -71,3 +73,26 @@ def test_node_id_is_derived_from_host_and_bound_port():
 def test_data_path_defaults_to_a_per_port_directory():
     assert Config(port=0).data_path(5555) == "dcounter-data-5555"
     assert Config(data_dir="/somewhere").data_path(1) == "/somewhere"
+
+
+# -- numbers from flags and DCOUNTER_* variables: ASCII digits only --------------------------------
+
+@pytest.mark.parametrize("flag,raw", [
+    ("--port", "８０８０"), ("--port", "٨٠٨٠"), ("--port", "80²"), ("--port", "8_080"),
+    ("--max-connections", "１６"), ("--max-body", "1\u00a0000"),
+    ("--heartbeat-interval", "٠.٥"), ("--peer-timeout", "６"), ("--request-timeout", "1_0"),
+    ("--idle-timeout", "inf"), ("--drain-timeout", "nan"), ("--batch-linger", "Infinity"),
+])
+def test_numeric_flags_and_variables_take_ascii_digits_only(flag, raw):
+    from dcounter.cli import _UsageError, config_from_args, env_name
+    field = flag[2:].replace("-", "_")
+    with pytest.raises(_UsageError, match="invalid value"):
+        config_from_args([flag, raw], environ={})
+    with pytest.raises(_UsageError, match="invalid value"):
+        config_from_args([], environ={env_name(field): raw})
+
+
+def test_numeric_values_may_carry_ascii_white_space_from_an_environment_file():
+    from dcounter.cli import config_from_args
+    cfg = config_from_args([], environ={"DCOUNTER_PORT": " 8081\n", "DCOUNTER_PEER_TIMEOUT": "7 "})
+    assert (cfg.port, cfg.peer_timeout) == (8081, 7.0)

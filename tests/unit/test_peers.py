@@ -162,3 +162,44 @@ def test_refresh_keeps_a_listed_peer_alive_but_never_adds_one(clock):
     assert peers.expire(clock.monotonic()) == []
     peers.leave("a:1")
     assert peers.refresh("a:1", clock.monotonic()) is False and peers.alive() == []
+
+
+# -- the cap on listed peers and candidates --------------------------------------------------------
+
+def test_a_new_peer_past_max_peers_is_refused_and_not_listed(clock):
+    from dcounter.errors import TooManyPeers
+    peers = make_store(max_peers=2)
+    now = clock.monotonic()
+    assert peers.heard_from("a:1", now) and peers.heard_from("b:1", now)
+    with pytest.raises(TooManyPeers, match="--max-peers") as info:
+        peers.heard_from("c:1", now)
+    assert info.value.status == 503
+    assert peers.alive() == ["a:1", "b:1"]
+    # Peers already listed are still heard from; a freed slot can be taken.
+    assert peers.heard_from("a:1", now + 1) is False
+    clock.advance(6.5)
+    peers.heard_from("a:1", clock.monotonic())
+    assert peers.expire(clock.monotonic()) == ["b:1"]
+    assert peers.heard_from("c:1", clock.monotonic()) is True
+    assert peers.alive() == ["a:1", "c:1"]
+
+
+def test_a_candidate_reached_past_max_peers_backs_off_and_stays_a_candidate(clock):
+    peers = make_store(seeds=("seed:1",), max_peers=1)
+    now = clock.monotonic()
+    peers.heard_from("a:1", now)
+    assert peers.contact_succeeded("seed:1", now) is False
+    assert peers.alive() == ["a:1"]
+    assert peers.due_candidates(now) == []  # backed off, not contacted again at once
+    assert "--max-peers" in peers.candidates(now)["seed:1"]["last_error"]
+    clock.advance(10)
+    assert peers.due_candidates(clock.monotonic()) == ["seed:1"]
+
+
+def test_candidates_are_capped_at_four_times_max_peers(clock):
+    peers = make_store(seeds=("seed:1",), max_peers=2)
+    assert peers.max_candidates == 8
+    added = peers.add_candidates([f"c{i}:1" for i in range(100)], clock.monotonic())
+    assert len(added) == 100  # the newest replace the oldest
+    candidates = peers.candidates(clock.monotonic())
+    assert len(candidates) == 8 and "seed:1" in candidates

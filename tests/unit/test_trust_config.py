@@ -58,6 +58,7 @@ FLAGS = [
     ("--client-token", TOKEN, "client_token", TOKEN),
     ("--max-body", "4096", "max_body", 4096),
     ("--max-connections", "9", "max_connections", 9),
+    ("--max-peers", "12", "max_peers", 12),
 ]
 
 

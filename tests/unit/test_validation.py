@@ -62,6 +62,7 @@ def test_invalid_idempotency_keys(value):
 
 @pytest.mark.parametrize("value,expected", [
     ("abc:1", ("abc", 1)), ("a_b-C:42", ("a_b-C", 42)), ("o:" + "9" * 18, ("o", 10**18 - 1)),
+    ("o:9223372036854775807", ("o", 2**63 - 1)),
 ])
 def test_event_ids_split(value, expected):
     assert validation.split_event_id(value) == expected
@@ -69,7 +70,7 @@ def test_event_ids_split(value, expected):
 
 @pytest.mark.parametrize("value", [
     "abc", "abc:", ":1", "abc:0", "abc:01", "abc:-1", "abc:1.0", "a:b:1", "a b:1",
-    "o:" + "1" * 19, "x" * 65 + ":1", None, 5, "0a8f6c1e-3b1d-4c1a-9a55-3f2a7b8c9d0e",
+    "o:" + "1" * 20, "o:9223372036854775808", "x" * 65 + ":1", None, 5, "0a8f6c1e-3b1d-4c1a-9a55-3f2a7b8c9d0e",
 ])
 def test_other_event_id_shapes_are_not_ours(value):
     assert validation.split_event_id(value) is None
@@ -85,3 +86,58 @@ def test_origins():
 def test_messages_name_the_field():
     with pytest.raises(BadRequest, match="peers entry"):
         validation.node_id("nope", "peers entry")
+
+
+# -- ASCII digits only ----------------------------------------------------------------------------
+# `str.isdigit()` accepts superscripts, other scripts' digits and full-width digits, and `int()`
+# accepts some of them, white space and underscores: none of that is a number on the wire.
+NOT_ASCII_DIGITS = ["²", "1²", "٣", "١٢", "８０", "𝟠", "①", "1_0", " 1", "1 ", "+1", "-1", "",
+                    "1.0", "0x1"]
+
+
+@pytest.mark.parametrize("port", ["²", "8²", "٨٠", "８０", "𝟠𝟘", "8_0", "+80", " 80"])
+def test_node_id_ports_are_ascii_digits_only(port):
+    with pytest.raises(BadRequest, match="port from 1 to 65535"):
+        validation.node_id(f"a:{port}")
+
+
+@pytest.mark.parametrize("seq", ["²", "1²", "٣", "１", "1_0", "+1", " 1"])
+def test_event_id_sequences_are_ascii_digits_only(seq):
+    assert validation.split_event_id(f"abc:{seq}") is None
+
+
+@pytest.mark.parametrize("text", ["0", "7", "0123", "18446744073709551616"])
+def test_ascii_digits(text):
+    assert validation.is_ascii_digits(text)
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DIGITS + [None, 5])
+def test_not_ascii_digits(text):
+    assert not validation.is_ascii_digits(text)
+
+
+@pytest.mark.parametrize("text,expected", [("0", 0), ("42", 42), ("-3", -3), ("007", 7)])
+def test_parse_int_takes_ascii_decimal_integers(text, expected):
+    assert validation.parse_int(text) == expected
+
+
+@pytest.mark.parametrize("text", [t for t in NOT_ASCII_DIGITS if t != "-1"]
+                         + ["1e3", "--1", "-", "1" * 5000])
+def test_parse_int_refuses_everything_else(text):
+    with pytest.raises(ValueError):
+        validation.parse_int(text)
+
+
+@pytest.mark.parametrize("text,expected", [("0", 0.0), ("2", 2.0), ("0.5", 0.5), (".5", 0.5),
+                                           ("5.", 5.0), ("-1.5", -1.5), ("1e3", 1000.0),
+                                           ("2.5E-1", 0.25)])
+def test_parse_float_takes_ascii_decimal_numbers(text, expected):
+    assert validation.parse_float(text) == expected
+
+
+@pytest.mark.parametrize("text", ["²", "٣.٥", "１.５", "1_0.5", " 1", "1 ", "+1", "", ".",
+                                  "nan", "NaN", "inf", "-inf", "infinity", "1e999", "0x1p3",
+                                  "1e", "e3"])
+def test_parse_float_refuses_everything_else(text):
+    with pytest.raises(ValueError):
+        validation.parse_float(text)

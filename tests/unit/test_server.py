@@ -1,0 +1,195 @@
+"""The HTTP server in-process on a free loopback port, with small stand-in applications: the
+error boundary around the application and the connection cap's refusals."""
+
+import json
+import logging
+import socket
+import threading
+
+import pytest
+
+from dcounter.http_types import Response, error_response
+from dcounter.server import Server
+
+
+class _Raising:
+    def handle(self, request):
+        raise RuntimeError("a bug in the application")
+
+
+class _Returning:
+    def __init__(self, response):
+        self.response = response
+
+    def handle(self, request):
+        return self.response
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(app, **limits):
+        limits.setdefault("max_body", 1 << 16)
+        limits.setdefault("max_connections", 16)
+        server = Server(("127.0.0.1", 0), app, request_deadline=5.0, idle_timeout=5.0, **limits)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                  daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def exchange(port: int, data: bytes, sock=None) -> tuple[int, dict, bytes]:
+    """Send `data` and read one response (on `sock` when given, else a new connection)."""
+    own = sock is None
+    if own:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        sock.sendall(data)
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"connection closed without a response: {buffer!r}")
+            buffer += chunk
+        head, _, body = buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+    finally:
+        if own:
+            sock.close()
+
+
+GET = b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_an_application_error_is_a_json_500_logged_at_error(serve, caplog):
+    server = serve(_Raising())
+    with caplog.at_level(logging.DEBUG, logger="dcounter.server"):
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
+            for _ in range(2):  # the connection stays usable after the 500
+                status, headers, body = exchange(0, GET, s)
+                assert status == 500 and headers["content-type"] == "application/json"
+                assert json.loads(body) == {"error": "internal error"}
+    records = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert records and all(r.exc_info and r.exc_info[0] is RuntimeError for r in records)
+
+
+@pytest.mark.parametrize("response", [
+    Response(200, b"{}", headers={"X-Name": "caf\u00e9 \u2603"}),  # not Latin-1
+    Response(200, "not bytes"),
+    error_response(400, "fine", {"X-Bad": "\u2603"}),
+], ids=["header", "body", "error-header"])
+def test_a_response_that_cannot_be_encoded_is_a_json_500(serve, caplog, response):
+    server = serve(_Returning(response))
+    with caplog.at_level(logging.ERROR, logger="dcounter.server"):
+        status, headers, body = exchange(server.server_address[1], GET)
+    assert status == 500 and json.loads(body) == {"error": "internal error"}
+    assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+
+
+def _read_all_responses(socks) -> list[int]:
+    statuses = []
+    for sock in socks:
+        status, headers, body = exchange(0, b"", sock)
+        assert headers.get("connection") == "close" and json.loads(body)["error"], body
+        statuses.append(status)
+    return statuses
+
+
+def test_connections_over_the_cap_get_503_without_a_thread_each(serve):
+    server = serve(_Returning(Response(200, b"{}")), max_connections=2)
+    port = server.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    refused = []
+    try:
+        for sock in held:  # both served: their handler threads run
+            assert exchange(0, GET, sock)[0] == 200
+        before = threading.active_count()
+        # Clients that send their request and keep the connection open, as a busy client
+        # would: the server may linger on each to read the request before it closes.
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(GET)
+            refused.append(sock)
+        assert _read_all_responses(refused) == [503] * 40
+        assert threading.active_count() <= before + 1  # one thread answers every refusal
+        # The held connections are still served.
+        assert exchange(0, GET, held[0])[0] == 200
+    finally:
+        for sock in held + refused:
+            sock.close()
+
+
+
+def _read_until_closed(sock) -> bytes:
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_the_refuser_holds_a_bounded_number_and_closes_them_all_at_close():
+    from dcounter.refuser import RESPONSE, Refuser
+    refuser = Refuser(linger=30.0, max_pending=2)
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        for server_side, client_side in pairs:
+            client_side.settimeout(5)
+            refuser.refuse(server_side)
+        # The first two are answered and held (their clients have not hung up); the third
+        # was over the bound: closed at once, unanswered.
+        for _server, client in pairs[:2]:
+            assert client.recv(len(RESPONSE), socket.MSG_WAITALL) == RESPONSE
+        assert _read_until_closed(pairs[2][1]) == b""
+        refuser.close()
+        for _server, client in pairs[:2]:
+            assert _read_until_closed(client) == b""
+        assert not any(t.name == "refuser" and t.is_alive() for t in threading.enumerate())
+    finally:
+        refuser.close()
+        for _server, client in pairs:
+            client.close()
+
+
+def test_a_refused_client_that_hangs_up_frees_its_place():
+    from dcounter.refuser import RESPONSE, Refuser
+    refuser = Refuser(linger=30.0, max_pending=1)
+    try:
+        for _ in range(3):  # each frees the one place for the next
+            server_side, client_side = socket.socketpair()
+            with client_side:
+                client_side.settimeout(5)
+                refuser.refuse(server_side)
+                client_side.sendall(GET)
+                assert client_side.recv(len(RESPONSE), socket.MSG_WAITALL) == RESPONSE
+                client_side.shutdown(socket.SHUT_WR)
+                assert _read_until_closed(client_side) == b""
+    finally:
+        refuser.close()
+
+
+def test_a_port_in_use_is_an_os_error(serve):
+    server = serve(_Returning(Response(200, b"{}")))
+    with pytest.raises(OSError):
+        Server(server.server_address, _Returning(Response(200, b"{}")), max_body=1,
+               max_connections=1)
