@@ -66,6 +66,7 @@ class Node:
         self._threads: list[threading.Thread] = []
         self._pulls: dict[str, dict[str, int]] = {}  # peer -> {origin: watermark it showed}
         self._pull_lock = threading.Lock()
+        self._links_lock = threading.Lock()  # serialises _sync_links
         self._pull_wakeup = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
                                                            thread_name_prefix="contact")
@@ -243,6 +244,7 @@ class Node:
         """A peer reached us directly. Returns False when it is this node itself."""
         if origin is not None and origin == self.counter.local_origin:
             self.peers.mark_self(sender)
+            self._sync_links()
             return False
         if sender == self.node_id or self.peers.is_self(sender):
             return False
@@ -253,7 +255,21 @@ class Node:
         """After a direct contact: a peer listed for the first time (or again) gets a link."""
         if new:
             log.info("peer %s joined", peer)
-            self.replicator.add_peer(peer)
+            self._sync_links()
+
+    def _sync_links(self) -> None:
+        """Make the replication links match the listing: a link for every listed peer, none for
+        another. Every change to the listing is followed by a call; calls are serialised and
+        each reads the listing afresh, so whatever order changes and calls interleave in, the
+        last call sees the last change and no peer stays listed without a link (or linked
+        without being listed)."""
+        with self._links_lock:
+            listed = set(self.peers.alive())
+            linked = set(self.replicator.peers())
+            for peer in sorted(listed - linked):
+                self.replicator.add_peer(peer)
+            for peer in sorted(linked - listed):
+                self.replicator.remove_peer(peer)
 
     def on_join(self, sender, origin, digest, peers) -> dict:
         self._accept_contact(sender, origin)
@@ -270,7 +286,7 @@ class Node:
     def on_leave(self, sender, origin) -> bool:
         if self.peers.leave(sender):
             log.info("peer %s left", sender)
-        self.replicator.remove_peer(sender)
+        self._sync_links()
         return True
 
     def _learn(self, source: str, digest: dict[str, int], peers: list[str]) -> list[str]:
@@ -305,7 +321,7 @@ class Node:
             if exc.status == 409:
                 log.warning("peer %s refused us (%s); removing it", peer, exc.message)
                 self.peers.leave(peer)
-                self.replicator.remove_peer(peer)
+                self._sync_links()
             elif exc.status == 401:
                 self._warn_unauthorized(peer, exc.message)
             else:
@@ -336,6 +352,7 @@ class Node:
         if origin is not None and origin == self.counter.local_origin:
             log.info("%s is this node itself; not listing it as a peer", peer)
             self.peers.mark_self(peer)
+            self._sync_links()
             return False
         self._listed(peer, self.peers.contact_succeeded(peer, self.clock.monotonic(), origin))
         if not self._learn(peer, digest, peers):
@@ -370,7 +387,7 @@ class Node:
         for peer in gone:
             log.info("removed peer %s (silent for more than %.1fs)", peer,
                      self.config.peer_timeout)
-            self.replicator.remove_peer(peer)
+        self._sync_links()  # also after no change: the listing rules, whatever happened
         if gone:
             self._kick.set()
         now = self.clock.time()

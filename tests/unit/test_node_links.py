@@ -1,0 +1,136 @@
+"""One node against a scripted transport: membership and links change together, contacts in
+flight are not repeated, pool tasks that fail are logged, and a stop is ordered and bounded.
+
+The peers here are not nodes: `ScriptedTransport` answers every membership call the way a
+healthy peer would, records what was sent, and can hold calls (a peer that never answers) or
+raise. Interleavings are driven from the test through hooks, not by racing threads.
+"""
+
+import logging
+import threading
+import time
+
+import pytest
+
+from dcounter import PROTOCOL
+from dcounter.config import Config
+from dcounter.errors import PeerUnreachable
+from dcounter.node import Node
+from tests.fakes import FakeClock
+
+BASE = Config(port=0, in_memory=True, batch_linger=0, drain_timeout=0, advertise="me:7000")
+DEADLINE = 10.0  # seconds of real time a poll may take before the test fails
+PEER, PEER_ORIGIN = "p1:7001", "peerorigin1"
+
+
+def poll(predicate, what: str, deadline: float = DEADLINE):
+    end = time.monotonic() + deadline
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+class ScriptedTransport:
+    """The transport interface (`post`, `close`, `timeout`). Every peer answers like a healthy
+    member of the cluster; `hold(path)` makes calls on that path block until `release()`;
+    `unreachable` peers fail; `raise_on` paths raise `error`."""
+
+    def __init__(self, timeout: float = 2.0):
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        self.log: list[tuple[str, str, str]] = []  # ("start" | "end", peer, path), in order
+        self.held: set[str] = set()
+        self.gate = threading.Event()
+        self.unreachable: set[str] = set()
+        self.raise_on: dict[str, Exception] = {}
+
+    def hold(self, *paths: str) -> None:
+        self.held.update(paths)
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def started(self, path: str) -> int:
+        with self.lock:
+            return sum(1 for what, _, p in self.log if what == "start" and p == path)
+
+    def in_flight(self, path: str) -> int:
+        with self.lock:
+            return sum(1 if what == "start" else -1 for what, _, p in self.log if p == path)
+
+    def post(self, peer: str, path: str, payload: dict, timeout: float | None = None) -> dict:
+        with self.lock:
+            self.log.append(("start", peer, path))
+        try:
+            if path in self.held:
+                self.gate.wait()
+            if path in self.raise_on:
+                raise self.raise_on[path]
+            if peer in self.unreachable:
+                raise PeerUnreachable(f"{peer}: unreachable")
+            if path in ("/nodes/join", "/nodes/heartbeat"):
+                return {"node_id": peer, "cluster": "default", "protocol": PROTOCOL,
+                        "origin": PEER_ORIGIN, "digest": {}, "peers": []}
+            return {}
+        finally:
+            with self.lock:
+                self.log.append(("end", peer, path))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def make_node():
+    nodes = []
+
+    def make(transport=None, clock=None, **config):
+        node = Node(BASE.replace(**config), clock=clock or FakeClock(),
+                    transport=transport or ScriptedTransport())
+        node.open()
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        if node.transport.gate is not None:
+            node.transport.release()
+        node.stop(leave=False)
+
+
+def listed_and_linked(node: Node) -> tuple[list[str], list[str]]:
+    return node.peers.alive(), node.replicator.peers()
+
+
+# -- a peer listed is a peer linked ------------------------------------------------------------
+def test_a_heartbeat_between_expiry_and_link_removal_leaves_the_peer_listed_and_linked(make_node):
+    clock = FakeClock()
+    node = make_node(clock=clock)
+    node.on_join(PEER, PEER_ORIGIN, {}, [])
+    assert listed_and_linked(node) == ([PEER], [PEER])
+    clock.advance(node.config.peer_timeout + 1)
+    expire = node.peers.expire
+
+    def expire_then_heartbeat(now):
+        gone = expire(now)
+        node.on_heartbeat(PEER, PEER_ORIGIN, {}, [])  # handled right after the sweep
+        return gone
+
+    node.peers.expire = expire_then_heartbeat
+    node.cleanup_once()
+    listed, linked = listed_and_linked(node)
+    assert listed == linked == [PEER]
+
+
+def test_a_peer_that_expires_loses_its_link_and_a_peer_that_leaves_too(make_node):
+    clock = FakeClock()
+    node = make_node(clock=clock)
+    node.on_join(PEER, PEER_ORIGIN, {}, [])
+    node.on_join("p2:7002", "peerorigin2", {}, [])
+    clock.advance(node.config.peer_timeout + 1)
+    node.on_heartbeat("p2:7002", "peerorigin2", {}, [])
+    assert node.cleanup_once() == [PEER]
+    assert listed_and_linked(node) == (["p2:7002"], ["p2:7002"])
+    node.on_leave("p2:7002", "peerorigin2")
+    assert listed_and_linked(node) == ([], [])
