@@ -68,8 +68,14 @@ class Node:
         self._pull_lock = threading.Lock()
         self._links_lock = threading.Lock()  # serialises _sync_links
         self._pull_wakeup = threading.Event()
+        # Heartbeats (and the goodbye) and joins run in pools of their own, so that joins of
+        # unreachable candidates, each taking up to request_timeout, never delay heartbeats.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
                                                            thread_name_prefix="contact")
+        self._join_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4,
+                                                                thread_name_prefix="join")
+        self._tasks: set[concurrent.futures.Future] = set()  # contacts submitted, not done
+        self._tasks_lock = threading.Lock()
         self.anti_entropy_rounds = 0
         self._refusal_warned: dict[str, float] = {}  # peer -> when its 401 was last logged
         self.started = False
@@ -163,6 +169,7 @@ class Node:
                 log.warning("%d replicated event(s) not delivered at shutdown; peers will "
                             "catch up through anti-entropy", left)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._join_pool.shutdown(wait=False, cancel_futures=True)
         # 6. writer, store
         if self.writer is not None:
             self.writer.stop()
@@ -177,7 +184,8 @@ class Node:
             return
         timeout = max(0.1, min(self.config.request_timeout, deadline - self.clock.monotonic()))
         payload = self._membership_payload(include_digest=False)
-        futures = [self._pool.submit(self._post_quiet, peer, "/nodes/leave", payload, timeout)
+        futures = [self._submit(self._pool, "goodbye", self._post_quiet, peer, "/nodes/leave",
+                                payload, timeout)
                    for peer in peers]
         concurrent.futures.wait(futures, timeout=timeout + 0.5)
         log.info("left the cluster (told %d peer(s))", len(peers))
@@ -306,12 +314,40 @@ class Node:
         return behind
 
     # -- membership, client side (loop steps) -----------------------------------------------------
+    def _submit(self, pool, name: str, fn, *args) -> concurrent.futures.Future:
+        """Run `fn(*args)` in `pool`. Nobody reads a pool task's result, so the task logs its
+        own failure (with the traceback) and the pool carries on."""
+        future = pool.submit(self._run_task, name, fn, args)
+        with self._tasks_lock:
+            self._tasks.add(future)
+        future.add_done_callback(self._task_done)
+        return future
+
+    def _run_task(self, name: str, fn, args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("%s task failed; continuing", name)
+
+    def _task_done(self, future) -> None:
+        with self._tasks_lock:
+            self._tasks.discard(future)
+
     def heartbeat_once(self) -> None:
-        peers = self.peers.alive()
-        futures = [self._pool.submit(self._heartbeat_peer, peer) for peer in peers]
+        # A peer whose last heartbeat is still in flight is skipped: it is slow, and another
+        # heartbeat would only queue behind the first one.
+        peers = self.peers.begin_contacts(self.peers.alive())
+        futures = [self._submit(self._pool, "heartbeat", self._heartbeat_peer, peer)
+                   for peer in peers]
         concurrent.futures.wait(futures, timeout=self.config.request_timeout + 1)
 
     def _heartbeat_peer(self, peer: str) -> None:
+        try:
+            self._heartbeat(peer)
+        finally:
+            self.peers.contact_finished(peer)
+
+    def _heartbeat(self, peer: str) -> None:
         try:
             reply = self.transport.post(peer, "/nodes/heartbeat", self._membership_payload())
         except PeerUnreachable as exc:
@@ -359,14 +395,26 @@ class Node:
             self.anti_entropy_rounds += 1  # compared digests: nothing to pull
         return True
 
-    def rejoin_once(self) -> None:
-        due = self.peers.due_candidates(self.clock.monotonic())
+    def rejoin_once(self) -> list[str]:
+        """Contact the due candidates; one whose contact is still in flight is not due."""
+        due = self.peers.claim_due_candidates(self.clock.monotonic())
         if not due:
-            return
-        futures = [self._pool.submit(self._join_candidate, peer) for peer in due]
+            return due
+        futures = [self._submit(self._join_pool, "join", self._join_candidate, peer)
+                   for peer in due]
         concurrent.futures.wait(futures, timeout=self.config.request_timeout + 1)
+        return due
 
     def _join_candidate(self, peer: str) -> None:
+        try:
+            self._join(peer)
+        except Exception:
+            self.peers.contact_failed(peer, self.clock.monotonic(), "unexpected error")
+            raise
+        finally:
+            self.peers.contact_finished(peer)
+
+    def _join(self, peer: str) -> None:
         try:
             reply = self.transport.post(peer, "/nodes/join", self._membership_payload())
         except PeerUnreachable as exc:

@@ -134,3 +134,77 @@ def test_a_peer_that_expires_loses_its_link_and_a_peer_that_leaves_too(make_node
     assert listed_and_linked(node) == (["p2:7002"], ["p2:7002"])
     node.on_leave("p2:7002", "peerorigin2")
     assert listed_and_linked(node) == ([], [])
+
+
+# -- contacts in flight are not repeated -------------------------------------------------------
+SEEDS = ("s1:7101", "s2:7102", "s3:7103")
+
+
+def test_a_candidate_whose_contact_is_in_flight_is_not_contacted_again(make_node):
+    clock = FakeClock()
+    transport = ScriptedTransport(timeout=0.1)
+    transport.hold("/nodes/join")  # seeds that never answer
+    transport.unreachable.update(SEEDS)
+    node = make_node(transport=transport, clock=clock, peers=SEEDS, request_timeout=0.1)
+    node.rejoin_once()
+    poll(lambda: transport.started("/nodes/join") == 3, "three contacts in flight")
+    clock.advance(60.0)  # every backoff would be over
+    node.rejoin_once()
+    node.rejoin_once()
+    assert transport.started("/nodes/join") == 3
+    transport.release()  # the three fail; then the seeds are due again
+    poll(lambda: transport.in_flight("/nodes/join") == 0, "the contacts to end")
+    poll(lambda: all(c["attempts"] == 1 for c in node.peers.candidates(0).values()),
+         "the failures to be recorded")
+    clock.advance(60.0)
+    node.rejoin_once()
+    poll(lambda: transport.started("/nodes/join") == 6, "the seeds to be contacted again")
+
+
+def test_a_heartbeat_in_flight_is_not_sent_again(make_node):
+    transport = ScriptedTransport(timeout=0.1)
+    node = make_node(transport=transport, request_timeout=0.1)
+    node.on_join(PEER, PEER_ORIGIN, {}, [])
+    transport.hold("/nodes/heartbeat")
+    node.heartbeat_once()
+    poll(lambda: transport.started("/nodes/heartbeat") == 1, "a heartbeat in flight")
+    node.heartbeat_once()
+    assert transport.started("/nodes/heartbeat") == 1
+    transport.release()
+    poll(lambda: transport.in_flight("/nodes/heartbeat") == 0, "the heartbeat to end")
+    node.heartbeat_once()
+    assert transport.started("/nodes/heartbeat") == 2
+
+
+# -- a pool task that fails is logged, and the next one runs -----------------------------------
+def test_an_unexpected_error_in_a_heartbeat_is_logged_and_the_next_heartbeat_runs(make_node,
+                                                                                 caplog):
+    transport = ScriptedTransport()
+    transport.raise_on["/nodes/heartbeat"] = RuntimeError("a bug in the transport")
+    node = make_node(transport=transport)
+    node.on_join(PEER, PEER_ORIGIN, {}, [])
+    with caplog.at_level(logging.ERROR, logger="dcounter.node"):
+        node.heartbeat_once()
+        poll(lambda: any(r.exc_info for r in caplog.records), "the error to be logged")
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert record.levelno == logging.ERROR and "a bug in the transport" in caplog.text
+    poll(lambda: transport.in_flight("/nodes/heartbeat") == 0, "the heartbeat to end")
+    node.heartbeat_once()
+    assert transport.started("/nodes/heartbeat") == 2
+
+
+def test_an_unexpected_error_in_a_join_is_logged_and_backs_off(make_node, caplog):
+    clock = FakeClock()
+    transport = ScriptedTransport()
+    transport.raise_on["/nodes/join"] = RuntimeError("a bug in the transport")
+    node = make_node(transport=transport, clock=clock, peers=SEEDS[:1])
+    with caplog.at_level(logging.ERROR, logger="dcounter.node"):
+        node.rejoin_once()
+        poll(lambda: any(r.exc_info for r in caplog.records), "the error to be logged")
+    assert node.peers.candidates(clock.monotonic())[SEEDS[0]]["attempts"] == 1
+    node.rejoin_once()
+    assert transport.started("/nodes/join") == 1  # backing off
+    clock.advance(60.0)
+    del transport.raise_on["/nodes/join"]
+    node.rejoin_once()
+    poll(lambda: node.peers.alive() == [SEEDS[0]], "the seed to be joined")

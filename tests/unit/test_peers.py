@@ -162,3 +162,25 @@ def test_refresh_keeps_a_listed_peer_alive_but_never_adds_one(clock):
     assert peers.expire(clock.monotonic()) == []
     peers.leave("a:1")
     assert peers.refresh("a:1", clock.monotonic()) is False and peers.alive() == []
+
+
+def test_a_candidate_with_a_contact_in_flight_is_not_due(clock):
+    peers = make_store(seeds=("a:1", "b:1"))
+    assert peers.claim_due_candidates(clock.monotonic()) == ["a:1", "b:1"]
+    clock.advance(60.0)
+    assert peers.claim_due_candidates(clock.monotonic()) == []
+    assert peers.due_candidates(clock.monotonic()) == []
+    peers.contact_failed("a:1", clock.monotonic(), "unreachable")
+    peers.contact_finished("a:1")
+    assert peers.claim_due_candidates(clock.monotonic()) == []  # backing off now
+    clock.advance(60.0)
+    assert peers.claim_due_candidates(clock.monotonic()) == ["a:1"]
+    assert peers.contacts_in_flight() == ["a:1", "b:1"]
+
+
+def test_begin_contacts_claims_only_peers_without_a_contact_in_flight(clock):
+    peers = make_store()
+    assert peers.begin_contacts(["b:1", "a:1"]) == ["a:1", "b:1"]
+    assert peers.begin_contacts(["a:1", "c:1"]) == ["c:1"]
+    peers.contact_finished("a:1")
+    assert peers.begin_contacts(["a:1"]) == ["a:1"]
