@@ -49,7 +49,7 @@ _FLAGS = [
     ("--batch-linger", "batch_linger", float, "seconds a busy link waits for a batch to grow; an "
                                               "idle link sends at once"),
     ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered"),
-    ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown"),
+    ("--drain-timeout", "drain_timeout", float, "seconds the whole shutdown may take"),
     ("--max-connections", "max_connections", int, "concurrent connections served"),
     ("--request-deadline", "request_deadline", float, "seconds a client has to send one "
                                                       "request's headers and body"),

@@ -10,9 +10,11 @@ Threads it owns, each a thin loop around a step that tests may call directly:
     sync         anti-entropy pulls queued by heartbeats and joins (pull_once)
     writer       group commit (writer.py); one sender thread per peer (replication.py)
 
-Every step catches, logs and continues, so no daemon thread dies silently. Shutdown order:
-stop accepting, finish requests in flight, tell peers we leave, stop the loops, one last bounded
-replication attempt, stop the writer, close the store.
+Every step catches, logs and continues, and so does every task of the contact pools, so no
+thread dies silently. Shutdown, all within one deadline (`drain_timeout`): stop accepting,
+finish requests in flight, stop the loops and let the contacts they started end, tell peers we
+leave, one last replication attempt, stop the writer, close the store (never under a running
+commit). The replication links always match the listing of peers (`_sync_links`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
 from dcounter.config import Config
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
-from dcounter.errors import (BadRequest, PeerRefused, PeerUnreachable, StartupError)
+from dcounter.errors import (BadRequest, PeerRefused, PeerUnreachable, StartupError,
+                             StorageFailure)
 from dcounter.metrics import Metrics
 from dcounter.peers import PeerStore
 from dcounter.replication import Replicator
@@ -38,6 +41,39 @@ from dcounter.transport import Transport
 from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
+
+AWAIT_SLICE = 0.05  # seconds: how often a loop waiting for contacts checks for a stop
+WRITER_GRACE = 1.0  # seconds the last commit may take at shutdown beyond --drain-timeout
+
+
+class _StoreGate:
+    """The store as the writer sees it. A write and the close at shutdown exclude each other,
+    so the store is never closed under a running commit; a write after the close fails like a
+    storage failure (nothing is acknowledged)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def write(self, txn) -> None:
+        with self._lock:
+            if self._closed:
+                raise StorageFailure("storage closed: the node is shutting down")
+            self.store.write(txn)
+
+    def close(self) -> bool:
+        """Checkpoint and close, unless a commit is running; returns whether it closed."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._closed:
+                self._closed = True
+                self.store.checkpoint()
+                self.store.close()
+            return True
+        finally:
+            self._lock.release()
 
 
 class Node:
@@ -54,6 +90,7 @@ class Node:
                                                 on_request=self._observe_peer_call)
         self.ssl_context = ssl_context
         self.store: Store | None = None
+        self._store_gate: _StoreGate | None = None
         self.server: Server | None = None
         self.node_id = ""
         self.counter: Counter | None = None
@@ -119,7 +156,8 @@ class Node:
                                      self.clock, max_backlog=cfg.max_backlog,
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,
                                      on_success=self._replicated_to, metrics=self.metrics)
-        self.writer = Writer(self.counter, self.store, on_commit=self.replicator.enqueue,
+        self._store_gate = _StoreGate(self.store) if self.store is not None else None
+        self.writer = Writer(self.counter, self._store_gate, on_commit=self.replicator.enqueue,
                              observe_commit=self._observe_commit, clock=self.clock)
         self._register_gauges()
 
@@ -141,7 +179,10 @@ class Node:
         self._threads.append(thread)
 
     def stop(self, leave: bool = True) -> None:
-        """Graceful shutdown; safe to call once from any thread but a request thread."""
+        """Graceful shutdown within one deadline, `drain_timeout` seconds from now (the last
+        commit may take up to WRITER_GRACE more); safe to call once from any thread but a
+        request thread. A stage still running at the deadline is left behind (its threads are
+        daemons) and the stop goes on, except that the store is never closed under a commit."""
         if self._stop.is_set():
             return
         deadline = self.clock.monotonic() + self.config.drain_timeout
@@ -152,42 +193,72 @@ class Node:
                 self.server.shutdown()
             self.server.server_close()
             self.server.wait_idle(deadline)
+        # 3. stop the loops, and let the contacts they started end: a heartbeat still in flight
+        # when the goodbye goes out could list this node again at a peer after its leave.
         self._stop.set()
         self._kick.set()
         self._pull_wakeup.set()
-        # 3. tell peers we leave
-        if leave and self.peers is not None:
-            self._say_goodbye(deadline)
-        # 4. stop the loops and the senders, 5. one last replication attempt
         for thread in self._threads:
             if thread.name != "http":
-                thread.join(timeout=self.config.request_timeout + 1)
+                thread.join(timeout=self._left(deadline))
+        with self._tasks_lock:
+            tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()  # queued, not started
+        concurrent.futures.wait(tasks, timeout=self._left(deadline) / 2)
+        # 4. tell peers we leave
+        if leave and self.peers is not None:
+            self._say_goodbye(deadline)
+        # 5. stop the senders, one last replication attempt
         if self.replicator is not None:
-            self.replicator.stop()
-            left = self.replicator.drain(deadline)
-            if left:
+            self._within("stop links", self.replicator.stop, deadline)
+            left = []
+            self._within("flush replication",
+                         lambda: left.append(self.replicator.drain(deadline)), deadline)
+            if not left:
+                log.warning("replication not flushed within --drain-timeout; peers will catch "
+                            "up through anti-entropy")
+            elif left[0]:
                 log.warning("%d replicated event(s) not delivered at shutdown; peers will "
-                            "catch up through anti-entropy", left)
+                            "catch up through anti-entropy", left[0])
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._join_pool.shutdown(wait=False, cancel_futures=True)
         # 6. writer, store
         if self.writer is not None:
-            self.writer.stop()
-        if self.store is not None:
-            self.store.checkpoint()
-            self.store.close()
+            grace = max(self._left(deadline), WRITER_GRACE)
+            self._within("stop writer", lambda: self.writer.stop(timeout=grace),
+                         self.clock.monotonic() + grace)
+        if self._store_gate is not None and not self._store_gate.close():
+            log.error("a commit is still running at shutdown; leaving the store open (SQLite "
+                      "recovers it when the node next opens it)")
         self.transport.close()
+
+    def _left(self, deadline: float) -> float:
+        return max(0.0, deadline - self.clock.monotonic())
+
+    def _within(self, name: str, fn, deadline: float) -> bool:
+        """Run `fn` in a thread of its own until `deadline`; False when it had not ended by
+        then (it runs on as a daemon). How a stage without a timeout of its own keeps to the
+        shutdown's deadline."""
+        thread = threading.Thread(target=self._run_task, args=(name, fn, ()),
+                                  name=f"stop-{name}", daemon=True)
+        thread.start()
+        thread.join(self._left(deadline))
+        return not thread.is_alive()
 
     def _say_goodbye(self, deadline: float) -> None:
         peers = self.peers.alive()
         if not peers:
             return
-        timeout = max(0.1, min(self.config.request_timeout, deadline - self.clock.monotonic()))
+        timeout = min(self.config.request_timeout, self._left(deadline))
+        if timeout <= 0:
+            log.info("no time left to tell %d peer(s) that this node leaves", len(peers))
+            return
         payload = self._membership_payload(include_digest=False)
         futures = [self._submit(self._pool, "goodbye", self._post_quiet, peer, "/nodes/leave",
                                 payload, timeout)
                    for peer in peers]
-        concurrent.futures.wait(futures, timeout=timeout + 0.5)
+        concurrent.futures.wait(futures, timeout=timeout)
         log.info("left the cluster (told %d peer(s))", len(peers))
 
     def _post_quiet(self, peer, path, payload, timeout):
@@ -333,13 +404,22 @@ class Node:
         with self._tasks_lock:
             self._tasks.discard(future)
 
+    def _await(self, futures) -> None:
+        """Wait for contacts to end, at most request_timeout + 1 s, and no longer once the node
+        is stopping (the stop waits for them itself, within its deadline)."""
+        pending = set(futures)
+        for _ in range(int((self.config.request_timeout + 1) / AWAIT_SLICE) + 1):
+            if not pending or self._stop.is_set():
+                return
+            _, pending = concurrent.futures.wait(pending, timeout=AWAIT_SLICE)
+
     def heartbeat_once(self) -> None:
         # A peer whose last heartbeat is still in flight is skipped: it is slow, and another
         # heartbeat would only queue behind the first one.
         peers = self.peers.begin_contacts(self.peers.alive())
         futures = [self._submit(self._pool, "heartbeat", self._heartbeat_peer, peer)
                    for peer in peers]
-        concurrent.futures.wait(futures, timeout=self.config.request_timeout + 1)
+        self._await(futures)
 
     def _heartbeat_peer(self, peer: str) -> None:
         try:
@@ -402,7 +482,7 @@ class Node:
             return due
         futures = [self._submit(self._join_pool, "join", self._join_candidate, peer)
                    for peer in due]
-        concurrent.futures.wait(futures, timeout=self.config.request_timeout + 1)
+        self._await(futures)
         return due
 
     def _join_candidate(self, peer: str) -> None:
@@ -499,6 +579,8 @@ class Node:
             if now >= next_heartbeat:
                 self._guard(self.heartbeat_once, "heartbeat")
                 next_heartbeat = now + self.config.heartbeat_interval
+            if self._stop.is_set():
+                return
             self._guard(self.rejoin_once, "rejoin")
             self._kick.wait(min(0.1, max(0.0, next_heartbeat - self.clock.monotonic())))
             self._kick.clear()

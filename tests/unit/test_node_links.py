@@ -208,3 +208,88 @@ def test_an_unexpected_error_in_a_join_is_logged_and_backs_off(make_node, caplog
     del transport.raise_on["/nodes/join"]
     node.rejoin_once()
     poll(lambda: node.peers.alive() == [SEEDS[0]], "the seed to be joined")
+
+
+# -- shutdown: loops stop before the goodbye, and one deadline bounds it all ------------------
+def started_node(make_node, transport, **config):
+    """A running node (real loops and clock) that lists PEER, fast heartbeats."""
+    node = Node(BASE.replace(heartbeat_interval=0.05, cleanup_interval=0.05, peer_timeout=60,
+                             **config), transport=transport)
+    node.open()
+    node.on_join(PEER, PEER_ORIGIN, {}, [])
+    node.start()
+    return node
+
+
+def test_no_heartbeat_is_in_flight_or_sent_once_the_goodbye_goes_out(make_node):
+    transport = ScriptedTransport()
+    node = started_node(make_node, transport, drain_timeout=5.0)
+    try:
+        transport.hold("/nodes/heartbeat")
+        poll(lambda: transport.in_flight("/nodes/heartbeat") == 1, "a heartbeat in flight")
+        stopping = threading.Thread(target=node.stop)
+        stopping.start()
+        poll(lambda: node.readiness() == (False, "shutting down"), "the stop to begin")
+        # The goodbye must wait for the heartbeat in flight; give it the chance to go early.
+        try:
+            poll(lambda: transport.started("/nodes/leave"), "a goodbye", deadline=0.5)
+        except AssertionError:
+            pass
+        transport.release()
+        stopping.join(DEADLINE)
+        assert not stopping.is_alive()
+    finally:
+        transport.release()
+        node.stop(leave=False)
+    log = [(what, path) for what, _, path in transport.log]
+    leave = log.index(("start", "/nodes/leave"))
+    before, after = log[:leave], log[leave:]
+    assert before.count(("start", "/nodes/heartbeat")) == before.count(("end", "/nodes/heartbeat"))
+    assert ("start", "/nodes/heartbeat") not in after
+
+
+def test_a_stop_with_a_peer_that_never_answers_ends_within_the_drain_timeout(make_node):
+    transport = ScriptedTransport(timeout=5.0)
+    transport.hold("/nodes/heartbeat", "/nodes/join", "/nodes/leave", "/counter/replicate")
+    node = started_node(make_node, transport, drain_timeout=1.0, request_timeout=5.0)
+    try:
+        node.increment("c", 1, None)
+        poll(lambda: transport.in_flight("/counter/replicate") == 1, "a replicate in flight")
+        poll(lambda: transport.in_flight("/nodes/heartbeat") == 1, "a heartbeat in flight")
+        began = time.monotonic()
+        node.stop()
+        took = time.monotonic() - began
+    finally:
+        transport.release()
+    # A bound on behaviour, not a speed claim: every stage shares the one deadline.
+    assert took < node.config.drain_timeout + 1.0
+
+
+def test_the_store_is_not_closed_under_a_commit_that_outlasts_the_stop(tmp_path, caplog):
+    node = Node(BASE.replace(in_memory=False, data_dir=str(tmp_path / "data"), sync="normal",
+                             drain_timeout=0.2), transport=ScriptedTransport())
+    node.open()
+    node.start()
+    store, write = node.store, node.store.write
+    committing, finish = threading.Event(), threading.Event()
+
+    def slow_write(txn):  # a commit that takes longer than the whole stop may
+        committing.set()
+        finish.wait()
+        write(txn)
+
+    store.write = slow_write
+    results = []
+    client = threading.Thread(target=lambda: results.append(node.increment("c", 1, None)))
+    client.start()
+    try:
+        poll(committing.is_set, "the commit to start")
+        with caplog.at_level(logging.ERROR, logger="dcounter.node"):
+            node.stop(leave=False)
+        assert store.is_open  # not closed under the commit
+        assert "commit is still running" in caplog.text
+    finally:
+        finish.set()
+        client.join(DEADLINE)
+        store.close()
+    assert results and results[0].event_id.endswith(":1")  # the commit completed, on disk
