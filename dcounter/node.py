@@ -24,6 +24,7 @@ import logging
 import threading
 
 from dcounter import PROTOCOL, tls, validation
+from dcounter.antientropy import AntiEntropy
 from dcounter.api import App, decode_digest, decode_peer_list
 from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
@@ -101,10 +102,9 @@ class Node:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._pulls: dict[str, dict[str, int]] = {}  # peer -> {origin: watermark it showed}
-        self._pull_lock = threading.Lock()
+        self.anti_entropy = AntiEntropy(settle=config.heartbeat_interval)
+        self._pull_wakeup = threading.Event()  # a new lead: the sync loop looks again
         self._links_lock = threading.Lock()  # serialises _sync_links
-        self._pull_wakeup = threading.Event()
         # Heartbeats (and the goodbye) and joins run in pools of their own, so that joins of
         # unreachable candidates, each taking up to request_timeout, never delay heartbeats.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
@@ -113,7 +113,6 @@ class Node:
                                                                 thread_name_prefix="join")
         self._tasks: set[concurrent.futures.Future] = set()  # contacts submitted, not done
         self._tasks_lock = threading.Lock()
-        self.anti_entropy_rounds = 0
         self._refusal_warned: dict[str, float] = {}  # peer -> when its 401 was last logged
         self.started = False
 
@@ -349,6 +348,7 @@ class Node:
                 self.replicator.add_peer(peer)
             for peer in sorted(linked - listed):
                 self.replicator.remove_peer(peer)
+                self.anti_entropy.forget(peer)
 
     def on_join(self, sender, origin, digest, peers) -> dict:
         self._accept_contact(sender, origin)
@@ -370,19 +370,18 @@ class Node:
 
     def _learn(self, source: str, digest: dict[str, int], peers: list[str]) -> list[str]:
         """Peers and digest heard from `source`: second-hand ids become candidates; origins
-        where `source` is ahead are pulled from it."""
+        where `source` is ahead are leads, pulled once they last (antientropy.py)."""
         new = self.peers.add_candidates([p for p in peers if p != self.node_id],
                                         self.clock.monotonic())
         if new:
             self._kick.set()
-        behind = self.counter.behind(digest)
-        if behind and not self.peers.is_self(source):
-            with self._pull_lock:
-                wanted = self._pulls.setdefault(source, {})
-                for origin in behind:
-                    wanted[origin] = max(wanted.get(origin, 0), digest[origin])
+        if self.peers.is_self(source):
+            return []
+        ahead = self.anti_entropy.observe(source, digest, self.counter.digest(),
+                                          self.clock.monotonic())
+        if ahead:
             self._pull_wakeup.set()
-        return behind
+        return ahead
 
     # -- membership, client side (loop steps) -----------------------------------------------------
     def _submit(self, pool, name: str, fn, *args) -> concurrent.futures.Future:
@@ -471,8 +470,7 @@ class Node:
             self._sync_links()
             return False
         self._listed(peer, self.peers.contact_succeeded(peer, self.clock.monotonic(), origin))
-        if not self._learn(peer, digest, peers):
-            self.anti_entropy_rounds += 1  # compared digests: nothing to pull
+        self._learn(peer, digest, peers)
         return True
 
     def rejoin_once(self) -> list[str]:
@@ -526,44 +524,50 @@ class Node:
         return self.replicator.retry_once(self.clock.monotonic())
 
     def pull_once(self) -> int:
-        """Pull the prefixes of origins where a peer was seen ahead; returns origins adopted."""
-        with self._pull_lock:
-            pulls, self._pulls = self._pulls, {}
+        """Make the pulls that are due (a peer's lead lasted a heartbeat interval with our
+        watermark unchanged); returns origins adopted."""
+        if not self.anti_entropy.waiting():
+            return 0
+        due = self.anti_entropy.due_pulls(self.counter.digest(), self.clock.monotonic())
         adopted = 0
-        for peer, wanted in pulls.items():
-            # Events still in flight when the peer showed its digest may have arrived since.
-            origins = self.counter.behind(wanted)
-            if not origins:
-                self.anti_entropy_rounds += 1  # compared: nothing left to pull
-                continue
+        for peer, origins in due.items():
+            count = None
             try:
-                reply = self.transport.post(peer, "/counter/state",
-                                            {"node_id": self.node_id, "origins": sorted(origins)})
-                snapshot = decode_snapshot(reply.get("origins"))
-            except (PeerUnreachable, PeerRefused) as exc:
-                log.debug("anti-entropy pull from %s failed: %s", peer, exc)
-                continue
-            except BadRequest as exc:
-                log.warning("ignoring malformed state from %s: %s", peer, exc.message)
-                continue
-            self.metrics.inc("dcounter_anti_entropy_pulls_total")
-
-            def job(txn, snapshot=snapshot):
-                return sum(txn.adopt(o, s["watermark"], s["counters"])
-                           for o, s in snapshot.items())
-
-            before = self.counter.local_origin
-            count = self.writer.submit(job)
-            if self.counter.local_origin != before:
-                log.warning("peer %s holds events of our origin %s above our watermark (a "
-                            "restored backup or cloned disk?); new events use origin %s",
-                            peer, before, self.counter.local_origin)
-            if count:
-                log.info("caught up %d origin(s) from %s", count, peer)
-                self.metrics.inc("dcounter_anti_entropy_adopted_total", count)
-            adopted += count
-            self.anti_entropy_rounds += 1
+                count = self._pull(peer, origins)
+            finally:
+                self.anti_entropy.pulled(peer, origins, self.counter.digest(),
+                                         self.clock.monotonic(), ok=count is not None)
+            adopted += count or 0
         return adopted
+
+    def _pull(self, peer: str, origins: list[str]) -> int | None:
+        """Pull `origins`' prefixes from `peer`; returns how many were adopted, None when the
+        peer did not answer usefully."""
+        try:
+            reply = self.transport.post(peer, "/counter/state",
+                                        {"node_id": self.node_id, "origins": origins})
+            snapshot = decode_snapshot(reply.get("origins"))
+        except (PeerUnreachable, PeerRefused) as exc:
+            log.debug("anti-entropy pull from %s failed: %s", peer, exc)
+            return None
+        except BadRequest as exc:
+            log.warning("ignoring malformed state from %s: %s", peer, exc.message)
+            return None
+        self.metrics.inc("dcounter_anti_entropy_pulls_total")
+
+        def job(txn):
+            return sum(txn.adopt(o, s["watermark"], s["counters"]) for o, s in snapshot.items())
+
+        before = self.counter.local_origin
+        count = self.writer.submit(job)
+        if self.counter.local_origin != before:
+            log.warning("peer %s holds events of our origin %s above our watermark (a "
+                        "restored backup or cloned disk?); new events use origin %s",
+                        peer, before, self.counter.local_origin)
+        if count:
+            log.info("caught up %d origin(s) from %s", count, peer)
+            self.metrics.inc("dcounter_anti_entropy_adopted_total", count)
+        return count
 
     # -- loops ----------------------------------------------------------------------------------
     def _guard(self, step, name: str):
@@ -595,16 +599,14 @@ class Node:
             self._guard(self.retry_once, "retry")
 
     def _sync_loop(self) -> None:
-        # A peer's digest often shows events that are on their way here by replication: give
-        # them a moment to arrive before pulling prefixes nobody needs.
-        settle = min(0.25, self.config.heartbeat_interval / 2)
         while not self._stop.is_set():
-            self._pull_wakeup.wait(1.0)
-            if self._pull_wakeup.is_set() and self._stop.wait(settle):
-                return
+            due = self.anti_entropy.next_due()
+            wait = 1.0 if due is None else min(1.0, max(0.0, due - self.clock.monotonic()))
+            self._pull_wakeup.wait(wait)
             self._pull_wakeup.clear()
-            if not self._stop.is_set():
-                self._guard(self.pull_once, "anti-entropy")
+            if self._stop.is_set():
+                return
+            self._guard(self.pull_once, "anti-entropy")
 
     # -- callbacks, status ----------------------------------------------------------------------
     def _replicated_to(self, peer: str) -> None:
@@ -645,7 +647,7 @@ class Node:
             return False, "store not open"
         if self.store is not None and not self.store.is_open:
             return False, "store closed"
-        if self.anti_entropy_rounds > 0:
+        if self.anti_entropy.caught_up():
             return True, "caught up with a peer at least once"
         now = self.clock.monotonic()
         if not self.peers.alive() and not self.peers.candidates(now):
