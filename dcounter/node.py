@@ -212,12 +212,12 @@ class Node:
         if self.replicator is not None:
             self._within("stop links", self.replicator.stop, deadline)
             left = []
-            self._within("flush replication",
-                         lambda: left.append(self.replicator.drain(deadline)), deadline)
-            if not left:
+            if self._left(deadline) > 0 and not self._within(
+                    "flush replication", lambda: left.append(self.replicator.drain(deadline)),
+                    deadline):
                 log.warning("replication not flushed within --drain-timeout; peers will catch "
                             "up through anti-entropy")
-            elif left[0]:
+            elif left and left[0]:
                 log.warning("%d replicated event(s) not delivered at shutdown; peers will "
                             "catch up through anti-entropy", left[0])
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -211,7 +211,7 @@ def test_an_unexpected_error_in_a_join_is_logged_and_backs_off(make_node, caplog
 
 
 # -- shutdown: loops stop before the goodbye, and one deadline bounds it all ------------------
-def started_node(make_node, transport, **config):
+def started_node(transport, **config):
     """A running node (real loops and clock) that lists PEER, fast heartbeats."""
     node = Node(BASE.replace(heartbeat_interval=0.05, cleanup_interval=0.05, peer_timeout=60,
                              **config), transport=transport)
@@ -221,9 +221,9 @@ def started_node(make_node, transport, **config):
     return node
 
 
-def test_no_heartbeat_is_in_flight_or_sent_once_the_goodbye_goes_out(make_node):
+def test_no_heartbeat_is_in_flight_or_sent_once_the_goodbye_goes_out():
     transport = ScriptedTransport()
-    node = started_node(make_node, transport, drain_timeout=5.0)
+    node = started_node(transport, drain_timeout=20.0)  # ample: the stop waits for the release
     try:
         transport.hold("/nodes/heartbeat")
         poll(lambda: transport.in_flight("/nodes/heartbeat") == 1, "a heartbeat in flight")
@@ -248,10 +248,10 @@ def test_no_heartbeat_is_in_flight_or_sent_once_the_goodbye_goes_out(make_node):
     assert ("start", "/nodes/heartbeat") not in after
 
 
-def test_a_stop_with_a_peer_that_never_answers_ends_within_the_drain_timeout(make_node):
+def test_a_stop_with_a_peer_that_never_answers_ends_within_the_drain_timeout():
     transport = ScriptedTransport(timeout=5.0)
     transport.hold("/nodes/heartbeat", "/nodes/join", "/nodes/leave", "/counter/replicate")
-    node = started_node(make_node, transport, drain_timeout=1.0, request_timeout=5.0)
+    node = started_node(transport, drain_timeout=1.0, request_timeout=5.0)
     try:
         node.increment("c", 1, None)
         poll(lambda: transport.in_flight("/counter/replicate") == 1, "a replicate in flight")
@@ -262,7 +262,7 @@ def test_a_stop_with_a_peer_that_never_answers_ends_within_the_drain_timeout(mak
     finally:
         transport.release()
     # A bound on behaviour, not a speed claim: every stage shares the one deadline.
-    assert took < node.config.drain_timeout + 1.0
+    assert took < node.config.drain_timeout + 1.5
 
 
 def test_the_store_is_not_closed_under_a_commit_that_outlasts_the_stop(tmp_path, caplog):
