@@ -1,5 +1,5 @@
-"""The node: wires the pure parts (Counter, PeerStore, RetrySchedule) to threads, sockets and
-the disk.
+"""The node: wires the pure parts (Counter, PeerStore, RetrySchedule, the decisions of
+membership.py and antientropy.py) to threads, sockets and the disk.
 
 Threads it owns, each a thin loop around a step that tests may call directly:
 
@@ -7,8 +7,9 @@ Threads it owns, each a thin loop around a step that tests may call directly:
     membership   heartbeat_once() every heartbeat_interval; rejoin_once() for due candidates
     cleanup      cleanup_once() every cleanup_interval (silent peers, expired keys)
     retry        retry_once() when a replication retry is due
-    sync         anti-entropy pulls queued by heartbeats and joins (pull_once)
+    sync         anti-entropy pulls once they are due (pull_once)
     writer       group commit (writer.py); one sender thread per peer (replication.py)
+    contacts     heartbeats, joins and the goodbye run in pools (contacts.py)
 
 Every step catches, logs and continues, and so does every task of the contact pools, so no
 thread dies silently. Shutdown, all within one deadline (`drain_timeout`): stop accepting,
@@ -19,7 +20,6 @@ commit). The replication links always match the listing of peers (`_sync_links`)
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 
@@ -29,9 +29,12 @@ from dcounter.api import App, decode_digest, decode_peer_list
 from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
 from dcounter.config import Config
+from dcounter.contacts import Contacts, Kind, run_within
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
 from dcounter.errors import (BadRequest, PeerRefused, PeerUnreachable, StartupError,
                              StorageFailure)
+from dcounter.membership import (Contact, WarnEvery, contact_from, contact_to,
+                                 join_reply_peers, link_changes)
 from dcounter.metrics import Metrics
 from dcounter.peers import PeerStore
 from dcounter.replication import Replicator
@@ -43,7 +46,6 @@ from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
 
-AWAIT_SLICE = 0.05  # seconds: how often a loop waiting for contacts checks for a stop
 WRITER_GRACE = 1.0  # seconds the last commit may take at shutdown beyond --drain-timeout
 
 
@@ -105,15 +107,8 @@ class Node:
         self.anti_entropy = AntiEntropy(settle=config.heartbeat_interval)
         self._pull_wakeup = threading.Event()  # a new lead: the sync loop looks again
         self._links_lock = threading.Lock()  # serialises _sync_links
-        # Heartbeats (and the goodbye) and joins run in pools of their own, so that joins of
-        # unreachable candidates, each taking up to request_timeout, never delay heartbeats.
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
-                                                           thread_name_prefix="contact")
-        self._join_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4,
-                                                                thread_name_prefix="join")
-        self._tasks: set[concurrent.futures.Future] = set()  # contacts submitted, not done
-        self._tasks_lock = threading.Lock()
-        self._refusal_warned: dict[str, float] = {}  # peer -> when its 401 was last logged
+        self.contacts = Contacts(self._stop, config.request_timeout)
+        self._refusals = WarnEvery(60.0)  # a peer refusing our signature: one line a minute
         self.started = False
 
     # -- start and stop ---------------------------------------------------------------------------
@@ -200,33 +195,27 @@ class Node:
         for thread in self._threads:
             if thread.name != "http":
                 thread.join(timeout=self._left(deadline))
-        with self._tasks_lock:
-            tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()  # queued, not started
-        concurrent.futures.wait(tasks, timeout=self._left(deadline) / 2)
+        self.contacts.settle(self._left(deadline) / 2)
         # 4. tell peers we leave
         if leave and self.peers is not None:
             self._say_goodbye(deadline)
         # 5. stop the senders, one last replication attempt
         if self.replicator is not None:
-            self._within("stop links", self.replicator.stop, deadline)
+            run_within("stop links", self.replicator.stop, self._left(deadline))
             left = []
-            if self._left(deadline) > 0 and not self._within(
+            if self._left(deadline) > 0 and not run_within(
                     "flush replication", lambda: left.append(self.replicator.drain(deadline)),
-                    deadline):
+                    self._left(deadline)):
                 log.warning("replication not flushed within --drain-timeout; peers will catch "
                             "up through anti-entropy")
             elif left and left[0]:
                 log.warning("%d replicated event(s) not delivered at shutdown; peers will "
                             "catch up through anti-entropy", left[0])
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._join_pool.shutdown(wait=False, cancel_futures=True)
+        self.contacts.shutdown()
         # 6. writer, store
         if self.writer is not None:
             grace = max(self._left(deadline), WRITER_GRACE)
-            self._within("stop writer", lambda: self.writer.stop(timeout=grace),
-                         self.clock.monotonic() + grace)
+            run_within("stop writer", lambda: self.writer.stop(timeout=grace), grace)
         if self._store_gate is not None and not self._store_gate.close():
             log.error("a commit is still running at shutdown; leaving the store open (SQLite "
                       "recovers it when the node next opens it)")
@@ -234,16 +223,6 @@ class Node:
 
     def _left(self, deadline: float) -> float:
         return max(0.0, deadline - self.clock.monotonic())
-
-    def _within(self, name: str, fn, deadline: float) -> bool:
-        """Run `fn` in a thread of its own until `deadline`; False when it had not ended by
-        then (it runs on as a daemon). How a stage without a timeout of its own keeps to the
-        shutdown's deadline."""
-        thread = threading.Thread(target=self._run_task, args=(name, fn, ()),
-                                  name=f"stop-{name}", daemon=True)
-        thread.start()
-        thread.join(self._left(deadline))
-        return not thread.is_alive()
 
     def _say_goodbye(self, deadline: float) -> None:
         peers = self.peers.alive()
@@ -254,10 +233,9 @@ class Node:
             log.info("no time left to tell %d peer(s) that this node leaves", len(peers))
             return
         payload = self._membership_payload(include_digest=False)
-        futures = [self._submit(self._pool, "goodbye", self._post_quiet, peer, "/nodes/leave",
-                                payload, timeout)
-                   for peer in peers]
-        concurrent.futures.wait(futures, timeout=timeout)
+        self.contacts.wait_for([self.contacts.submit(Kind.GOODBYE, self._post_quiet, peer,
+                                                     "/nodes/leave", payload, timeout)
+                                for peer in peers], timeout)
         log.info("left the cluster (told %d peer(s))", len(peers))
 
     def _post_quiet(self, peer, path, payload, timeout):
@@ -318,22 +296,14 @@ class Node:
             payload["peers"] = self.peers.alive()
         return payload
 
-    def _accept_contact(self, sender: str, origin: str | None) -> bool:
-        """A peer reached us directly. Returns False when it is this node itself."""
-        if origin is not None and origin == self.counter.local_origin:
-            self.peers.mark_self(sender)
-            self._sync_links()
-            return False
-        if sender == self.node_id or self.peers.is_self(sender):
-            return False
-        self._listed(sender, self.peers.heard_from(sender, self.clock.monotonic(), origin))
-        return True
-
-    def _listed(self, peer: str, new: bool) -> None:
-        """After a direct contact: a peer listed for the first time (or again) gets a link."""
-        if new:
+    def _contacted(self, peer: str, contact: Contact) -> Contact:
+        """After a direct contact: a peer listed for the first time (or again) gets a link, an
+        alias of this node loses any it had."""
+        if contact is Contact.NEW:
             log.info("peer %s joined", peer)
+        if contact is not Contact.KNOWN:
             self._sync_links()
+        return contact
 
     def _sync_links(self) -> None:
         """Make the replication links match the listing: a link for every listed peer, none for
@@ -342,19 +312,24 @@ class Node:
         last call sees the last change and no peer stays listed without a link (or linked
         without being listed)."""
         with self._links_lock:
-            listed = set(self.peers.alive())
-            linked = set(self.replicator.peers())
-            for peer in sorted(listed - linked):
+            add, remove = link_changes(self.peers.alive(), self.replicator.peers())
+            for peer in add:
                 self.replicator.add_peer(peer)
-            for peer in sorted(linked - listed):
+            for peer in remove:
                 self.replicator.remove_peer(peer)
                 self.anti_entropy.forget(peer)
+
+    def _accept_contact(self, sender: str, origin: str | None) -> Contact:
+        """A peer reached us directly."""
+        return self._contacted(sender, contact_from(self.peers, self.node_id,
+                                                    self.counter.local_origin, sender, origin,
+                                                    self.clock.monotonic()))
 
     def on_join(self, sender, origin, digest, peers) -> dict:
         self._accept_contact(sender, origin)
         self._learn(sender, digest, peers)
         reply = self._membership_payload()
-        reply["peers"] = [self.node_id] + [p for p in self.peers.alive() if p != sender]
+        reply["peers"] = join_reply_peers(self.node_id, self.peers.alive(), sender)
         return reply
 
     def on_heartbeat(self, sender, origin, digest, peers) -> dict:
@@ -384,41 +359,12 @@ class Node:
         return ahead
 
     # -- membership, client side (loop steps) -----------------------------------------------------
-    def _submit(self, pool, name: str, fn, *args) -> concurrent.futures.Future:
-        """Run `fn(*args)` in `pool`. Nobody reads a pool task's result, so the task logs its
-        own failure (with the traceback) and the pool carries on."""
-        future = pool.submit(self._run_task, name, fn, args)
-        with self._tasks_lock:
-            self._tasks.add(future)
-        future.add_done_callback(self._task_done)
-        return future
-
-    def _run_task(self, name: str, fn, args) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("%s task failed; continuing", name)
-
-    def _task_done(self, future) -> None:
-        with self._tasks_lock:
-            self._tasks.discard(future)
-
-    def _await(self, futures) -> None:
-        """Wait for contacts to end, at most request_timeout + 1 s, and no longer once the node
-        is stopping (the stop waits for them itself, within its deadline)."""
-        pending = set(futures)
-        for _ in range(int((self.config.request_timeout + 1) / AWAIT_SLICE) + 1):
-            if not pending or self._stop.is_set():
-                return
-            _, pending = concurrent.futures.wait(pending, timeout=AWAIT_SLICE)
-
     def heartbeat_once(self) -> None:
         # A peer whose last heartbeat is still in flight is skipped: it is slow, and another
         # heartbeat would only queue behind the first one.
         peers = self.peers.begin_contacts(self.peers.alive())
-        futures = [self._submit(self._pool, "heartbeat", self._heartbeat_peer, peer)
-                   for peer in peers]
-        self._await(futures)
+        self.contacts.wait([self.contacts.submit(Kind.HEARTBEAT, self._heartbeat_peer, peer)
+                            for peer in peers])
 
     def _heartbeat_peer(self, peer: str) -> None:
         try:
@@ -447,10 +393,7 @@ class Node:
     def _warn_unauthorized(self, peer: str, message: str) -> None:
         """A peer refused our signature: the nodes' secrets differ (a rotation half done) or
         their clocks are further apart than --max-clock-skew. Logged once a minute per peer."""
-        now = self.clock.monotonic()
-        last = self._refusal_warned.get(peer)
-        if last is None or now - last >= 60.0:
-            self._refusal_warned[peer] = now
+        if self._refusals.due(peer, self.clock.monotonic()):
             log.warning("peer %s refused our request signature: %s", peer, message)
 
     def _handle_reply(self, peer: str, reply: dict) -> bool:
@@ -464,12 +407,11 @@ class Node:
         except BadRequest as exc:
             log.warning("ignoring malformed reply from %s: %s", peer, exc.message)
             return False
-        if origin is not None and origin == self.counter.local_origin:
+        contact = self._contacted(peer, contact_to(self.peers, self.counter.local_origin, peer,
+                                                   origin, self.clock.monotonic()))
+        if contact is Contact.SELF:
             log.info("%s is this node itself; not listing it as a peer", peer)
-            self.peers.mark_self(peer)
-            self._sync_links()
             return False
-        self._listed(peer, self.peers.contact_succeeded(peer, self.clock.monotonic(), origin))
         self._learn(peer, digest, peers)
         return True
 
@@ -478,9 +420,8 @@ class Node:
         due = self.peers.claim_due_candidates(self.clock.monotonic())
         if not due:
             return due
-        futures = [self._submit(self._join_pool, "join", self._join_candidate, peer)
-                   for peer in due]
-        self._await(futures)
+        self.contacts.wait([self.contacts.submit(Kind.JOIN, self._join_candidate, peer)
+                            for peer in due])
         return due
 
     def _join_candidate(self, peer: str) -> None:

@@ -183,7 +183,7 @@ def test_an_unexpected_error_in_a_heartbeat_is_logged_and_the_next_heartbeat_run
     transport.raise_on["/nodes/heartbeat"] = RuntimeError("a bug in the transport")
     node = make_node(transport=transport)
     node.on_join(PEER, PEER_ORIGIN, {}, [])
-    with caplog.at_level(logging.ERROR, logger="dcounter.node"):
+    with caplog.at_level(logging.ERROR, logger="dcounter"):
         node.heartbeat_once()
         poll(lambda: any(r.exc_info for r in caplog.records), "the error to be logged")
     (record,) = [r for r in caplog.records if r.exc_info]
@@ -198,7 +198,7 @@ def test_an_unexpected_error_in_a_join_is_logged_and_backs_off(make_node, caplog
     transport = ScriptedTransport()
     transport.raise_on["/nodes/join"] = RuntimeError("a bug in the transport")
     node = make_node(transport=transport, clock=clock, peers=SEEDS[:1])
-    with caplog.at_level(logging.ERROR, logger="dcounter.node"):
+    with caplog.at_level(logging.ERROR, logger="dcounter"):
         node.rejoin_once()
         poll(lambda: any(r.exc_info for r in caplog.records), "the error to be logged")
     assert node.peers.candidates(clock.monotonic())[SEEDS[0]]["attempts"] == 1
@@ -284,7 +284,7 @@ def test_the_store_is_not_closed_under_a_commit_that_outlasts_the_stop(tmp_path,
     client.start()
     try:
         poll(committing.is_set, "the commit to start")
-        with caplog.at_level(logging.ERROR, logger="dcounter.node"):
+        with caplog.at_level(logging.ERROR, logger="dcounter"):
             node.stop(leave=False)
         assert store.is_open  # not closed under the commit
         assert "commit is still running" in caplog.text
