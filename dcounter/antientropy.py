@@ -14,6 +14,9 @@ Rules kept here:
 
 * A peer's digest replaces what was known of its leads: origins it no longer leads on are
   forgotten, a lead seen again with the own watermark unchanged keeps its start.
+* A lead on this node's own origin is pulled at once: no push of it can be on its way here, and
+  it means a peer holds events of this origin that this node lost (a restored backup, a cloned
+  disk), which the node must learn before it reuses their sequence numbers.
 * Each origin is pulled from one peer at a time: the one showing the highest watermark.
 * After a pull (whatever its outcome) the origin's wait starts again, so a failing peer is
   asked at most once per `settle` seconds.
@@ -68,9 +71,11 @@ class AntiEntropy:
         with self._lock:
             return bool(self._leads)
 
-    def due_pulls(self, own: Mapping[str, int], now: float) -> dict[str, list[str]]:
+    def due_pulls(self, own: Mapping[str, int], now: float,
+                  local_origin: str | None = None) -> dict[str, list[str]]:
         """The pulls to make now: {peer: [origins]}. Leads the own watermark has reached are
-        dropped; leads whose own watermark moved start their wait again."""
+        dropped; leads whose own watermark moved start their wait again; a lead on
+        `local_origin` is due at once."""
         with self._lock:
             best: dict[str, tuple[int, str]] = {}  # origin -> (-theirs, peer): lowest wins
             for peer in sorted(self._leads):
@@ -80,9 +85,9 @@ class AntiEntropy:
                     mine = own.get(origin, 0)
                     if mine >= lead.theirs:
                         del leads[origin]
-                    elif mine != lead.own:
+                    elif origin != local_origin and mine != lead.own:
                         lead.since, lead.own = now, mine
-                    elif now - lead.since >= self.settle:
+                    elif origin == local_origin or now - lead.since >= self.settle:
                         choice = (-lead.theirs, peer)
                         if origin not in best or choice < best[origin]:
                             best[origin] = choice

@@ -469,7 +469,8 @@ class Node:
         watermark unchanged); returns origins adopted."""
         if not self.anti_entropy.waiting():
             return 0
-        due = self.anti_entropy.due_pulls(self.counter.digest(), self.clock.monotonic())
+        due = self.anti_entropy.due_pulls(self.counter.digest(), self.clock.monotonic(),
+                                          local_origin=self.counter.local_origin)
         adopted = 0
         for peer, origins in due.items():
             count = None

@@ -102,3 +102,9 @@ def test_a_forgotten_peer_is_not_pulled_from():
     ae.forget("p")
     clock.advance(SETTLE)
     assert ae.due_pulls({}, clock.monotonic()) == {} and ae.next_due() is None
+
+
+def test_a_lead_on_our_own_origin_is_pulled_at_once_even_while_we_write():
+    ae, clock = make()
+    ae.observe("p", {"mine": 10, "o1": 5}, {"mine": 5}, clock.monotonic())
+    assert ae.due_pulls({"mine": 6}, clock.monotonic(), local_origin="mine") == {"p": ["mine"]}
