@@ -59,7 +59,15 @@ class Contacts:
         self._lock = threading.Lock()
 
     def submit(self, kind: Kind, fn, *args) -> concurrent.futures.Future:
-        future = self._pools[kind].submit(run_logged, kind.value, fn, args)
+        """Run `fn(*args)` in the pool for `kind`; after `shutdown` the contact is not made (a
+        loop left behind by a stop's deadline may still ask) and the future comes back
+        cancelled."""
+        try:
+            future = self._pools[kind].submit(run_logged, kind.value, fn, args)
+        except RuntimeError:  # the pools are shut down
+            future = concurrent.futures.Future()
+            future.cancel()
+            return future
         with self._lock:
             self._tasks.add(future)
         future.add_done_callback(self._done)

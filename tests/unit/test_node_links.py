@@ -293,3 +293,13 @@ def test_the_store_is_not_closed_under_a_commit_that_outlasts_the_stop(tmp_path,
         client.join(DEADLINE)
         store.close()
     assert results and results[0].event_id.endswith(":1")  # the commit completed, on disk
+
+
+def test_a_loop_left_behind_by_a_stop_makes_no_contact_and_logs_no_error(make_node, caplog):
+    transport = ScriptedTransport()
+    node = make_node(transport=transport)
+    node.on_join(PEER, PEER_ORIGIN, {}, [])
+    node.stop(leave=False)
+    with caplog.at_level(logging.ERROR, logger="dcounter"):
+        node.heartbeat_once()
+    assert transport.started("/nodes/heartbeat") == 0 and not caplog.records
