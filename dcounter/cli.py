@@ -52,7 +52,7 @@ _FLAGS = [
     ("--batch-linger", "batch_linger", float, "seconds a busy link waits for a batch to grow; an "
                                               "idle link sends at once"),
     ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered"),
-    ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown"),
+    ("--drain-timeout", "drain_timeout", float, "seconds the whole shutdown may take"),
     ("--max-connections", "max_connections", int, "concurrent connections served"),
     ("--max-peers", "max_peers", int, "peers listed at once; a join past it gets 503 "
                                       "(rejoin candidates are capped at 4x this)"),

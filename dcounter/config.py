@@ -41,7 +41,8 @@ class Config:
     batch_max: int = 2_000             # events in one replicate request
     batch_linger: float = 0.02         # seconds a busy link waits for a batch to grow (idle: none)
     idempotency_ttl: float = 86_400.0  # seconds an Idempotency-Key is remembered (wall clock)
-    drain_timeout: float = 2.0         # seconds to flush replication when shutting down
+    drain_timeout: float = 5.0         # seconds the whole shutdown may take (the last commit
+                                       # 1 s more); well under systemd's TimeoutStopSec=20
     max_connections: int = 256         # concurrent client connections; more get 503
     max_peers: int = 64                # peers listed at once; a join past it gets 503 (rejoin
                                        # candidates are capped at 4x this)

@@ -1,5 +1,5 @@
-"""The node: wires the pure parts (Counter, PeerStore, RetrySchedule) to threads, sockets and
-the disk.
+"""The node: wires the pure parts (Counter, PeerStore, RetrySchedule, the decisions of
+membership.py and antientropy.py) to threads, sockets and the disk.
 
 Threads it owns, each a thin loop around a step that tests may call directly:
 
@@ -7,27 +7,34 @@ Threads it owns, each a thin loop around a step that tests may call directly:
     membership   heartbeat_once() every heartbeat_interval; rejoin_once() for due candidates
     cleanup      cleanup_once() every cleanup_interval (silent peers, expired keys)
     retry        retry_once() when a replication retry is due
-    sync         anti-entropy pulls queued by heartbeats and joins (pull_once)
+    sync         anti-entropy pulls once they are due (pull_once)
     writer       group commit (writer.py); one sender thread per peer (replication.py)
+    contacts     heartbeats, joins and the goodbye run in pools (contacts.py)
 
-Every step catches, logs and continues, so no daemon thread dies silently. Shutdown order:
-stop accepting, finish requests in flight, tell peers we leave, stop the loops, one last bounded
-replication attempt, stop the writer, close the store.
+Every step catches, logs and continues, and so does every task of the contact pools, so no
+thread dies silently. Shutdown, all within one deadline (`drain_timeout`): stop accepting,
+finish requests in flight, stop the loops and let the contacts they started end, tell peers we
+leave, one last replication attempt, stop the writer, close the store (never under a running
+commit). The replication links always match the listing of peers (`_sync_links`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 
 from dcounter import PROTOCOL, tls, validation
+from dcounter.antientropy import AntiEntropy
 from dcounter.api import App
 from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
 from dcounter.config import Config
+from dcounter.contacts import Contacts, Kind, run_within
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
-from dcounter.errors import (BadRequest, PeerRefused, PeerUnreachable, StartupError)
+from dcounter.errors import (BadRequest, PeerRefused, PeerUnreachable, StartupError,
+                             StorageFailure)
+from dcounter.membership import (Contact, WarnEvery, contact_from, contact_to,
+                                 join_reply_peers, link_changes)
 from dcounter.metrics import Metrics
 from dcounter.peers import PeerStore
 from dcounter.replication import Replicator
@@ -39,6 +46,38 @@ from dcounter.wire import decode_digest, decode_peer_list, decode_snapshot
 from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
+
+WRITER_GRACE = 1.0  # seconds the last commit may take at shutdown beyond --drain-timeout
+
+
+class _StoreGate:
+    """The store as the writer sees it. A write and the close at shutdown exclude each other,
+    so the store is never closed under a running commit; a write after the close fails like a
+    storage failure (nothing is acknowledged)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def write(self, txn) -> None:
+        with self._lock:
+            if self._closed:
+                raise StorageFailure("storage closed: the node is shutting down")
+            self.store.write(txn)
+
+    def close(self) -> bool:
+        """Checkpoint and close, unless a commit is running; returns whether it closed."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._closed:
+                self._closed = True
+                self.store.checkpoint()
+                self.store.close()
+            return True
+        finally:
+            self._lock.release()
 
 
 class Node:
@@ -56,6 +95,7 @@ class Node:
                                                 on_request=self._observe_peer_call)
         self.ssl_context = ssl_context
         self.store: Store | None = None
+        self._store_gate: _StoreGate | None = None
         self.server: Server | None = None
         self.node_id = ""
         self.counter: Counter | None = None
@@ -66,13 +106,11 @@ class Node:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._pulls: dict[str, dict[str, int]] = {}  # peer -> {origin: watermark it showed}
-        self._pull_lock = threading.Lock()
-        self._pull_wakeup = threading.Event()
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8,
-                                                           thread_name_prefix="contact")
-        self.anti_entropy_rounds = 0
-        self._refusal_warned: dict[str, float] = {}  # peer -> when its 401 was last logged
+        self.anti_entropy = AntiEntropy(settle=config.heartbeat_interval)
+        self._pull_wakeup = threading.Event()  # a new lead: the sync loop looks again
+        self._links_lock = threading.Lock()  # serialises _sync_links
+        self.contacts = Contacts(self._stop, config.request_timeout)
+        self._refusals = WarnEvery(60.0)  # a peer refusing our signature: one line a minute
         self.started = False
 
     # -- start and stop ---------------------------------------------------------------------------
@@ -114,7 +152,8 @@ class Node:
                                      self.clock, max_backlog=cfg.max_backlog,
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,
                                      on_success=self._replicated_to, metrics=self.metrics)
-        self.writer = Writer(self.counter, self.store, on_commit=self.replicator.enqueue,
+        self._store_gate = _StoreGate(self.store) if self.store is not None else None
+        self.writer = Writer(self.counter, self._store_gate, on_commit=self.replicator.enqueue,
                              on_fatal=self._fatal, observe_commit=self._observe_commit,
                              clock=self.clock)
         self._register_gauges()
@@ -144,7 +183,10 @@ class Node:
         self._threads.append(thread)
 
     def stop(self, leave: bool = True) -> None:
-        """Graceful shutdown; safe to call once from any thread but a request thread."""
+        """Graceful shutdown within one deadline, `drain_timeout` seconds from now (the last
+        commit may take up to WRITER_GRACE more); safe to call once from any thread but a
+        request thread. A stage still running at the deadline is left behind (its threads are
+        daemons) and the stop goes on, except that the store is never closed under a commit."""
         if self._stop.is_set():
             return
         deadline = self.clock.monotonic() + self.config.drain_timeout
@@ -155,40 +197,55 @@ class Node:
                 self.server.shutdown()
             self.server.server_close()
             self.server.wait_idle(deadline)
+        # 3. stop the loops, and let the contacts they started end: a heartbeat still in flight
+        # when the goodbye goes out could list this node again at a peer after its leave.
         self._stop.set()
         self._kick.set()
         self._pull_wakeup.set()
-        # 3. tell peers we leave
-        if leave and self.peers is not None:
-            self._say_goodbye(deadline)
-        # 4. stop the loops and the senders, 5. one last replication attempt
         for thread in self._threads:
             if thread.name != "http":
-                thread.join(timeout=self.config.request_timeout + 1)
+                thread.join(timeout=self._left(deadline))
+        self.contacts.settle(self._left(deadline) / 2)
+        # 4. tell peers we leave
+        if leave and self.peers is not None:
+            self._say_goodbye(deadline)
+        # 5. stop the senders, one last replication attempt
         if self.replicator is not None:
-            self.replicator.stop()
-            left = self.replicator.drain(deadline)
-            if left:
+            run_within("stop links", self.replicator.stop, self._left(deadline))
+            left = []
+            if self._left(deadline) > 0 and not run_within(
+                    "flush replication", lambda: left.append(self.replicator.drain(deadline)),
+                    self._left(deadline)):
+                log.warning("replication not flushed within --drain-timeout; peers will catch "
+                            "up through anti-entropy")
+            elif left and left[0]:
                 log.warning("%d replicated event(s) not delivered at shutdown; peers will "
-                            "catch up through anti-entropy", left)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+                            "catch up through anti-entropy", left[0])
+        self.contacts.shutdown()
         # 6. writer, store
         if self.writer is not None:
-            self.writer.stop()
-        if self.store is not None:
-            self.store.checkpoint()
-            self.store.close()
+            grace = max(self._left(deadline), WRITER_GRACE)
+            run_within("stop writer", lambda: self.writer.stop(timeout=grace), grace)
+        if self._store_gate is not None and not self._store_gate.close():
+            log.error("a commit is still running at shutdown; leaving the store open (SQLite "
+                      "recovers it when the node next opens it)")
         self.transport.close()
+
+    def _left(self, deadline: float) -> float:
+        return max(0.0, deadline - self.clock.monotonic())
 
     def _say_goodbye(self, deadline: float) -> None:
         peers = self.peers.alive()
         if not peers:
             return
-        timeout = max(0.1, min(self.config.request_timeout, deadline - self.clock.monotonic()))
+        timeout = min(self.config.request_timeout, self._left(deadline))
+        if timeout <= 0:
+            log.info("no time left to tell %d peer(s) that this node leaves", len(peers))
+            return
         payload = self._membership_payload(include_digest=False)
-        futures = [self._pool.submit(self._post_quiet, peer, "/nodes/leave", payload, timeout)
-                   for peer in peers]
-        concurrent.futures.wait(futures, timeout=timeout + 0.5)
+        self.contacts.wait_for([self.contacts.submit(Kind.GOODBYE, self._post_quiet, peer,
+                                                     "/nodes/leave", payload, timeout)
+                                for peer in peers], timeout)
         log.info("left the cluster (told %d peer(s))", len(peers))
 
     def _post_quiet(self, peer, path, payload, timeout):
@@ -249,27 +306,40 @@ class Node:
             payload["peers"] = self.peers.alive()
         return payload
 
-    def _accept_contact(self, sender: str, origin: str | None) -> bool:
-        """A peer reached us directly. Returns False when it is this node itself."""
-        if origin is not None and origin == self.counter.local_origin:
-            self.peers.mark_self(sender)
-            return False
-        if sender == self.node_id or self.peers.is_self(sender):
-            return False
-        self._listed(sender, self.peers.heard_from(sender, self.clock.monotonic(), origin))
-        return True
-
-    def _listed(self, peer: str, new: bool) -> None:
-        """After a direct contact: a peer listed for the first time (or again) gets a link."""
-        if new:
+    def _contacted(self, peer: str, contact: Contact) -> Contact:
+        """After a direct contact: a peer listed for the first time (or again) gets a link, an
+        alias of this node loses any it had."""
+        if contact is Contact.NEW:
             log.info("peer %s joined", peer)
-            self.replicator.add_peer(peer)
+        if contact is not Contact.KNOWN:
+            self._sync_links()
+        return contact
+
+    def _sync_links(self) -> None:
+        """Make the replication links match the listing: a link for every listed peer, none for
+        another. Every change to the listing is followed by a call; calls are serialised and
+        each reads the listing afresh, so whatever order changes and calls interleave in, the
+        last call sees the last change and no peer stays listed without a link (or linked
+        without being listed)."""
+        with self._links_lock:
+            add, remove = link_changes(self.peers.alive(), self.replicator.peers())
+            for peer in add:
+                self.replicator.add_peer(peer)
+            for peer in remove:
+                self.replicator.remove_peer(peer)
+                self.anti_entropy.forget(peer)
+
+    def _accept_contact(self, sender: str, origin: str | None) -> Contact:
+        """A peer reached us directly."""
+        return self._contacted(sender, contact_from(self.peers, self.node_id,
+                                                    self.counter.local_origin, sender, origin,
+                                                    self.clock.monotonic()))
 
     def on_join(self, sender, origin, digest, peers) -> dict:
         self._accept_contact(sender, origin)
         self._learn(sender, digest, peers)
         reply = self._membership_payload()
-        reply["peers"] = [self.node_id] + [p for p in self.peers.alive() if p != sender]
+        reply["peers"] = join_reply_peers(self.node_id, self.peers.alive(), sender)
         return reply
 
     def on_heartbeat(self, sender, origin, digest, peers) -> dict:
@@ -280,32 +350,39 @@ class Node:
     def on_leave(self, sender, origin) -> bool:
         if self.peers.leave(sender):
             log.info("peer %s left", sender)
-        self.replicator.remove_peer(sender)
+        self._sync_links()
         return True
 
     def _learn(self, source: str, digest: dict[str, int], peers: list[str]) -> list[str]:
         """Peers and digest heard from `source`: second-hand ids become candidates; origins
-        where `source` is ahead are pulled from it."""
+        where `source` is ahead are leads, pulled once they last (antientropy.py)."""
         new = self.peers.add_candidates([p for p in peers if p != self.node_id],
                                         self.clock.monotonic())
         if new:
             self._kick.set()
-        behind = self.counter.behind(digest)
-        if behind and not self.peers.is_self(source):
-            with self._pull_lock:
-                wanted = self._pulls.setdefault(source, {})
-                for origin in behind:
-                    wanted[origin] = max(wanted.get(origin, 0), digest[origin])
+        if self.peers.is_self(source):
+            return []
+        ahead = self.anti_entropy.observe(source, digest, self.counter.digest(),
+                                          self.clock.monotonic())
+        if ahead:
             self._pull_wakeup.set()
-        return behind
+        return ahead
 
     # -- membership, client side (loop steps) -----------------------------------------------------
     def heartbeat_once(self) -> None:
-        peers = self.peers.alive()
-        futures = [self._pool.submit(self._heartbeat_peer, peer) for peer in peers]
-        concurrent.futures.wait(futures, timeout=self.config.request_timeout + 1)
+        # A peer whose last heartbeat is still in flight is skipped: it is slow, and another
+        # heartbeat would only queue behind the first one.
+        peers = self.peers.begin_contacts(self.peers.alive())
+        self.contacts.wait([self.contacts.submit(Kind.HEARTBEAT, self._heartbeat_peer, peer)
+                            for peer in peers])
 
     def _heartbeat_peer(self, peer: str) -> None:
+        try:
+            self._heartbeat(peer)
+        finally:
+            self.peers.contact_finished(peer)
+
+    def _heartbeat(self, peer: str) -> None:
         try:
             reply = self.transport.post(peer, "/nodes/heartbeat", self._membership_payload())
         except PeerUnreachable as exc:
@@ -315,7 +392,7 @@ class Node:
             if exc.status == 409:
                 log.warning("peer %s refused us (%s); removing it", peer, exc.message)
                 self.peers.leave(peer)
-                self.replicator.remove_peer(peer)
+                self._sync_links()
             elif exc.status == 401:
                 self._warn_unauthorized(peer, exc.message)
             else:
@@ -326,10 +403,7 @@ class Node:
     def _warn_unauthorized(self, peer: str, message: str) -> None:
         """A peer refused our signature: the nodes' secrets differ (a rotation half done) or
         their clocks are further apart than --max-clock-skew. Logged once a minute per peer."""
-        now = self.clock.monotonic()
-        last = self._refusal_warned.get(peer)
-        if last is None or now - last >= 60.0:
-            self._refusal_warned[peer] = now
+        if self._refusals.due(peer, self.clock.monotonic()):
             log.warning("peer %s refused our request signature: %s", peer, message)
 
     def _handle_reply(self, peer: str, reply: dict) -> bool:
@@ -343,23 +417,33 @@ class Node:
         except BadRequest as exc:
             log.warning("ignoring malformed reply from %s: %s", peer, exc.message)
             return False
-        if origin is not None and origin == self.counter.local_origin:
+        contact = self._contacted(peer, contact_to(self.peers, self.counter.local_origin, peer,
+                                                   origin, self.clock.monotonic()))
+        if contact is Contact.SELF:
             log.info("%s is this node itself; not listing it as a peer", peer)
-            self.peers.mark_self(peer)
             return False
-        self._listed(peer, self.peers.contact_succeeded(peer, self.clock.monotonic(), origin))
-        if not self._learn(peer, digest, peers):
-            self.anti_entropy_rounds += 1  # compared digests: nothing to pull
+        self._learn(peer, digest, peers)
         return True
 
-    def rejoin_once(self) -> None:
-        due = self.peers.due_candidates(self.clock.monotonic())
+    def rejoin_once(self) -> list[str]:
+        """Contact the due candidates; one whose contact is still in flight is not due."""
+        due = self.peers.claim_due_candidates(self.clock.monotonic())
         if not due:
-            return
-        futures = [self._pool.submit(self._join_candidate, peer) for peer in due]
-        concurrent.futures.wait(futures, timeout=self.config.request_timeout + 1)
+            return due
+        self.contacts.wait([self.contacts.submit(Kind.JOIN, self._join_candidate, peer)
+                            for peer in due])
+        return due
 
     def _join_candidate(self, peer: str) -> None:
+        try:
+            self._join(peer)
+        except Exception:
+            self.peers.contact_failed(peer, self.clock.monotonic(), "unexpected error")
+            raise
+        finally:
+            self.peers.contact_finished(peer)
+
+    def _join(self, peer: str) -> None:
         try:
             reply = self.transport.post(peer, "/nodes/join", self._membership_payload())
         except PeerUnreachable as exc:
@@ -380,7 +464,7 @@ class Node:
         for peer in gone:
             log.info("removed peer %s (silent for more than %.1fs)", peer,
                      self.config.peer_timeout)
-            self.replicator.remove_peer(peer)
+        self._sync_links()  # also after no change: the listing rules, whatever happened
         if gone:
             self._kick.set()
         now = self.clock.time()
@@ -391,44 +475,51 @@ class Node:
         return self.replicator.retry_once(self.clock.monotonic())
 
     def pull_once(self) -> int:
-        """Pull the prefixes of origins where a peer was seen ahead; returns origins adopted."""
-        with self._pull_lock:
-            pulls, self._pulls = self._pulls, {}
+        """Make the pulls that are due (a peer's lead lasted a heartbeat interval with our
+        watermark unchanged); returns origins adopted."""
+        if not self.anti_entropy.waiting():
+            return 0
+        due = self.anti_entropy.due_pulls(self.counter.digest(), self.clock.monotonic(),
+                                          local_origin=self.counter.local_origin)
         adopted = 0
-        for peer, wanted in pulls.items():
-            # Events still in flight when the peer showed its digest may have arrived since.
-            origins = self.counter.behind(wanted)
-            if not origins:
-                self.anti_entropy_rounds += 1  # compared: nothing left to pull
-                continue
+        for peer, origins in due.items():
+            count = None
             try:
-                reply = self.transport.post(peer, "/counter/state",
-                                            {"node_id": self.node_id, "origins": sorted(origins)})
-                snapshot = decode_snapshot(reply.get("origins"))
-            except (PeerUnreachable, PeerRefused) as exc:
-                log.debug("anti-entropy pull from %s failed: %s", peer, exc)
-                continue
-            except BadRequest as exc:
-                log.warning("ignoring malformed state from %s: %s", peer, exc.message)
-                continue
-            self.metrics.inc("dcounter_anti_entropy_pulls_total")
-
-            def job(txn, snapshot=snapshot):
-                return sum(txn.adopt(o, s["watermark"], s["counters"])
-                           for o, s in snapshot.items())
-
-            before = self.counter.local_origin
-            count = self.writer.submit(job)
-            if self.counter.local_origin != before:
-                log.warning("peer %s holds events of our origin %s above our watermark (a "
-                            "restored backup or cloned disk?); new events use origin %s",
-                            peer, before, self.counter.local_origin)
-            if count:
-                log.info("caught up %d origin(s) from %s", count, peer)
-                self.metrics.inc("dcounter_anti_entropy_adopted_total", count)
-            adopted += count
-            self.anti_entropy_rounds += 1
+                count = self._pull(peer, origins)
+            finally:
+                self.anti_entropy.pulled(peer, origins, self.counter.digest(),
+                                         self.clock.monotonic(), ok=count is not None)
+            adopted += count or 0
         return adopted
+
+    def _pull(self, peer: str, origins: list[str]) -> int | None:
+        """Pull `origins`' prefixes from `peer`; returns how many were adopted, None when the
+        peer did not answer usefully."""
+        try:
+            reply = self.transport.post(peer, "/counter/state",
+                                        {"node_id": self.node_id, "origins": origins})
+            snapshot = decode_snapshot(reply.get("origins"))
+        except (PeerUnreachable, PeerRefused) as exc:
+            log.debug("anti-entropy pull from %s failed: %s", peer, exc)
+            return None
+        except BadRequest as exc:
+            log.warning("ignoring malformed state from %s: %s", peer, exc.message)
+            return None
+        self.metrics.inc("dcounter_anti_entropy_pulls_total")
+
+        def job(txn):
+            return sum(txn.adopt(o, s["watermark"], s["counters"]) for o, s in snapshot.items())
+
+        before = self.counter.local_origin
+        count = self.writer.submit(job)
+        if self.counter.local_origin != before:
+            log.warning("peer %s holds events of our origin %s above our watermark (a "
+                        "restored backup or cloned disk?); new events use origin %s",
+                        peer, before, self.counter.local_origin)
+        if count:
+            log.info("caught up %d origin(s) from %s", count, peer)
+            self.metrics.inc("dcounter_anti_entropy_adopted_total", count)
+        return count
 
     # -- loops ----------------------------------------------------------------------------------
     def _guard(self, step, name: str):
@@ -444,6 +535,8 @@ class Node:
             if now >= next_heartbeat:
                 self._guard(self.heartbeat_once, "heartbeat")
                 next_heartbeat = now + self.config.heartbeat_interval
+            if self._stop.is_set():
+                return
             self._guard(self.rejoin_once, "rejoin")
             self._kick.wait(min(0.1, max(0.0, next_heartbeat - self.clock.monotonic())))
             self._kick.clear()
@@ -458,16 +551,14 @@ class Node:
             self._guard(self.retry_once, "retry")
 
     def _sync_loop(self) -> None:
-        # A peer's digest often shows events that are on their way here by replication: give
-        # them a moment to arrive before pulling prefixes nobody needs.
-        settle = min(0.25, self.config.heartbeat_interval / 2)
         while not self._stop.is_set():
-            self._pull_wakeup.wait(1.0)
-            if self._pull_wakeup.is_set() and self._stop.wait(settle):
-                return
+            due = self.anti_entropy.next_due()
+            wait = 1.0 if due is None else min(1.0, max(0.0, due - self.clock.monotonic()))
+            self._pull_wakeup.wait(wait)
             self._pull_wakeup.clear()
-            if not self._stop.is_set():
-                self._guard(self.pull_once, "anti-entropy")
+            if self._stop.is_set():
+                return
+            self._guard(self.pull_once, "anti-entropy")
 
     # -- callbacks, status ----------------------------------------------------------------------
     def _replicated_to(self, peer: str) -> None:
@@ -508,7 +599,7 @@ class Node:
             return False, "store not open"
         if self.store is not None and not self.store.is_open:
             return False, "store closed"
-        if self.anti_entropy_rounds > 0:
+        if self.anti_entropy.caught_up():
             return True, "caught up with a peer at least once"
         now = self.clock.monotonic()
         if not self.peers.alive() and not self.peers.candidates(now):

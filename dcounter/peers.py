@@ -14,6 +14,10 @@ Rules kept here:
   id: at most `max_peers` peers are listed (a new one past it raises `TooManyPeers`, a 503, and
   is not listed), and at most `max_candidates` (4 x max_peers by default) candidates are kept
   (the newest replaces the one that failed most; seeds are never dropped).
+* A peer with a contact in flight (a join or a heartbeat the node has sent and not yet seen
+  end) is not contacted again until that contact ends: `begin_contacts` claims, and
+  `contact_finished` releases. Otherwise a peer slower than the loop would be contacted once
+  per loop turn, and the contacts would pile up in the pool they share.
 """
 
 import threading
@@ -52,6 +56,7 @@ class PeerStore:
         self._alive: dict[str, PeerInfo] = {}
         self._candidates: dict[str, Candidate] = {}
         self._self_ids = {self_id}
+        self._in_flight: set[str] = set()  # peers with a contact under way
         self.seeds = tuple(s for s in seeds if s != self_id)
         for seed in self.seeds:
             self._candidates[seed] = Candidate(next_try=float("-inf"))
@@ -160,8 +165,35 @@ class PeerStore:
             return [nid for nid in node_ids if self._add_candidate_locked(nid, now)]
 
     def due_candidates(self, now: float) -> list[str]:
+        """Candidates whose next try is due and that have no contact in flight."""
         with self._lock:
-            return sorted(nid for nid, c in self._candidates.items() if c.next_try <= now)
+            return sorted(nid for nid, c in self._candidates.items()
+                          if c.next_try <= now and nid not in self._in_flight)
+
+    # -- contacts in flight --------------------------------------------------------------------
+    def begin_contacts(self, node_ids) -> list[str]:
+        """Claim a contact with each of `node_ids` that has none in flight; returns those
+        claimed (the caller contacts them and calls `contact_finished` for each)."""
+        with self._lock:
+            claimed = sorted(set(node_ids) - self._in_flight)
+            self._in_flight.update(claimed)
+            return claimed
+
+    def claim_due_candidates(self, now: float) -> list[str]:
+        """The due candidates, each claimed as a contact in flight."""
+        with self._lock:
+            due = sorted(nid for nid, c in self._candidates.items()
+                         if c.next_try <= now and nid not in self._in_flight)
+            self._in_flight.update(due)
+            return due
+
+    def contact_finished(self, node_id: str) -> None:
+        with self._lock:
+            self._in_flight.discard(node_id)
+
+    def contacts_in_flight(self) -> list[str]:
+        with self._lock:
+            return sorted(self._in_flight)
 
     def contact_failed(self, node_id: str, now: float, detail: str = "") -> float | None:
         """A contact with a candidate failed: back off. Returns the delay, None if not a

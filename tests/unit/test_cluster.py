@@ -106,8 +106,13 @@ class Cluster:
             time.sleep(0.001)
 
     def anti_entropy_round(self) -> None:
+        """Rejoins, then heartbeats a heartbeat interval apart: a lead that lasted that long
+        with the puller's watermark unchanged is pulled."""
         for node in self.nodes.values():
             node.rejoin_once()
+        for node in self.nodes.values():
+            node.heartbeat_once()
+        self.clock.advance(BASE.heartbeat_interval)
         for node in self.nodes.values():
             node.heartbeat_once()
         for node in self.nodes.values():
@@ -432,3 +437,23 @@ def test_events_beyond_the_gap_cap_wait_for_anti_entropy(cluster_of):
     c.anti_entropy_round()
     assert c.counts() == {n1: 20, n2: 20}
     assert c[n2].counter.held_total() == 0 and c[n2].counter.watermark(origin) == 20
+
+
+def test_a_lead_made_of_pushes_in_flight_is_not_pulled_and_their_keys_arrive(cluster_of):
+    c = cluster_of(2)
+    n1, n2 = c.ids
+    c.form()
+    c.net.hold(n2)  # n1's push to n2 is on its way
+    c.increment(n1, delta=3, key="client-7")
+    wait_for(lambda: c.net.waiting.get(n2) == 1, "the push to be in flight")
+    c[n2].heartbeat_once()  # n1's reply shows it ahead
+    c[n2].pull_once()  # too early: the push may still arrive
+    c.net.release(n2)
+    c.drain_replication()
+    c.clock.advance(c[n2].config.heartbeat_interval)
+    c[n2].heartbeat_once()
+    c[n2].pull_once()
+    assert c[n2].metrics.value("dcounter_anti_entropy_pulls_total") == 0
+    retry = c.increment(n2, delta=3, key="client-7")
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert c.counts() == {n1: 3, n2: 3}

@@ -203,3 +203,25 @@ def test_candidates_are_capped_at_four_times_max_peers(clock):
     assert len(added) == 100  # the newest replace the oldest
     candidates = peers.candidates(clock.monotonic())
     assert len(candidates) == 8 and "seed:1" in candidates
+
+
+def test_a_candidate_with_a_contact_in_flight_is_not_due(clock):
+    peers = make_store(seeds=("a:1", "b:1"))
+    assert peers.claim_due_candidates(clock.monotonic()) == ["a:1", "b:1"]
+    clock.advance(60.0)
+    assert peers.claim_due_candidates(clock.monotonic()) == []
+    assert peers.due_candidates(clock.monotonic()) == []
+    peers.contact_failed("a:1", clock.monotonic(), "unreachable")
+    peers.contact_finished("a:1")
+    assert peers.claim_due_candidates(clock.monotonic()) == []  # backing off now
+    clock.advance(60.0)
+    assert peers.claim_due_candidates(clock.monotonic()) == ["a:1"]
+    assert peers.contacts_in_flight() == ["a:1", "b:1"]
+
+
+def test_begin_contacts_claims_only_peers_without_a_contact_in_flight(clock):
+    peers = make_store()
+    assert peers.begin_contacts(["b:1", "a:1"]) == ["a:1", "b:1"]
+    assert peers.begin_contacts(["a:1", "c:1"]) == ["c:1"]
+    peers.contact_finished("a:1")
+    assert peers.begin_contacts(["a:1"]) == ["a:1"]

@@ -1,0 +1,110 @@
+"""Anti-entropy decisions: a lead is pulled only after it lasted a heartbeat interval with the
+own watermark unchanged; one peer per origin; readiness."""
+
+from dcounter.antientropy import AntiEntropy
+from tests.fakes import FakeClock
+
+SETTLE = 2.0
+
+
+def make():
+    return AntiEntropy(settle=SETTLE), FakeClock()
+
+
+def test_a_lead_is_pulled_only_after_it_lasted_the_settle_time():
+    ae, clock = make()
+    own = {"o1": 3}
+    assert ae.observe("p", {"o1": 5}, own, clock.monotonic()) == ["o1"]
+    assert ae.due_pulls(own, clock.monotonic()) == {}
+    clock.advance(SETTLE - 0.1)
+    assert ae.due_pulls(own, clock.monotonic()) == {}
+    assert ae.next_due() == clock.monotonic() + 0.1
+    clock.advance(0.1)
+    assert ae.due_pulls(own, clock.monotonic()) == {"p": ["o1"]}
+
+
+def test_pushes_that_arrive_restart_the_wait_and_reaching_the_lead_ends_it():
+    ae, clock = make()
+    ae.observe("p", {"o1": 10}, {"o1": 3}, clock.monotonic())
+    clock.advance(SETTLE - 0.5)
+    assert ae.due_pulls({"o1": 6}, clock.monotonic()) == {}  # a push arrived: wait again
+    clock.advance(SETTLE - 0.5)
+    assert ae.due_pulls({"o1": 6}, clock.monotonic()) == {}
+    clock.advance(0.5)
+    assert ae.due_pulls({"o1": 6}, clock.monotonic()) == {"p": ["o1"]}
+    assert ae.due_pulls({"o1": 10}, clock.monotonic()) == {}  # reached: the lead is over
+    assert not ae.waiting()
+
+
+def test_a_digest_seen_again_keeps_the_wait_and_a_lead_no_longer_shown_is_forgotten():
+    ae, clock = make()
+    ae.observe("p", {"o1": 5, "o2": 5}, {}, clock.monotonic())
+    clock.advance(SETTLE)
+    ae.observe("p", {"o1": 7}, {}, clock.monotonic())  # o2 no longer ahead there
+    assert ae.due_pulls({}, clock.monotonic()) == {"p": ["o1"]}
+
+
+def test_the_own_watermark_moving_between_digests_restarts_the_wait():
+    ae, clock = make()
+    ae.observe("p", {"o1": 9}, {"o1": 1}, clock.monotonic())
+    clock.advance(SETTLE)
+    ae.observe("p", {"o1": 9}, {"o1": 4}, clock.monotonic())
+    assert ae.due_pulls({"o1": 4}, clock.monotonic()) == {}
+    clock.advance(SETTLE)
+    assert ae.due_pulls({"o1": 4}, clock.monotonic()) == {"p": ["o1"]}
+
+
+def test_each_origin_is_pulled_from_the_peer_furthest_ahead():
+    ae, clock = make()
+    ae.observe("a", {"o1": 5, "o2": 9}, {}, clock.monotonic())
+    ae.observe("b", {"o1": 8, "o2": 9}, {}, clock.monotonic())
+    clock.advance(SETTLE)
+    assert ae.due_pulls({}, clock.monotonic()) == {"a": ["o2"], "b": ["o1"]}
+
+
+def test_after_a_pull_the_origin_waits_again_and_a_failing_peer_is_not_hammered():
+    ae, clock = make()
+    ae.observe("p", {"o1": 5}, {}, clock.monotonic())
+    clock.advance(SETTLE)
+    assert ae.due_pulls({}, clock.monotonic()) == {"p": ["o1"]}
+    ae.pulled("p", ["o1"], {}, clock.monotonic(), ok=False)
+    assert ae.due_pulls({}, clock.monotonic()) == {}
+    clock.advance(SETTLE)
+    assert ae.due_pulls({}, clock.monotonic()) == {"p": ["o1"]}
+    ae.pulled("p", ["o1"], {"o1": 5}, clock.monotonic(), ok=True)
+    assert not ae.waiting()
+
+
+def test_caught_up_after_a_comparison_with_nothing_to_pull():
+    ae, clock = make()
+    assert not ae.caught_up()
+    ae.observe("p", {"o1": 5}, {}, clock.monotonic())
+    assert not ae.caught_up()
+    clock.advance(SETTLE)
+    ae.pulled("p", ae.due_pulls({}, clock.monotonic())["p"], {"o1": 5}, clock.monotonic(),
+              ok=True)
+    assert ae.caught_up()
+    other, _ = make()
+    other.observe("p", {"o1": 5}, {"o1": 5}, clock.monotonic())
+    assert other.caught_up()
+
+
+def test_reaching_every_lead_by_replication_counts_as_caught_up():
+    ae, clock = make()
+    ae.observe("p", {"o1": 5}, {"o1": 4}, clock.monotonic())
+    assert ae.due_pulls({"o1": 5}, clock.monotonic()) == {}
+    assert ae.caught_up() and not ae.waiting()
+
+
+def test_a_forgotten_peer_is_not_pulled_from():
+    ae, clock = make()
+    ae.observe("p", {"o1": 5}, {}, clock.monotonic())
+    ae.forget("p")
+    clock.advance(SETTLE)
+    assert ae.due_pulls({}, clock.monotonic()) == {} and ae.next_due() is None
+
+
+def test_a_lead_on_our_own_origin_is_pulled_at_once_even_while_we_write():
+    ae, clock = make()
+    ae.observe("p", {"mine": 10, "o1": 5}, {"mine": 5}, clock.monotonic())
+    assert ae.due_pulls({"mine": 6}, clock.monotonic(), local_origin="mine") == {"p": ["mine"]}

@@ -1,0 +1,56 @@
+"""Membership decisions: what a contact means for the listing, which links the listing calls
+for, what a join reply lists, how often a refusal is logged."""
+
+from dcounter.membership import (Contact, WarnEvery, contact_from, contact_to, join_reply_peers,
+                                 link_changes)
+from dcounter.peers import PeerStore
+from dcounter.retry import RetryPolicy
+from tests.fakes import FakeClock
+
+SELF, ORIGIN = "self:1", "selforigin"
+
+
+def make_store(seeds=()) -> PeerStore:
+    return PeerStore(SELF, peer_timeout=6.0, policy=RetryPolicy(0.1, 10.0), seeds=seeds)
+
+
+def test_a_contact_lists_a_peer_once_then_refreshes_it():
+    clock, peers = FakeClock(), make_store()
+    assert contact_from(peers, SELF, ORIGIN, "a:1", "oa", clock.monotonic()) is Contact.NEW
+    clock.advance(5.0)
+    assert contact_from(peers, SELF, ORIGIN, "a:1", "oa", clock.monotonic()) is Contact.KNOWN
+    clock.advance(5.0)
+    assert peers.expire(clock.monotonic()) == []  # the second contact refreshed it
+
+
+def test_a_contact_carrying_our_origin_or_id_is_never_listed():
+    clock, peers = FakeClock(), make_store(seeds=("alias:1",))
+    assert contact_from(peers, SELF, ORIGIN, SELF, None, clock.monotonic()) is Contact.SELF
+    assert contact_to(peers, ORIGIN, "alias:1", ORIGIN, clock.monotonic()) is Contact.SELF
+    assert contact_from(peers, SELF, ORIGIN, "alias:1", None, clock.monotonic()) is Contact.SELF
+    assert peers.alive() == [] and peers.candidates(clock.monotonic()) == {}
+
+
+def test_a_contact_we_made_lists_the_peer_and_ends_its_candidacy():
+    clock, peers = FakeClock(), make_store(seeds=("a:1",))
+    assert contact_to(peers, ORIGIN, "a:1", "oa", clock.monotonic()) is Contact.NEW
+    assert contact_to(peers, ORIGIN, "a:1", "oa", clock.monotonic()) is Contact.KNOWN
+    assert peers.alive() == ["a:1"] and peers.candidates(clock.monotonic()) == {}
+
+
+def test_links_follow_the_listing():
+    assert link_changes(["a", "b"], ["b", "c"]) == (["a"], ["c"])
+    assert link_changes(["a"], ["a"]) == ([], [])
+
+
+def test_a_join_reply_lists_the_responder_and_its_peers_but_not_the_joiner():
+    assert join_reply_peers(SELF, ["a:1", "j:1"], "j:1") == [SELF, "a:1"]
+
+
+def test_a_repeated_warning_is_due_once_per_period_and_key():
+    clock, warn = FakeClock(), WarnEvery(60.0)
+    assert warn.due("a", clock.monotonic()) and warn.due("b", clock.monotonic())
+    clock.advance(59.0)
+    assert not warn.due("a", clock.monotonic())
+    clock.advance(1.0)
+    assert warn.due("a", clock.monotonic())
