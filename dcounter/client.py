@@ -13,7 +13,8 @@ localhost:8080), `--json` and `--request-timeout`. `$DCOUNTER_CLIENT_TOKEN` is s
 names the CA file that node certificates are verified with.
 
 `incr` without `--key` makes a random idempotency key and retries timeouts, connection errors
-and 503s with that same key, so a retry of a request that did arrive counts once.
+and 503s with that same key, so a retry of a request that did arrive counts once. A TLS failure
+is not retried: it is explained in words with its fix (https://, DCOUNTER_TLS_CA).
 
 `status` asks `--node` for its view, then every node it lists (alive peers and rejoin
 candidates), then every node those list, and compares what they answer: the same counters and
@@ -82,11 +83,9 @@ class _UsageError(Exception):
 # -- talking to nodes ---------------------------------------------------------------------------
 
 def _reason(exc: requests.RequestException) -> str:
-    """A short reason from requests' long exception text."""
+    """A short reason from requests' long exception text (TLS failures: `_explain_tls`)."""
     if isinstance(exc, requests.Timeout):
         return "no answer in time"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS failure: " + _ssl_detail(exc)
     match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
     if match:
         return match.group(1).strip().lower()
