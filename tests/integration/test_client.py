@@ -43,6 +43,7 @@ def test_incr_get_counters_nodes(cluster, capsys):
     assert run(capsys, "incr", *at_a)[0] == 0  # the default counter, by 1
 
     cluster.wait_converged([a, b], 4, counter="apples")
+    cluster.wait_converged([a, b], 1)  # the default counter's increment travels on its own
     # DCOUNTER_NODE instead of --node, and http:// spelled out.
     env = {"DCOUNTER_NODE": f"http://127.0.0.1:{b.port}"}
     assert run(capsys, "get", "--counter", "apples", env=env) == (0, "4\n", "")
