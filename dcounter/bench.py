@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -961,6 +962,38 @@ def _span(values: list[float]) -> str:
     return f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f}"
 
 
+def render_compact(rows: list[dict], memory: dict | None) -> str:
+    """The terminal table: the columns that answer "how fast, how far from the ceiling, did it
+    converge, did it count right" in under 100 characters; `--markdown` has every column."""
+    table = [["config", "inc/s", "vs bare", "vs 1 node", "p50", "p99", "converge", "repl p99",
+              "final = acked"]]
+    for row in rows:
+        converge = "never" if row["converge_ms_max"] is None else _fmt(row["converge_ms_median"])
+        match = "yes" if row["counts_match"] else "NO"
+        if row["non2xx"] or row["errors"]:
+            match += f": {row['non2xx']} non-2xx, {row['errors']} errors"
+        table.append([row["config"], _fmt(row["increments_per_s"]),
+                      _fmt(row["ratio_to_bare"], ".2f"), _fmt(row["ratio_to_one_node"], ".2f"),
+                      _fmt(row["p50_ms"], ".1f"), _fmt(row["p99_ms"], ".1f"), converge,
+                      _fmt(row["delivery_p99_ms"]), match])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) if i in (0, len(line) - 1) else
+                       cell.rjust(widths[i]) for i, cell in enumerate(line)).rstrip()
+             for line in table]
+    lines.append("(p50, p99, converge and repl p99 in ms; --markdown prints every column)")
+    if memory:
+        def mib(values):
+            return " ".join(f"{v / 1024:.1f}" for v in values)
+        step = memory["increments_per_step"]
+        growth = ", ".join(f"{g / 1024:+.2f}" for g in memory["growth_second_kib"])
+        lines += ["", f"memory check ({memory['cluster']}), RSS MB per node: after warm-up "
+                      f"{mib(memory['rss_warm_kib'])}",
+                  f"  after {step:,} increments {mib(memory['rss_first_kib'])}, after "
+                  f"{2 * step:,} {mib(memory['rss_second_kib'])}",
+                  f"  growth over the second {step:,}: {growth}"]
+    return "\n".join(lines)
+
+
 def render_table(rows: list[dict], memory: dict | None) -> str:
     header = ("| config | inc/s | vs bare | vs 1 node | p50 ms | p99 ms | converge ms | "
               "internal req/inc | replication p99 ms: delivered (≤100 ms) / visible | "
@@ -1028,8 +1061,14 @@ def wrk_version() -> str | None:
         out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0] if text else None
+    return wrk_name(out.stdout + out.stderr)
+
+
+def wrk_name(version_output: str) -> str | None:
+    """"wrk 4.1.0 [epoll] Copyright (C) 2012 Will Glozer" -> "wrk 4.1.0": the header names
+    the tool and its version, not its banner."""
+    match = re.match(r"\s*(wrk\s+\S+)", version_output)
+    return match.group(1) if match else None
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -1039,8 +1078,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Benchmark dcounter clusters against a bare ThreadingHTTPServer "
                                "counter, all on loopback.")
     parser.add_argument("--quick", action="store_true",
-                        help="one short repetition and a small memory check (under a minute)")
+                        help="one short repetition and a small memory check (about 70 s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the full table (every column) in Markdown, as in the README")
     parser.add_argument("--duration", type=float, help="seconds of load per run (5; quick 2)")
     parser.add_argument("--reps", type=int, help="repetitions of every run (5; quick 1)")
     parser.add_argument("--warmup", type=int, help="warm-up increments per run (2000; "
@@ -1134,7 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.duration:g} s per run; medians of {args.reps} run(s); "
               f"{info['elapsed_s']} s in all")
         print()
-        print(render_table(rows, memory))
+        print(render_table(rows, memory) if args.markdown else render_compact(rows, memory))
     return 0
 
 

@@ -6,7 +6,10 @@ call; tests can call it in-process. Every problem at start is one line on stderr
 exit: 2 for invalid flags, 1 for a node that cannot start (port in use, data directory
 unusable). A running node that can no longer keep its memory equal to its data directory (a
 group of increments committed to disk but not applied in memory) logs one CRITICAL line saying
-why and exits at once with status 3 (`EXIT_FATAL`); restarted, it serves what is on disk.
+why and exits at once with status 3 (`EXIT_FATAL`); restarted, it serves what is on disk. An
+error about a value that came from a DCOUNTER_* variable names the variable, and
+a DCOUNTER_* variable that nothing reads is refused rather than ignored: it is almost always a
+typo that would otherwise change nothing in silence.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -81,8 +85,37 @@ _BOOL_FLAGS = [
 ]
 
 
+# Read by the `dcounter` command (dcounter/client.py), not by the node: exported in a shell that
+# also starts nodes, they must not be refused as typos.
+_COMMAND_VARIABLES = ("DCOUNTER_NODE", "DCOUNTER_CLIENT_TOKEN", "DCOUNTER_TLS_CA")
+
+
 def env_name(field: str) -> str:
     return "DCOUNTER_" + field.upper()
+
+
+def valid_variables() -> set[str]:
+    """Every DCOUNTER_* name that dcounter-node or the dcounter command reads."""
+    fields = [field for _f, field, *_rest in _FLAGS] + [field for _f, field, _h in _BOOL_FLAGS]
+    return {env_name(field) for field in fields} | set(_COMMAND_VARIABLES)
+
+
+def _check_variables(environ) -> None:
+    """A misspelled variable would otherwise be ignored in silence."""
+    valid = valid_variables()
+    unknown = sorted(name for name in environ if name.startswith("DCOUNTER_")
+                     and name not in valid)
+    if unknown:
+        raise _UsageError(f"unknown environment variable {', '.join(unknown)}; valid names: "
+                          f"{', '.join(sorted(valid))}")
+
+
+def _name_sources(message: str, sources: dict[str, str]) -> str:
+    """Config's messages name flags; a value that came from the environment is named by its
+    variable instead, so the operator looks in the right place."""
+    def named(match):
+        return sources.get(match.group(0)[2:].replace("-", "_"), match.group(0))
+    return re.sub(r"--[a-z][a-z0-9-]*", named, message)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Run a dcounter node.",
                      epilog="Every flag can also be set as an environment variable "
                             "DCOUNTER_<FLAG> (e.g. DCOUNTER_PEERS, DCOUNTER_IN_MEMORY=1); "
-                            "flags win.")
+                            "flags win. Other DCOUNTER_* names are refused.")
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
     for flag, field, _type, help_text in _FLAGS:
         default = defaults[field]
@@ -131,12 +164,15 @@ def config_from_args(argv: list[str], environ=None) -> Config:
     ValueError with a one-line message."""
     environ = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
+    _check_variables(environ)
     values = {}
+    sources = {}  # field -> the variable it came from, for fields set in the environment
     for flag, field, kind, _help in _FLAGS:
         raw = getattr(args, field)
         source = flag
         if raw is None and env_name(field) in environ:
             raw, source = environ[env_name(field)], env_name(field)
+            sources[field] = source
         if raw is None:
             continue
         if field == "peers":
@@ -154,14 +190,24 @@ def config_from_args(argv: list[str], environ=None) -> Config:
             values[field] = _convert(source, kind, raw)
     for _flag, field, _help in _BOOL_FLAGS:
         raw = getattr(args, field)
-        if raw is None:
-            raw = environ.get(env_name(field))
+        if raw is None and env_name(field) in environ:
+            raw = environ[env_name(field)]
+            sources[field] = env_name(field)
         if raw is not None:
             word = raw.strip().lower()
             if word not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
                 raise _UsageError(f"{env_name(field)}: must be 1/true/yes/on or 0/false/no/off")
             values[field] = word in ("1", "true", "yes", "on")
-    config = Config(**values)
+    if values.get("in_memory"):
+        for field in ("data_dir", "sync"):
+            if field in values:
+                raise _UsageError(_name_sources(
+                    f"--in-memory and --{field.replace('_', '-')} cannot go together "
+                    "(in memory nothing is written to disk)", sources))
+    try:
+        config = Config(**values)
+    except ValueError as exc:
+        raise ValueError(_name_sources(str(exc), sources)) from None
     # Its own address among the seeds is ignored.
     own = config.node_id()
     if own in config.peers:
@@ -185,10 +231,11 @@ def _exit_fatal(reason: str) -> None:
     os._exit(EXIT_FATAL)
 
 
-def main(argv: list[str] | None = None, *, stop_event: threading.Event | None = None) -> int:
+def main(argv: list[str] | None = None, *, environ=None,
+         stop_event: threading.Event | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        config = config_from_args(argv)
+        config = config_from_args(argv, environ)
     except (_UsageError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

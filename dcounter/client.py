@@ -13,7 +13,8 @@ localhost:8080), `--json` and `--request-timeout`. `$DCOUNTER_CLIENT_TOKEN` is s
 names the CA file that node certificates are verified with.
 
 `incr` without `--key` makes a random idempotency key and retries timeouts, connection errors
-and 503s with that same key, so a retry of a request that did arrive counts once.
+and 503s with that same key, so a retry of a request that did arrive counts once. A TLS failure
+is not retried: it is explained in words with its fix (https://, DCOUNTER_TLS_CA).
 
 `status` asks `--node` for its view, then every node it lists (alive peers and rejoin
 candidates), then every node those list, and compares what they answer: the same counters and
@@ -23,7 +24,9 @@ for good) is shown but not counted.
 
 `main(argv) -> int` is what `bin/dcounter` and the console script call; tests call it
 in-process. Exit codes: 0 success, 1 failure or disagreement, 2 invalid usage. Every error is
-one line on stderr. This module is a client of the HTTP API: it imports nothing from the node.
+one line on stderr. What a node would refuse as malformed (a delta of 0, a counter name of another
+shape) is invalid usage, refused before anything is sent. This module is a client of the HTTP
+API: it imports nothing from the node (only `validation`'s pure checks of the API's shapes).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import concurrent.futures
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 import time
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 import requests
 
 from dcounter import __version__, validation
+from dcounter.errors import BadRequest
 
 PROG = "dcounter"
 DEFAULT_NODE = "localhost:8080"
@@ -61,6 +66,10 @@ class Unreachable(ClientError):
     """No answer: connection refused or reset, a timeout, a TLS failure."""
 
 
+class TLSFailure(Unreachable):
+    """The node answered, but not in TLS we can trust: asking again will not help."""
+
+
 class HTTPFailure(ClientError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -74,11 +83,9 @@ class _UsageError(Exception):
 # -- talking to nodes ---------------------------------------------------------------------------
 
 def _reason(exc: requests.RequestException) -> str:
-    """A short reason from requests' long exception text."""
+    """A short reason from requests' long exception text (TLS failures: `_explain_tls`)."""
     if isinstance(exc, requests.Timeout):
         return "no answer in time"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS failure: " + _last_clause(str(exc))
     match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
     if match:
         return match.group(1).strip().lower()
@@ -90,6 +97,59 @@ def _reason(exc: requests.RequestException) -> str:
 def _last_clause(text: str) -> str:
     text = text.splitlines()[0] if text else ""
     return text[-200:]
+
+
+def _ssl_detail(exc: BaseException) -> str:
+    """The ssl module's own words from under requests' and urllib3's wrappers, without the
+    `[SSL: CODE]` prefix and the `(_ssl.c:NNN)` suffix."""
+    found = _find_ssl_error(exc, depth=0)
+    text = found.verify_message if isinstance(found, ssl.SSLCertVerificationError) and \
+        found.verify_message else (found.reason or str(found)) if found else str(exc)
+    text = re.sub(r"^\[[A-Z]+: [A-Z_]+\]\s*", "", str(text))
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)", "", text)
+    return text.replace("_", " ").lower().rstrip(".") if text.isupper() else text.rstrip(".")
+
+
+def _find_ssl_error(exc, depth: int):
+    if isinstance(exc, ssl.SSLError):
+        return exc
+    if depth > 6 or not isinstance(exc, BaseException):
+        return None
+    for inner in (*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__):
+        if isinstance(inner, BaseException):
+            found = _find_ssl_error(inner, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _explain_tls(exc: requests.RequestException, url: str, shown: str, verify) -> str | None:
+    """What went wrong with TLS, in words and with the fix; None when TLS is not the cause."""
+    https = url.lower().startswith("https://")
+    if isinstance(exc, requests.exceptions.SSLError):
+        found = _find_ssl_error(exc, depth=0)
+        detail = _ssl_detail(exc)
+        if isinstance(found, ssl.SSLCertVerificationError):
+            if "hostname mismatch" in detail.lower() or "ip address mismatch" in detail.lower():
+                return (f"{shown}: its TLS certificate is not valid for that name ({detail}); "
+                        f"use --node with a name the certificate lists")
+            if isinstance(verify, str):
+                return (f"{shown}: its TLS certificate is not trusted by DCOUNTER_TLS_CA="
+                        f"{verify} ({detail}); point DCOUNTER_TLS_CA at the CA file that "
+                        f"signed the nodes' certificates")
+            return (f"{shown}: its TLS certificate is not trusted ({detail}); set "
+                    f"DCOUNTER_TLS_CA to the CA file that signed the nodes' certificates")
+        if "wrong version number" in detail.lower() or "record layer" in detail.lower() \
+                or "http request" in detail.lower():
+            return (f"{shown} does not speak TLS ({detail}): it serves plain http; use --node "
+                    f"http://{shown}")
+        return f"{shown}: TLS handshake failed ({detail})"
+    if not https and isinstance(exc, requests.ConnectionError) and re.search(
+            r"Connection aborted|RemoteDisconnected|reset by peer", str(exc)):
+        # A node that serves TLS drops a plain-http request without a word.
+        return (f"{shown} closed the connection without an answer; if it serves TLS, use "
+                f"--node https://{shown} and set DCOUNTER_TLS_CA to the nodes' CA file")
+    return None
 
 
 class Client:
@@ -135,7 +195,11 @@ class Client:
                 timeout=self.timeout if timeout is None else timeout, verify=self.verify,
                 allow_redirects=False)
         except requests.RequestException as exc:
-            raise Unreachable(f"{shown}: {_reason(exc)}") from None
+            url = self.url(address, path)
+            explained = _explain_tls(exc, url, shown, self.verify)
+            if isinstance(exc, requests.exceptions.SSLError):
+                raise TLSFailure(explained) from None
+            raise Unreachable(explained or f"{shown}: {_reason(exc)}") from None
         try:
             payload = response.json()
         except ValueError:
@@ -279,6 +343,16 @@ def _table(rows: list[list[str]], right: set[int]) -> str:
     return "\n".join(lines)
 
 
+def _counter_values(reachable: list[NodeView], names: list[str]) -> str:
+    """Too many counters for a column each: one row per counter, its value where the nodes agree
+    (where they do not, the disagreements below list each node's value)."""
+    rows = [["COUNTER", "VALUE"]]
+    for name in names:
+        values = {v.status.get("counters", {}).get(name, 0) for v in reachable}
+        rows.append([name, str(values.pop()) if len(values) == 1 else "differs"])
+    return _table(rows, {1})
+
+
 def format_survey(result: Survey, counter: str | None) -> str:
     reachable = [v for v in result.nodes if v.reachable]
     if counter is not None:
@@ -305,6 +379,8 @@ def format_survey(result: Survey, counter: str | None) -> str:
             rows.append([view.node, state] + ["-"] * (len(header) - 2))
     right = set(range(2, len(header)))
     text = _table(rows, right)
+    if not columns and names:
+        text += "\n\n" + _counter_values(reachable, names)
     if result.agree:
         text += f"\nagree: {len(reachable)} node{'s' if len(reachable) != 1 else ''}"
     else:
@@ -324,7 +400,8 @@ def cmd_incr(client: Client, args) -> int:
                                               body=body, headers={"Idempotency-Key": key})
             break
         except (Unreachable, HTTPFailure) as exc:
-            retriable = isinstance(exc, Unreachable) or exc.status == 503
+            retriable = isinstance(exc, Unreachable) and not isinstance(exc, TLSFailure) \
+                or isinstance(exc, HTTPFailure) and exc.status == 503
             if not retriable or attempt >= args.retries:
                 raise
             delay = min(RETRY_BASE * 2 ** attempt, RETRY_MAX)
@@ -434,6 +511,25 @@ def _positive(text: str) -> float:
     return value
 
 
+def _checked(check):
+    """An argparse type from one of validation's checks: what a node would refuse with 400 is a
+    usage error here, found before anything is sent."""
+    def convert(text: str):
+        try:
+            return check(text)
+        except BadRequest as exc:
+            raise argparse.ArgumentTypeError(exc.message.split(" ", 1)[-1]) from None
+    return convert
+
+
+def _delta(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    return validation.delta(value)
+
+
 def _count(text: str) -> int:
     try:
         value = validation.parse_int(text.strip(" \t"))
@@ -463,11 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     incr = commands.add_parser("incr", parents=[common], help="increment a counter")
     incr.add_argument("--counter", default="default", metavar="N",
+                      type=_checked(validation.counter_name),
                       help="counter name (default 'default')")
-    incr.add_argument("--by", type=int, default=1, metavar="D",
+    incr.add_argument("--by", type=_checked(_delta), default=1, metavar="D",
                       help="delta, may be negative (default 1)")
-    incr.add_argument("--key", metavar="K", help="idempotency key (default: a random one); "
-                                                 "the same key never counts twice")
+    incr.add_argument("--key", metavar="K", type=_checked(validation.idempotency_key),
+                      help="idempotency key (default: a random one); the same key never "
+                           "counts twice")
     incr.add_argument("--retries", type=_count, default=INCR_RETRIES, metavar="R",
                       help=f"retries on timeouts, connection errors and 503 "
                            f"(default {INCR_RETRIES})")
@@ -475,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = commands.add_parser("get", parents=[common], help="print a counter's value")
     get.add_argument("--counter", default="default", metavar="N",
+                     type=_checked(validation.counter_name),
                      help="counter name (default 'default')")
     get.set_defaults(run=cmd_get)
 
@@ -489,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common],
                                  help="every node's counts, peers and backlog; exit 1 if "
                                       "they disagree")
-    status.add_argument("--counter", metavar="N", help="show only this counter's column")
+    status.add_argument("--counter", metavar="N", type=_checked(validation.counter_name),
+                        help="show only this counter's column")
     status.set_defaults(run=cmd_status)
 
     wait = commands.add_parser("wait-converged", parents=[common],
@@ -529,6 +629,9 @@ def main(argv: list[str] | None = None, environ=None) -> int:
             raise _UsageError("a command is required: incr, get, counters, nodes, status or "
                               "wait-converged (see --help)")
         client = make_client(args, environ)
+        if isinstance(client.verify, str) and not os.path.isfile(client.verify):
+            raise _UsageError(f"DCOUNTER_TLS_CA: no such file {client.verify!r} (the PEM file "
+                              "of the CA that signed the nodes' certificates)")
     except _UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

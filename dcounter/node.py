@@ -115,21 +115,14 @@ class Node:
 
     # -- start and stop ---------------------------------------------------------------------------
     def open(self) -> None:
-        """Open storage and bind the port; nothing runs yet. Raises StartupError."""
+        """Bind the port, then open storage; nothing runs yet. Raises StartupError."""
         cfg = self.config
         if self.ssl_context is None and cfg.tls_cert:
             self.ssl_context = tls.server_context(cfg.tls_cert, cfg.tls_key)
-        if cfg.in_memory:
-            origin, origins, keys = new_origin_id(), {}, {}
-        else:
-            self.store = Store(cfg.data_path(), sync=cfg.sync)
-            self.store.open()
-            origin, origins, keys = self.store.load()
-        self.counter = Counter(origin, max_counters=cfg.max_counters, gap_cap=cfg.gap_cap,
-                               key_ttl=cfg.idempotency_ttl)
-        self.counter.load(origins, keys)
         app = App(self, auth=self.auth, metrics=self.metrics)
         self.app = app
+        # The port first: a node that cannot listen must leave no data directory behind. Until
+        # start() serves it, a connection waits in the listen backlog.
         try:
             self.server = Server((cfg.host, cfg.port), app, max_body=cfg.max_body,
                                  max_connections=cfg.max_connections,
@@ -137,10 +130,21 @@ class Node:
                                  idle_timeout=cfg.idle_timeout,
                                  ssl_context=self.ssl_context)
         except OSError as exc:
-            if self.store:
-                self.store.close()
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.port}: "
                                f"{exc.strerror or exc}") from None
+        try:
+            if cfg.in_memory:
+                origin, origins, keys = new_origin_id(), {}, {}
+            else:
+                self.store = Store(cfg.data_path(), sync=cfg.sync)
+                self.store.open()
+                origin, origins, keys = self.store.load()
+        except BaseException:
+            self.server.server_close()
+            raise
+        self.counter = Counter(origin, max_counters=cfg.max_counters, gap_cap=cfg.gap_cap,
+                               key_ttl=cfg.idempotency_ttl)
+        self.counter.load(origins, keys)
         self.port = self.server.server_address[1]
         self.node_id = cfg.node_id(self.port)
         warning = exposure_warning(cfg)

@@ -149,17 +149,22 @@ def test_errors_are_one_line(cluster, capsys):
     assert_one_line_error(err)
     assert "connection refused" in err
 
-    code, _, err = run(capsys, "incr", "--node", node.node_id, "--by", "0")
-    assert code == 1
-    assert_one_line_error(err)
-    assert "answered 400" in err
-
-    code, _, err = run(capsys, "get", "--node", node.node_id, "--counter", "no spaces")
-    assert code == 1 and "answered 400" in err
-
     code, _, err = run(capsys, "status", "--node", down.node_id)
     assert code == 1
     assert_one_line_error(err)
+
+    # What the node would refuse anyway is a usage error, found before anything is sent.
+    for argv, words in [(["incr", "--by", "0"], "--by: must not be 0"),
+                        (["incr", "--by", str(2**53)], "--by: must be within"),
+                        (["incr", "--key", " "], "--key: must be 1-255 printable ASCII"),
+                        (["get", "--counter", "no spaces"], "--counter: must be 1-128"),
+                        (["incr", "--counter", ""], "--counter: must be 1-128"),
+                        (["status", "--counter", "a/b"], "--counter: must be 1-128")]:
+        code, _, err = run(capsys, *argv, "--node", node.node_id)
+        assert code == 2, (argv, err)
+        assert_one_line_error(err)
+        assert words in err, err
+    assert node.get("/counters").json() == {"counters": {}}
 
     for argv in (["frobnicate"], [], ["incr", "--by", "x"], ["get", "--node", "ftp://x:1"],
                  ["wait-converged", "--timeout", "-1"]):
@@ -180,3 +185,19 @@ def test_the_client_token_comes_from_the_environment(cluster, capsys):
     assert run(capsys, "incr", *at, env={"DCOUNTER_CLIENT_TOKEN": token}) == (0, "default 1\n", "")
     assert run(capsys, "get", *at, env={"DCOUNTER_CLIENT_TOKEN": token}) == (0, "1\n", "")
     assert run(capsys, "status", *at, env={"DCOUNTER_CLIENT_TOKEN": token})[0] == 0
+
+
+def test_status_shows_every_counters_value(cluster, capsys):
+    a, b = cluster.start(2, in_memory=True)
+    names = ["c1", "c2", "c3", "c4", "c5", "c6"]
+    for i, name in enumerate(names):
+        assert a.incr(name, i + 1).status_code == 200
+    cluster.wait_converged([a, b], 6, counter="c6")
+    code, out, err = run(capsys, "wait-converged", "--node", a.node_id, "--timeout", "30")
+    assert code == 0, err
+    code, out, err = run(capsys, "status", "--node", a.node_id)
+    assert code == 0, out + err
+    lines = out.splitlines()
+    at = lines.index(next(line for line in lines if line.split()[:2] == ["COUNTER", "VALUE"]))
+    assert [line.split() for line in lines[at + 1:at + 7]] == \
+        [[name, str(i + 1)] for i, name in enumerate(names)]

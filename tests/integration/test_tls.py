@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import requests
 
+from dcounter.client import main as client_main
 from tests.integration.harness import poll
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
@@ -151,3 +152,66 @@ def test_connections_over_the_cap_get_a_503_over_tls(cluster, certs):
             sock.close()
     poll(lambda: a.get("/healthz").status_code == 200, 10,
          message="the node to serve again once connections are released")
+
+
+# -- the dcounter command against TLS nodes -------------------------------------------------------
+
+def dcounter(capsys, *argv, env=None):
+    """(exit code, stdout, stderr) of the `dcounter` command, in-process."""
+    code = client_main(list(argv), environ=dict(env or {}))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dcounter: error: "), err
+    for jargon in ("Max retries", "SSLCertVerificationError", "HTTPSConnectionPool",
+                   "Connection aborted", "_ssl.c"):
+        assert jargon not in err
+    return lines[0]
+
+
+def test_the_command_explains_tls_failures_with_the_fix(cluster, certs, capsys):
+    node = tls_node(cluster, "a", certs).start()
+    plain = cluster.node("plain", in_memory=True).start()
+    address = f"localhost:{node.port}"
+
+    # The certificate is signed by a CA the command does not know.
+    code, _, err = dcounter(capsys, "get", "--node", f"https://{address}")
+    line = one_line(err)
+    assert code == 1
+    assert "certificate is not trusted" in line and "DCOUNTER_TLS_CA" in line
+    # Not retried: a certificate does not become trusted by asking again.
+    code, _, err = dcounter(capsys, "incr", "--node", f"https://{address}")
+    assert code == 1 and "retrying" not in err and "DCOUNTER_TLS_CA" in one_line(err)
+
+    # Plain http to a node that serves TLS.
+    code, _, err = dcounter(capsys, "get", "--node", address)
+    line = one_line(err)
+    assert code == 1
+    assert f"https://{address}" in line and "DCOUNTER_TLS_CA" in line
+
+    # https to a node that serves plain http.
+    code, _, err = dcounter(capsys, "get", "--node", f"localhost:{plain.port}",
+                            env={"DCOUNTER_TLS_CA": certs["ca"]})
+    line = one_line(err)
+    assert code == 1
+    assert "does not speak TLS" in line and f"http://localhost:{plain.port}" in line
+
+    # A name the certificate was not issued for (when this machine's name reaches the node's
+    # loopback address at all).
+    code, _, err = dcounter(capsys, "get", "--node", f"https://{socket.gethostname()}:{node.port}",
+                            env={"DCOUNTER_TLS_CA": certs["ca"]})
+    assert code == 1
+    if "TLS" in err:
+        assert "certificate is not valid for that name" in one_line(err)
+
+    # A CA file that does not exist is a usage error.
+    code, _, err = dcounter(capsys, "get", "--node", address,
+                            env={"DCOUNTER_TLS_CA": str(certs["ca"]) + ".missing"})
+    assert code == 2 and "DCOUNTER_TLS_CA" in one_line(err)
+
+    # With the CA it works.
+    assert dcounter(capsys, "incr", "--node", address, "--by", "2",
+                    env={"DCOUNTER_TLS_CA": certs["ca"]}) == (0, "default 2\n", "")

@@ -79,6 +79,27 @@ def test_status_table():
     ]
 
 
+def test_status_lists_the_values_of_counters_too_many_for_columns():
+    many = {f"c{i}": i for i in range(1, 7)}
+    survey = Survey(nodes=[view("a:1", many), view("b:1", {**many, "c6": 5})])
+    survey.problems = _disagreements(survey.nodes)
+    assert format_survey(survey, None).splitlines() == [
+        "NODE  STATE  COUNTERS  PEERS  BACKLOG",
+        "a:1   ok            6      0        0",
+        "b:1   ok            6      0        0",
+        "",
+        "COUNTER    VALUE",
+        "c1             1",
+        "c2             2",
+        "c3             3",
+        "c4             4",
+        "c5             5",
+        "c6       differs",
+        "DISAGREE:",
+        "  c6: a:1=6, b:1=5",
+    ]
+
+
 def test_bin_dcounter_runs_from_a_checkout():
     result = subprocess.run([sys.executable, str(ROOT / "bin" / "dcounter"), "--version"],
                             capture_output=True, text=True, timeout=30)
