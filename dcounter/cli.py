@@ -49,6 +49,8 @@ _FLAGS = [
     ("--batch-linger", "batch_linger", float, "seconds a busy link waits for a batch to grow; an "
                                               "idle link sends at once"),
     ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered"),
+    ("--max-keys", "max_keys", int, "Idempotency-Keys remembered; past it the oldest are "
+                                    "forgotten before their ttl"),
     ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown"),
     ("--max-connections", "max_connections", int, "concurrent connections served"),
     ("--request-deadline", "request_deadline", float, "seconds a client has to send one "

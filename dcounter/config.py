@@ -41,6 +41,8 @@ class Config:
     batch_max: int = 2_000             # events in one replicate request
     batch_linger: float = 0.02         # seconds a busy link waits for a batch to grow (idle: none)
     idempotency_ttl: float = 86_400.0  # seconds an Idempotency-Key is remembered (wall clock)
+    max_keys: int = 1_000_000          # Idempotency-Keys remembered; past it the oldest are
+                                       # forgotten early (a retry of one counts again)
     drain_timeout: float = 2.0         # seconds to flush replication when shutting down
     max_connections: int = 256         # concurrent client connections; more get 503
     request_deadline: float = 10.0     # seconds from a request's first byte to its last (headers
@@ -80,7 +82,7 @@ class Config:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError("--port must be between 0 and 65535")
         for name in ("max_counters", "max_body", "max_backlog", "gap_cap", "batch_max",
-                     "max_connections"):
+                     "max_connections", "max_keys"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")

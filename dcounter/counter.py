@@ -21,10 +21,23 @@ The rules this module keeps:
   suppresses a distinct replicated event.
 * This module never sleeps, spawns threads, opens sockets or reads the clock: the wall time
   comes in as an argument.
+
+Idempotency keys
+----------------
+Keys are remembered for `key_ttl` seconds of wall time, and at most `max_keys` of them. Besides
+the dict of records the counter keeps a heap of `(expires, tiebreak, key)` (lazy deletion: an
+entry whose key is gone or was remembered again is skipped), so expiry and eviction look only at
+the keys they remove, in expiry order, even when the wall clock jumps. A transaction walks the
+committed heap without changing it (a best-first walk from the root), so an aborted transaction
+leaves it as it was. Past `max_keys` the keys closest to expiry are forgotten early: a retry of
+such a key counts again. No request and no replicated event is ever refused for it.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
@@ -32,6 +45,10 @@ from typing import Callable
 
 from dcounter.errors import Unprocessable
 from dcounter.validation import INT64_MAX, INT64_MIN
+
+log = logging.getLogger(__name__)
+
+WARN_INTERVAL = 60.0  # seconds of wall time between two warnings of the same kind
 
 
 def new_origin_id() -> str:
@@ -122,6 +139,12 @@ class Txn:
         self.local_origin = counter.local_origin
         self.reorigined_from: str | None = None
         self.outbound: list[Event] = []  # new local events, replicated after install
+        # The idempotency key bound: committed keys oldest first (walked lazily), how many were
+        # evicted early, and the wall time and expiry of the last one (for the warning, metric).
+        self._key_walk = None
+        self.keys_evicted = 0
+        self.evicted_expires: float | None = None
+        self.keys_now: float | None = None
 
     # -- reads through the overlay -------------------------------------------------------
     def _committed(self, origin: str) -> OriginState | None:
@@ -233,6 +256,8 @@ class Txn:
     def _remember_key(self, key: str, record: KeyRecord) -> None:
         self.keys_del.discard(key)
         self.keys_add[key] = record
+        self.keys_now = record.expires - self._c.key_ttl
+        self._enforce_key_cap()
 
     def local(self, counter: str, delta: int, key: str | None, now: float) -> LocalResult:
         """Stage a local increment. Raises `Unprocessable` (and stages nothing) when the key was
@@ -319,12 +344,52 @@ class Txn:
             self.reorigined_from = self.local_origin
         self.local_origin = self._c._new_origin()
 
+    # -- the idempotency key bound ----------------------------------------------------------------
     def expire_keys(self, now: float) -> int:
-        expired = [key for key, record in self._c._keys.items() if record.expires <= now]
-        for key in expired:
-            self.keys_del.add(key)
-            self.keys_add.pop(key, None)
-        return len(expired)
+        """Forget the keys expired at `now`, looking only at them; then apply `max_keys` (which
+        may have been lowered since the keys were stored)."""
+        expired = 0
+        for expires, _tiebreak, key in self._c._keys_by_expiry():
+            if expires > now:
+                break
+            if self._committed_key(key, expires) is not None:
+                self.keys_del.add(key)
+                expired += 1
+        self.keys_now = now
+        self._enforce_key_cap()
+        return expired
+
+    def _committed_key(self, key: str, expires: float) -> KeyRecord | None:
+        """The committed record a heap entry stands for, unless this transaction already
+        forgot the key or remembered it anew."""
+        if key in self.keys_del or key in self.keys_add:
+            return None
+        record = self._c._keys.get(key)
+        return record if record is not None and record.expires == expires else None
+
+    def _key_count(self) -> int:
+        # Slightly high when a key is remembered again after it expired but before the sweep
+        # forgot it: then one key more is evicted than needed.
+        return len(self._c._keys) + len(self.keys_add) - len(self.keys_del)
+
+    def _enforce_key_cap(self) -> None:
+        while self._key_count() > self._c.max_keys:
+            if self._key_walk is None:
+                self._key_walk = self._c._keys_by_expiry()
+            evicted = None
+            for expires, _tiebreak, key in self._key_walk:
+                record = self._committed_key(key, expires)
+                if record is not None:
+                    self.keys_del.add(key)
+                    evicted = record
+                    break
+            if evicted is None:  # every committed key is gone: drop the oldest staged one
+                key, evicted = next(iter(self.keys_add.items()))
+                del self.keys_add[key]
+                if key in self._c._keys:
+                    self.keys_del.add(key)
+            self.keys_evicted += 1
+            self.evicted_expires = evicted.expires
 
     def empty(self) -> bool:
         return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from)
@@ -334,7 +399,8 @@ class Counter:
     """Committed state: per-origin prefixes and held events, totals, idempotency keys."""
 
     def __init__(self, local_origin: str, *, max_counters: int = 10_000, gap_cap: int = 10_000,
-                 key_ttl: float = 86_400.0, new_origin: Callable[[], str] = new_origin_id):
+                 key_ttl: float = 86_400.0, max_keys: int = 1_000_000,
+                 new_origin: Callable[[], str] = new_origin_id):
         self._lock = threading.Lock()
         self.local_origin = local_origin
         self.max_counters = max_counters
@@ -344,6 +410,12 @@ class Counter:
         self._origins: dict[str, OriginState] = {}
         self._totals: dict[str, int] = {}
         self._keys: dict[str, KeyRecord] = {}
+        self.max_keys = max_keys
+        self._key_heap: list[tuple[float, int, str]] = []  # (expires, tiebreak, key), lazy
+        self._key_tiebreak = itertools.count()
+        self.keys_evicted = 0  # keys forgotten before their ttl because of max_keys
+        self._eviction_warned: float | None = None  # wall time of the last warning
+        self._evicted_unwarned = 0
         self._txn_open = False
 
     # -- loading (before the node serves) ----------------------------------------------------
@@ -351,6 +423,7 @@ class Counter:
         with self._lock:
             self._origins = origins
             self._keys = keys
+            self._rebuild_key_heap_locked()
             totals: dict[str, int] = {}
             for state in origins.values():
                 for name, value in state.prefix.items():
@@ -384,9 +457,7 @@ class Counter:
                     state.held.pop(seq, None)
                 state.held.update(staged.held_add)
             self._totals.update(txn.totals)
-            for key in txn.keys_del:
-                self._keys.pop(key, None)
-            self._keys.update(txn.keys_add)
+            self._install_keys_locked(txn)
             self.local_origin = txn.local_origin
             self._txn_open = False
 
@@ -441,6 +512,71 @@ class Counter:
     def key_count(self) -> int:
         with self._lock:
             return len(self._keys)
+
+    def key_retention(self, now: float) -> float:
+        """Seconds since the oldest remembered key was made: about `key_ttl` while nothing is
+        evicted, less when `max_keys` forgets keys early; 0 without keys."""
+        with self._lock:
+            if not self._key_heap:
+                return 0.0
+            return max(0.0, now - (self._key_heap[0][0] - self.key_ttl))
+
+    # -- the idempotency key structure (the writer's side) --------------------------------------
+    def _keys_by_expiry(self):
+        """Yield the heap's entries in expiry order without changing it: a best-first walk from
+        the root costs O(log k) per entry yielded. Only the writer calls it (nothing changes the
+        heap while a transaction is open)."""
+        heap = self._key_heap
+        if not heap:
+            return
+        frontier = [(heap[0], 0)]
+        while frontier:
+            entry, index = heapq.heappop(frontier)
+            yield entry
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+
+    def _rebuild_key_heap_locked(self) -> None:
+        self._key_heap = [(record.expires, next(self._key_tiebreak), key)
+                          for key, record in self._keys.items()]
+        heapq.heapify(self._key_heap)
+
+    def _install_keys_locked(self, txn: Txn) -> None:
+        keys, heap = self._keys, self._key_heap
+        for key in txn.keys_del:
+            keys.pop(key, None)
+        for key, record in txn.keys_add.items():
+            keys[key] = record
+            heapq.heappush(heap, (record.expires, next(self._key_tiebreak), key))
+        # Entries of forgotten keys sit at the top (they expire first): drop them now, so the
+        # top is always a live key. Entries of keys remembered anew go when they reach the top;
+        # should they pile up (wall clock jumps), the heap is rebuilt.
+        while heap:
+            expires, _tiebreak, key = heap[0]
+            record = keys.get(key)
+            if record is not None and record.expires == expires:
+                break
+            heapq.heappop(heap)
+        if len(heap) > 2 * len(keys) + 1024:
+            self._rebuild_key_heap_locked()
+        if txn.keys_evicted:
+            self._note_evictions_locked(txn)
+
+    def _note_evictions_locked(self, txn: Txn) -> None:
+        self.keys_evicted += txn.keys_evicted
+        self._evicted_unwarned += txn.keys_evicted
+        now = txn.keys_now if txn.keys_now is not None else 0.0
+        last = self._eviction_warned
+        if last is not None and 0 <= now - last < WARN_INTERVAL:
+            return
+        kept = now - (txn.evicted_expires - self.key_ttl)
+        log.warning("%d idempotency key(s) forgotten before their %g s ttl to stay within "
+                    "--max-keys %d: a key is now kept about %.0f s, and a client retry after "
+                    "that counts again", self._evicted_unwarned, self.key_ttl, self.max_keys,
+                    max(0.0, kept))
+        self._eviction_warned = now
+        self._evicted_unwarned = 0
 
     def origin_count(self) -> int:
         with self._lock:

@@ -86,7 +86,7 @@ class Node:
             self.store.open()
             origin, origins, keys = self.store.load()
         self.counter = Counter(origin, max_counters=cfg.max_counters, gap_cap=cfg.gap_cap,
-                               key_ttl=cfg.idempotency_ttl)
+                               key_ttl=cfg.idempotency_ttl, max_keys=cfg.max_keys)
         self.counter.load(origins, keys)
         app = App(self, auth=self.auth, metrics=self.metrics)
         self.app = app
@@ -488,6 +488,12 @@ class Node:
                 lambda: self.counter.held_total())
         m.gauge("dcounter_idempotency_keys", "Unexpired idempotency keys remembered.",
                 lambda: self.counter.key_count())
+        m.gauge("dcounter_idempotency_key_retention_seconds", "Age of the oldest idempotency "
+                "key remembered: about --idempotency-ttl, less when --max-keys forgets keys early.",
+                lambda: self.counter.key_retention(self.clock.time()))
+        m.gauge("dcounter_idempotency_keys_evicted", "Idempotency keys forgotten before their "
+                "ttl since start, to stay within --max-keys.",
+                lambda: self.counter.keys_evicted)
 
     def readiness(self) -> tuple[bool, str]:
         """Ready: storage is open, and this node compared digests with a peer at least once (and

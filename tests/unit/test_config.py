@@ -40,6 +40,8 @@ def test_variants_come_from_dataclasses_replace():
     ({"max_counters": 0}, "--max-counters"),
     ({"gap_cap": True}, "--gap-cap"),
     ({"max_body": 1.5}, "--max-body"),
+    ({"max_keys": 0}, "--max-keys"),
+    ({"max_keys": True}, "--max-keys"),
     ({"sync": "sometimes"}, "--sync"),
     ({"cluster": ""}, "--cluster"),
     ({"cluster": "a\nb"}, "--cluster"),
@@ -71,3 +73,12 @@ def test_node_id_is_derived_from_host_and_bound_port():
 def test_data_path_defaults_to_a_per_port_directory():
     assert Config(port=0).data_path(5555) == "dcounter-data-5555"
     assert Config(data_dir="/somewhere").data_path(1) == "/somewhere"
+
+
+@pytest.mark.parametrize("flag,raw,field,expected", [
+    ("--max-keys", "5000", "max_keys", 5000),
+])
+def test_bound_flags_and_their_environment_variables(flag, raw, field, expected):
+    from dcounter.cli import config_from_args, env_name
+    assert getattr(config_from_args([flag, raw], environ={}), field) == expected
+    assert getattr(config_from_args([], environ={env_name(field): raw}), field) == expected

@@ -393,3 +393,100 @@ def test_load_rebuilds_totals_from_prefixes_and_held_events():
     copy.load(origins, {})
     assert copy.counters() == source.counters()
     assert copy.held_total() == 1
+
+
+# -- the idempotency key bound --------------------------------------------------------------------
+
+class TouchCountingDict(dict):
+    """A dict of key records that counts how many records a caller looks at."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.touched = 0
+
+    def get(self, key, default=None):
+        self.touched += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.touched += 1
+        return super().__getitem__(key)
+
+    def items(self):
+        for pair in super().items():
+            self.touched += 1
+            yield pair
+
+    def values(self):
+        for value in super().values():
+            self.touched += 1
+            yield value
+
+
+def test_past_max_keys_the_oldest_keys_are_evicted_and_requests_still_succeed():
+    clock = FakeClock()
+    c = make_counter(key_ttl=3600.0, max_keys=3)
+    for i in range(5):
+        assert not local(c, key=f"k{i}", now=clock.time()).replayed
+        clock.advance(1)
+    assert c.key_count() == 3
+    assert [k for k in ("k0", "k1") if c.key(k, clock.time())] == []
+    assert local(c, key="k4", now=clock.time()).replayed  # the newest are kept
+    assert c.keys_evicted == 2
+    assert c.count("c") == 5
+
+
+def test_replicated_events_past_max_keys_are_applied_and_evict_old_keys():
+    c = make_counter(key_ttl=3600.0, max_keys=2)
+    result = remote(c, ev(1, key="a"), ev(2, key="b"), ev(3, key="c"), now=10.0)
+    assert len(result.applied) == 3 and c.count("c") == 3
+    assert c.key_count() == 2 and c.key("a", 10.0) is None and c.key("c", 10.0) is not None
+
+
+def test_eviction_follows_expiry_order_even_when_the_wall_clock_went_back():
+    c = make_counter(key_ttl=100.0, max_keys=2)
+    local(c, key="late", now=1000.0)
+    local(c, key="early", now=500.0)  # the wall clock jumped back: this key expires first
+    local(c, key="third", now=501.0)
+    assert c.key("early", 502.0) is None
+    assert c.key("late", 502.0) is not None and c.key("third", 502.0) is not None
+
+
+def test_eviction_warns_once_per_interval_not_per_key(caplog):
+    c = make_counter(key_ttl=3600.0, max_keys=1)
+    with caplog.at_level("WARNING", logger="dcounter.counter"):
+        for i in range(50):
+            local(c, key=f"k{i}", now=float(i))
+    warnings = [r for r in caplog.records if "max-keys" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_key_retention_shows_how_long_keys_are_really_kept():
+    clock = FakeClock()
+    c = make_counter(key_ttl=3600.0, max_keys=10)
+    assert c.key_retention(clock.time()) == 0
+    for i in range(20):
+        local(c, key=f"k{i}", now=clock.time())
+        clock.advance(1)
+    assert c.key_retention(clock.time()) == 10  # the oldest kept key was made 10 s ago
+
+
+def test_expire_keys_touches_only_the_expired_keys():
+    from dcounter.counter import KeyRecord
+    keys = TouchCountingDict({f"k{i}": KeyRecord(f"peer:{i}", "c", 1, None, 100.0 + i)
+                              for i in range(20_000)})
+    c = make_counter()
+    c.load({}, keys)
+    keys.touched = 0
+    assert run(c, lambda txn: txn.expire_keys(103.0)) == 4  # k0..k3 expire at 100..103
+    assert keys.touched < 100
+    assert c.key_count() == 19_996 and c.key("k4", 103.0) is not None
+
+
+def test_a_lowered_max_keys_takes_effect_at_the_next_expiry_sweep():
+    from dcounter.counter import KeyRecord
+    keys = {f"k{i}": KeyRecord(f"peer:{i}", "c", 1, None, 100.0 + i) for i in range(10)}
+    c = make_counter(max_keys=4)
+    c.load({}, keys)
+    assert run(c, lambda txn: txn.expire_keys(0.0)) == 0
+    assert c.key_count() == 4 and c.key("k9", 0.0) is not None and c.key("k5", 0.0) is None

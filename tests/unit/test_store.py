@@ -15,11 +15,12 @@ from tests.fakes import FakeClock
 class Opened:
     """A store, a counter loaded from it and a running writer: what a node opens."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, **counter_options):
         self.store = Store(str(directory), sync="normal")
         self.store.open()
         self.origin, origins, keys = self.store.load()
-        self.counter = Counter(self.origin, key_ttl=60.0)
+        counter_options.setdefault("key_ttl", 60.0)
+        self.counter = Counter(self.origin, **counter_options)
         self.counter.load(origins, keys)
         self.committed: list[Event] = []
         self.writer = Writer(self.counter, self.store, on_commit=self.committed.extend)
@@ -40,8 +41,8 @@ class Opened:
 def opened(tmp_path):
     handles = []
 
-    def open_(directory=None):
-        handle = Opened(directory or tmp_path / "data")
+    def open_(directory=None, **counter_options):
+        handle = Opened(directory or tmp_path / "data", **counter_options)
         handles.append(handle)
         return handle
 
@@ -76,6 +77,32 @@ def test_state_round_trips_through_a_reopen(opened, tmp_path):
     assert second.counter.watermark("peer") == 3 and second.counter.held_total() == 0
     clock.advance(61)  # keys expire by the wall clock, across restarts too
     assert second.counter.key("k1", clock.time()) is None
+
+
+def test_keys_evicted_past_max_keys_stay_forgotten_after_a_restart(opened, tmp_path):
+    first = opened(max_keys=2)
+    for i in range(4):
+        first.local(key=f"k{i}", now=float(i))
+    first.close()
+    rows = sqlite3.connect(str(tmp_path / "data" / DB_NAME)).execute(
+        "SELECT key FROM keys ORDER BY key").fetchall()
+    assert rows == [("k2",), ("k3",)]
+    second = opened(max_keys=2)
+    assert second.counter.key_count() == 2
+    assert not second.local(key="k0", now=5.0).replayed  # evicted: counts again
+    assert second.local(key="k3", now=5.0).replayed
+
+
+def test_a_lowered_max_keys_is_applied_and_stored_by_the_expiry_sweep(opened, tmp_path):
+    first = opened()
+    for i in range(5):
+        first.local(key=f"k{i}", now=float(i))
+    first.close()
+    second = opened(max_keys=3)
+    second.writer.submit(lambda txn: txn.expire_keys(10.0))
+    second.close()
+    third = opened(max_keys=3)
+    assert third.counter.key_count() == 3 and third.counter.key("k4", 10.0) is not None
 
 
 def test_reopen_keeps_the_origin_and_continues_its_sequence(opened):
