@@ -51,6 +51,9 @@ _FLAGS = [
     ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered"),
     ("--max-keys", "max_keys", int, "Idempotency-Keys remembered; past it the oldest are "
                                     "forgotten before their ttl"),
+    ("--origin-retire-after", "origin_retire_after", float, "seconds an origin may stay idle, "
+                                                            "its node unlisted, before it is "
+                                                            "retired"),
     ("--drain-timeout", "drain_timeout", float, "seconds to flush replication on shutdown"),
     ("--max-connections", "max_connections", int, "concurrent connections served"),
     ("--request-deadline", "request_deadline", float, "seconds a client has to send one "

@@ -43,6 +43,10 @@ class Config:
     idempotency_ttl: float = 86_400.0  # seconds an Idempotency-Key is remembered (wall clock)
     max_keys: int = 1_000_000          # Idempotency-Keys remembered; past it the oldest are
                                        # forgotten early (a retry of one counts again)
+    origin_retire_after: float = 604_800.0
+                                       # seconds (wall clock) an origin may stay idle, its node
+                                       # unlisted, before it is folded into the base; its later
+                                       # events are refused
     drain_timeout: float = 2.0         # seconds to flush replication when shutting down
     max_connections: int = 256         # concurrent client connections; more get 503
     request_deadline: float = 10.0     # seconds from a request's first byte to its last (headers
@@ -66,7 +70,7 @@ class Config:
 
     def __post_init__(self):
         positive = ("heartbeat_interval", "cleanup_interval", "peer_timeout", "retry_base",
-                    "retry_max", "request_timeout", "idempotency_ttl")
+                    "retry_max", "request_timeout", "idempotency_ttl", "origin_retire_after")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:

@@ -31,6 +31,33 @@ the keys they remove, in expiry order, even when the wall clock jumps. A transac
 committed heap without changing it (a best-first walk from the root), so an aborted transaction
 leaves it as it was. Past `max_keys` the keys closest to expiry are forgotten early: a retry of
 such a key counts again. No request and no replicated event is ever refused for it.
+
+Retired origins
+---------------
+Every data directory (and every in-memory start) is a new origin, and the digest carries every
+origin, so without a bound origins pile up. Each node therefore retires origins on its own, by
+one rule, in the periodic sweep (`Txn.retire_origins`). An origin is retired when
+
+* it is not this node's origin, nor the origin a listed peer announces as its own;
+* its watermark has not moved, and its node has not been listed, for `origin_retire_after`
+  seconds of wall time (`activity`: the watermark last seen and when it last changed, stored);
+* it holds no out-of-order events, and every currently listed peer has shown it, in a digest,
+  at this node's watermark (`note_digest`; a peer that showed it and later dropped it from its
+  digest, having retired it, still counts). A node with no peers decides alone.
+
+Retiring folds the origin's prefix into the compacted *base* (per-counter totals) and remembers
+the origin's id and final watermark (the retired set), so later events of it are refused
+(counted and logged, never failing the rest of a replicate batch) and its prefix is never
+pulled again. Because every node saw the same watermark, the prefix folded in is the same on
+every node, so two nodes that retired the same set hold the same base.
+
+What peers exchange: the digest no longer carries retired origins but one entry
+`RETIRED_ENTRY: len(retired set)`. A node that sees a larger count pulls that entry like an
+origin; the snapshot carries the base and the retired set with watermarks, and the node adopts
+it only if its own retired set is contained in it and it holds no event of the newly retired
+origins beyond their final watermark (then it drops their live state: the base holds them).
+A node that has not retired an origin still carries it, a node that has retired it never pulls
+it, and a late joiner gets the whole base in one pull: nodes converge.
 """
 
 from __future__ import annotations
@@ -43,12 +70,14 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from dcounter.errors import Unprocessable
+from dcounter import validation
+from dcounter.errors import DcounterError, Unprocessable
 from dcounter.validation import INT64_MAX, INT64_MIN
 
 log = logging.getLogger(__name__)
 
 WARN_INTERVAL = 60.0  # seconds of wall time between two warnings of the same kind
+RETIRED_ENTRY = "_retired"  # the digest entry for the retired set (never a generated origin id)
 
 
 def new_origin_id() -> str:
@@ -110,8 +139,9 @@ class LocalResult:
 @dataclass
 class RemoteResult:
     applied: list[Event]
-    duplicates: int
+    duplicates: int  # retired-origin events included: they are skipped the same way
     deferred: int
+    retired: int = 0  # events of retired origins, refused
 
 
 class _Staged:
@@ -145,6 +175,15 @@ class Txn:
         self.keys_evicted = 0
         self.evicted_expires: float | None = None
         self.keys_now: float | None = None
+        # Origin retirement: activity stamps, origins retired or dropped from the live state,
+        # the new compacted base (None: unchanged), events of retired origins refused.
+        self.activity: dict[str, tuple[int, float]] = {}
+        self.retired_add: dict[str, int] = {}
+        self.origins_dropped: set[str] = set()
+        self.base: dict[str, int] | None = None
+        self.base_refused: tuple[int, int] | None = None
+        self.retired_refused = 0
+        self.refused_now: float | None = None
 
     # -- reads through the overlay -------------------------------------------------------
     def _committed(self, origin: str) -> OriginState | None:
@@ -294,7 +333,13 @@ class Txn:
     def remote(self, events: list[Event], now: float) -> RemoteResult:
         """Stage replicated events; duplicates and events beyond the gap cap are skipped."""
         applied, duplicates, deferred = [], 0, 0
+        retired = self.retired_refused
         for event in events:
+            if self.is_retired(event.origin):  # folded into the base: skipped like a duplicate
+                duplicates += 1
+                self.retired_refused += 1
+                self.refused_now = now
+                continue
             if event.origin == self.local_origin and event.seq > self.watermark(event.origin):
                 self.reorigin()
             w = self.watermark(event.origin)
@@ -309,12 +354,18 @@ class Txn:
             if event.key is not None and self.key(event.key, now) is None:
                 self._remember_key(event.key, KeyRecord(event.id, event.counter, event.delta,
                                                         None, now + self._c.key_ttl))
-        return RemoteResult(applied, duplicates, deferred)
+        return RemoteResult(applied, duplicates, deferred, self.retired_refused - retired)
 
-    def adopt(self, origin: str, watermark: int, counters: dict[str, int]) -> bool:
+    def adopt(self, origin: str, watermark: int, counters: dict[str, int],
+              retired: dict | None = None) -> bool:
         """Replace an origin's prefix with a peer's, if the peer's is ahead. Held events at or
         below the new watermark are dropped (the prefix contains them); those above stay and
-        fold in when they become contiguous."""
+        fold in when they become contiguous. `RETIRED_ENTRY` adopts a peer's compacted base
+        (`retired`: its retired set) instead; a retired origin is never adopted."""
+        if origin == RETIRED_ENTRY:
+            return self._adopt_base(watermark, counters, retired)
+        if self.is_retired(origin):
+            return False
         if origin == self.local_origin and watermark > self.watermark(origin):
             self.reorigin()
         if watermark <= self.watermark(origin):
@@ -392,7 +443,116 @@ class Txn:
             self.evicted_expires = evicted.expires
 
     def empty(self) -> bool:
-        return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from)
+        return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from
+                    or self.activity or self.retired_add or self.origins_dropped)
+
+    # -- retired origins ---------------------------------------------------------------------------
+    def is_retired(self, origin: str) -> bool:
+        return origin in self.retired_add or origin in self._c._retired
+
+    def _staged_base(self) -> dict[str, int]:
+        if self.base is None:
+            self.base = dict(self._c._base)
+        return self.base
+
+    def retire_origins(self, now: float, peers: list[str], live: set[str]) -> list[str]:
+        """The periodic sweep: stamp origins whose watermark moved (or whose node is listed,
+        `live`), and retire those idle for `origin_retire_after` that every listed peer in
+        `peers` has shown at our watermark (see the module docstring). Returns the origins
+        retired."""
+        c = self._c
+        retire_after = c.origin_retire_after
+        retired = []
+        for origin, state in c._origins.items():
+            if origin in self.origins or origin in self.origins_dropped:
+                continue  # changed in this transaction: not idle
+            activity = self.activity.get(origin) or c._activity.get(origin)
+            if activity is None or activity[0] != state.watermark:
+                self.activity[origin] = (state.watermark, now)
+                continue
+            idle = now - activity[1]
+            if origin in (self.local_origin, c.local_origin):
+                continue
+            if origin in live:  # its node is listed: alive however quiet, so keep it fresh
+                if not 0 <= idle < retire_after / 64:
+                    self.activity[origin] = (state.watermark, now)
+                continue
+            if idle < retire_after or state.held or state.watermark == 0:
+                continue
+            seen = c._seen.get(origin, {})
+            if any(seen.get(peer) != state.watermark for peer in peers):
+                continue
+            base = self._staged_base()
+            for name, total in state.prefix.items():
+                base[name] = base.get(name, 0) + total
+            self.retired_add[origin] = state.watermark
+            self.origins_dropped.add(origin)
+            retired.append(origin)
+        return retired
+
+    def _adopt_base(self, count: int, counters: dict[str, int], retired) -> bool:
+        """Adopt a peer's base and retired set if they contain ours and lose no event this node
+        holds; the newly retired origins' live state is dropped (the base holds it)."""
+        c = self._c
+        mine = {**c._retired, **self.retired_add}
+        if count <= len(mine):
+            return False
+        problem = _check_retired_set(retired, count)
+        if problem is None:
+            if not mine.keys() <= retired.keys():
+                problem = "it lacks origins this node retired"
+            else:
+                for origin, final in retired.items():
+                    if origin in mine:
+                        continue
+                    if self.watermark(origin) > final or any(
+                            seq > final for seq in self._all_held(origin)):
+                        problem = f"this node holds events of {origin} beyond {final}"
+                        break
+        if problem is not None:
+            log.warning("not adopting a peer's retired origins: %s", problem)
+            self.base_refused = (len(mine), count)
+            return False
+        old_base = self._staged_base()
+        for name in set(old_base) | set(counters):
+            change = counters.get(name, 0) - old_base.get(name, 0)
+            if change or (name in counters and self.total(name) is None):
+                self._add_total(name, change)
+        own = False
+        for origin, final in retired.items():
+            if origin in mine:
+                continue
+            own = own or origin == self.local_origin
+            for name, total in self._full_prefix(origin).items():
+                self._add_total(name, -total)
+            for name, delta, _key in self._all_held(origin).values():
+                self._add_total(name, -delta)
+            self.origins.pop(origin, None)
+            self.origins_dropped.add(origin)
+            self.retired_add[origin] = final
+        self.base = dict(counters)
+        if own:  # peers refuse our origin's events from now on
+            self.reorigin()
+        return True
+
+
+def _check_retired_set(retired, count: int) -> str | None:
+    """Why a peer's retired set (origin -> final watermark) is malformed, or None."""
+    if not isinstance(retired, dict) or len(retired) != count:
+        return f"the retired set must be an object of {count} origins"
+    for origin, final in retired.items():
+        if not isinstance(origin, str) or not _is_origin(origin) or isinstance(final, bool) \
+                or not isinstance(final, int) or not 1 <= final <= INT64_MAX:
+            return "the retired set must map origin ids to watermarks"
+    return None
+
+
+def _is_origin(value: str) -> bool:
+    try:
+        validation.origin(value)
+    except DcounterError:
+        return False
+    return True
 
 
 class Counter:
@@ -400,6 +560,7 @@ class Counter:
 
     def __init__(self, local_origin: str, *, max_counters: int = 10_000, gap_cap: int = 10_000,
                  key_ttl: float = 86_400.0, max_keys: int = 1_000_000,
+                 origin_retire_after: float = 604_800.0,
                  new_origin: Callable[[], str] = new_origin_id):
         self._lock = threading.Lock()
         self.local_origin = local_origin
@@ -416,15 +577,29 @@ class Counter:
         self.keys_evicted = 0  # keys forgotten before their ttl because of max_keys
         self._eviction_warned: float | None = None  # wall time of the last warning
         self._evicted_unwarned = 0
+        self.origin_retire_after = origin_retire_after
+        self._retired: dict[str, int] = {}  # retired origin -> its final watermark
+        self._base: dict[str, int] = {}  # per-counter totals of the retired origins
+        self._activity: dict[str, tuple[int, float]] = {}  # origin -> (watermark, wall time)
+        self._seen: dict[str, dict[str, int]] = {}  # origin -> {peer: watermark it showed}
+        self._base_refused: tuple[int, int] | None = None  # (our count, offered count)
+        self.retired_refused = 0  # events of retired origins refused since start
+        self._refusal_warned: float | None = None
+        self._refused_unwarned = 0
         self._txn_open = False
 
     # -- loading (before the node serves) ----------------------------------------------------
-    def load(self, origins: dict[str, OriginState], keys: dict[str, KeyRecord]) -> None:
+    def load(self, origins: dict[str, OriginState], keys: dict[str, KeyRecord],
+             retired: dict[str, int] | None = None, base: dict[str, int] | None = None,
+             activity: dict[str, tuple[int, float]] | None = None) -> None:
         with self._lock:
             self._origins = origins
             self._keys = keys
             self._rebuild_key_heap_locked()
-            totals: dict[str, int] = {}
+            self._retired = dict(retired or {})
+            self._base = dict(base or {})
+            self._activity = dict(activity or {})
+            totals: dict[str, int] = dict(self._base)
             for state in origins.values():
                 for name, value in state.prefix.items():
                     totals[name] = totals.get(name, 0) + value
@@ -458,6 +633,7 @@ class Counter:
                 state.held.update(staged.held_add)
             self._totals.update(txn.totals)
             self._install_keys_locked(txn)
+            self._install_retirement_locked(txn)
             self.local_origin = txn.local_origin
             self._txn_open = False
 
@@ -476,8 +652,11 @@ class Counter:
 
     def digest(self) -> dict[str, int]:
         with self._lock:
-            return {origin: state.watermark for origin, state in self._origins.items()
-                    if state.watermark > 0}
+            digest = {origin: state.watermark for origin, state in self._origins.items()
+                      if state.watermark > 0}
+            if self._retired:
+                digest[RETIRED_ENTRY] = len(self._retired)
+            return digest
 
     def watermark(self, origin: str) -> int:
         with self._lock:
@@ -489,6 +668,9 @@ class Counter:
         with self._lock:
             out = {}
             for origin in origins:
+                if origin == RETIRED_ENTRY and self._retired:
+                    out[origin] = {"watermark": len(self._retired), "counters": dict(self._base),
+                                   "retired": dict(self._retired)}
                 state = self._origins.get(origin)
                 if state is not None and state.watermark > 0:
                     out[origin] = {"watermark": state.watermark, "counters": dict(state.prefix)}
@@ -497,8 +679,18 @@ class Counter:
     def behind(self, digest: dict[str, int]) -> list[str]:
         """Origins for which `digest` (a peer's) is ahead of us."""
         with self._lock:
-            return [origin for origin, w in digest.items()
-                    if w > (self._origins[origin].watermark if origin in self._origins else 0)]
+            behind = []
+            for origin, w in digest.items():
+                if origin == RETIRED_ENTRY:
+                    if w > len(self._retired) and not (
+                            self._base_refused is not None
+                            and self._base_refused[0] == len(self._retired)
+                            and w <= self._base_refused[1]):
+                        behind.append(origin)
+                elif origin not in self._retired and w > (
+                        self._origins[origin].watermark if origin in self._origins else 0):
+                    behind.append(origin)
+            return behind
 
     def key(self, key: str, now: float) -> KeyRecord | None:
         with self._lock:
@@ -581,3 +773,48 @@ class Counter:
     def origin_count(self) -> int:
         with self._lock:
             return len(self._origins)
+
+    # -- retired origins -------------------------------------------------------------------------
+    def note_digest(self, peer: str, digest: dict[str, int]) -> None:
+        """Remember the watermark `peer` showed for each origin we hold (for retirement)."""
+        with self._lock:
+            for origin, watermark in digest.items():
+                if origin in self._origins:
+                    self._seen.setdefault(origin, {})[peer] = watermark
+
+    def retired_count(self) -> int:
+        with self._lock:
+            return len(self._retired)
+
+    def is_retired(self, origin: str) -> bool:
+        with self._lock:
+            return origin in self._retired
+
+    def _install_retirement_locked(self, txn: Txn) -> None:
+        for origin in txn.origins_dropped:
+            self._origins.pop(origin, None)
+            self._seen.pop(origin, None)
+            self._activity.pop(origin, None)
+        for origin, activity in txn.activity.items():
+            if origin not in txn.origins_dropped:
+                self._activity[origin] = activity
+        if txn.retired_add:
+            self._retired.update(txn.retired_add)
+            log.info("retired %d origin(s) idle for %g s (%d retired in all; their totals are "
+                     "kept in the base)", len(txn.retired_add), self.origin_retire_after,
+                     len(self._retired))
+        if txn.base is not None:
+            self._base = txn.base
+        if txn.base_refused is not None:
+            self._base_refused = txn.base_refused
+        if txn.retired_refused:
+            self.retired_refused += txn.retired_refused
+            self._refused_unwarned += txn.retired_refused
+            now = txn.refused_now or 0.0
+            last = self._refusal_warned
+            if last is None or not 0 <= now - last < WARN_INTERVAL:
+                log.warning("refused %d replicated event(s) of retired origins (an origin silent "
+                            "for more than %g s came back; its new events are not counted)",
+                            self._refused_unwarned, self.origin_retire_after)
+                self._refusal_warned = now
+                self._refused_unwarned = 0

@@ -80,14 +80,16 @@ class Node:
         if self.ssl_context is None and cfg.tls_cert:
             self.ssl_context = tls.server_context(cfg.tls_cert, cfg.tls_key)
         if cfg.in_memory:
-            origin, origins, keys = new_origin_id(), {}, {}
+            origin, origins, keys, retirement = new_origin_id(), {}, {}, ()
         else:
             self.store = Store(cfg.data_path(), sync=cfg.sync)
             self.store.open()
             origin, origins, keys = self.store.load()
+            retirement = self.store.load_retirement()
         self.counter = Counter(origin, max_counters=cfg.max_counters, gap_cap=cfg.gap_cap,
-                               key_ttl=cfg.idempotency_ttl, max_keys=cfg.max_keys)
-        self.counter.load(origins, keys)
+                               key_ttl=cfg.idempotency_ttl, max_keys=cfg.max_keys,
+                               origin_retire_after=cfg.origin_retire_after)
+        self.counter.load(origins, keys, *retirement)
         app = App(self, auth=self.auth, metrics=self.metrics)
         self.app = app
         try:
@@ -280,6 +282,7 @@ class Node:
                                         self.clock.monotonic())
         if new:
             self._kick.set()
+        self.counter.note_digest(source, digest)
         behind = self.counter.behind(digest)
         if behind and not self.peers.is_self(source):
             with self._pull_lock:
@@ -375,6 +378,9 @@ class Node:
             self._kick.set()
         now = self.clock.time()
         self.writer.submit(lambda txn: txn.expire_keys(now))
+        listed = self.peers.alive()
+        live = {self.peers.origin_of(peer) for peer in listed}
+        self.writer.submit(lambda txn: txn.retire_origins(now, listed, live))
         return gone
 
     def retry_once(self) -> list[str]:
@@ -404,7 +410,7 @@ class Node:
             self.metrics.inc("dcounter_anti_entropy_pulls_total")
 
             def job(txn, snapshot=snapshot):
-                return sum(txn.adopt(o, s["watermark"], s["counters"])
+                return sum(txn.adopt(o, s["watermark"], s["counters"], s.get("retired"))
                            for o, s in snapshot.items())
 
             before = self.counter.local_origin
@@ -491,6 +497,10 @@ class Node:
         m.gauge("dcounter_idempotency_key_retention_seconds", "Age of the oldest idempotency "
                 "key remembered: about --idempotency-ttl, less when --max-keys forgets keys early.",
                 lambda: self.counter.key_retention(self.clock.time()))
+        m.gauge("dcounter_origins_retired", "Origins retired (folded into the base).",
+                lambda: self.counter.retired_count())
+        m.gauge("dcounter_retired_origin_events_refused", "Replicated events of retired "
+                "origins refused since start.", lambda: self.counter.retired_refused)
         m.gauge("dcounter_idempotency_keys_evicted", "Idempotency keys forgotten before their "
                 "ttl since start, to stay within --max-keys.",
                 lambda: self.counter.keys_evicted)

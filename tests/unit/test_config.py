@@ -42,6 +42,8 @@ def test_variants_come_from_dataclasses_replace():
     ({"max_body": 1.5}, "--max-body"),
     ({"max_keys": 0}, "--max-keys"),
     ({"max_keys": True}, "--max-keys"),
+    ({"origin_retire_after": 0}, "--origin-retire-after"),
+    ({"origin_retire_after": float("nan")}, "--origin-retire-after"),
     ({"sync": "sometimes"}, "--sync"),
     ({"cluster": ""}, "--cluster"),
     ({"cluster": "a\nb"}, "--cluster"),
@@ -77,6 +79,7 @@ def test_data_path_defaults_to_a_per_port_directory():
 
 @pytest.mark.parametrize("flag,raw,field,expected", [
     ("--max-keys", "5000", "max_keys", 5000),
+    ("--origin-retire-after", "3600", "origin_retire_after", 3600.0),
 ])
 def test_bound_flags_and_their_environment_variables(flag, raw, field, expected):
     from dcounter.cli import config_from_args, env_name

@@ -490,3 +490,199 @@ def test_a_lowered_max_keys_takes_effect_at_the_next_expiry_sweep():
     c.load({}, keys)
     assert run(c, lambda txn: txn.expire_keys(0.0)) == 0
     assert c.key_count() == 4 and c.key("k9", 0.0) is not None and c.key("k5", 0.0) is None
+
+
+# -- retired origins ------------------------------------------------------------------------------
+
+from dcounter.api import MAX_ORIGINS_PER_PULL, decode_digest  # noqa: E402
+from dcounter.counter import RETIRED_ENTRY  # noqa: E402
+
+WEEK = 604_800.0
+
+
+def sweep(counter, clock, peers=(), live=()):
+    return run(counter, lambda txn: txn.retire_origins(clock.time(), list(peers), set(live)))
+
+
+def test_an_idle_origin_every_peer_showed_unchanged_is_folded_into_the_base():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=WEEK)
+    remote(c, ev(1, 5, origin="old"), ev(2, 2, origin="old", name="d"))
+    local(c, delta=1)
+    c.note_digest("p1", {"old": 2, LOCAL: 1})
+    assert sweep(c, clock, ["p1"]) == []  # first sight: its activity is stamped
+    clock.advance(WEEK - 1)
+    assert sweep(c, clock, ["p1"]) == []
+    clock.advance(1)
+    assert sweep(c, clock, ["p1"]) == ["old"]
+    assert c.counters() == {"c": 6, "d": 2}
+    assert c.digest() == {LOCAL: 1, RETIRED_ENTRY: 1}
+    assert c.origin_count() == 1 and c.retired_count() == 1
+
+
+def test_an_origin_is_kept_until_every_listed_peer_showed_our_watermark():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    remote(c, ev(1, origin="old"), ev(2, origin="old"))
+    sweep(c, clock, ["p1", "p2"])
+    clock.advance(11)
+    c.note_digest("p1", {"old": 2})
+    assert sweep(c, clock, ["p1", "p2"]) == []  # p2 showed nothing yet
+    c.note_digest("p2", {"old": 1})
+    assert sweep(c, clock, ["p1", "p2"]) == []  # p2 is behind
+    c.note_digest("p2", {"old": 2})
+    assert sweep(c, clock, ["p1", "p2"]) == ["old"]
+
+
+def test_a_peer_that_retired_the_origin_first_still_counts_as_having_shown_it():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    remote(c, ev(1, origin="old"))
+    sweep(c, clock, ["p1"])
+    c.note_digest("p1", {"old": 1})
+    c.note_digest("p1", {RETIRED_ENTRY: 1})  # p1 retired it: its digest no longer shows it
+    clock.advance(11)
+    assert sweep(c, clock, ["p1"]) == ["old"]
+
+
+def test_a_moving_origin_the_local_origin_and_a_listed_peers_origin_are_never_retired():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    local(c)
+    remote(c, ev(1, origin="busy"), ev(1, origin="quiet"))
+    sweep(c, clock)
+    for _ in range(5):
+        clock.advance(4)
+        remote(c, ev(c.watermark("busy") + 1, origin="busy"))
+        assert sweep(c, clock, live={"quiet"}) == []
+    assert sorted(c.digest()) == ["busy", LOCAL, "quiet"]
+    clock.advance(100)  # busy stopped; the quiet one's node is still listed
+    assert sweep(c, clock, live={"quiet"}) == ["busy"]
+    clock.advance(11)  # the quiet node is no longer listed
+    assert sweep(c, clock) == ["quiet"]
+    assert c.digest() == {LOCAL: 1, RETIRED_ENTRY: 2}
+
+
+def test_an_origin_with_held_events_is_not_retired():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    remote(c, ev(1, origin="gap"), ev(3, origin="gap"))
+    sweep(c, clock)
+    clock.advance(11)
+    assert sweep(c, clock) == []
+
+
+def test_events_of_a_retired_origin_are_refused_without_failing_the_others(caplog):
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    remote(c, ev(1, origin="old"))
+    sweep(c, clock)
+    clock.advance(11)
+    assert sweep(c, clock) == ["old"]
+    with caplog.at_level("WARNING", logger="dcounter.counter"):
+        result = remote(c, ev(2, origin="old"), ev(1, origin="new"), ev(3, origin="old"),
+                        now=clock.time())
+        remote(c, ev(4, origin="old"), now=clock.time())
+    assert [e.id for e in result.applied] == ["new:1"]
+    assert result.retired == 2 and result.duplicates == 2
+    assert c.count("c") == 2 and c.retired_refused == 3
+    assert len([r for r in caplog.records if "retired origins" in r.getMessage()]) == 1
+    assert not adopt(c, "old", 9, {"c": 9})  # a prefix pulled before it retired
+    assert c.count("c") == 2 and c.behind({"old": 9}) == []
+
+
+def test_retirement_past_the_old_digest_limit_keeps_the_digest_decodable():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=WEEK)
+    many = MAX_ORIGINS_PER_PULL + 50
+    for start in range(0, many, 1000):
+        remote(c, *[ev(1, origin=f"o{i}") for i in range(start, min(start + 1000, many))])
+    local(c)
+    with pytest.raises(Exception):
+        decode_digest(c.digest())  # what split the cluster: every heartbeat refused
+    sweep(c, clock, ["p1"])
+    c.note_digest("p1", c.digest())
+    clock.advance(WEEK)
+    assert len(sweep(c, clock, ["p1"])) == many
+    assert decode_digest(c.digest()) == {LOCAL: 1, RETIRED_ENTRY: many}
+    assert c.count("c") == many + 1
+
+
+def retired_node(clock, origins, retire_after=10.0, **kwargs):
+    """A counter that saw one event of each origin and retired them all."""
+    c = make_counter(origin_retire_after=retire_after, **kwargs)
+    remote(c, *[ev(1, 1, origin=o) for o in origins])
+    sweep(c, clock)
+    clock.advance(retire_after)
+    assert sorted(sweep(c, clock)) == sorted(origins)
+    return c
+
+
+def pull(source, target, origins):
+    snapshot = source.snapshot(origins)
+    return run(target, lambda txn: sum(txn.adopt(o, s["watermark"], s["counters"],
+                                                 s.get("retired"))
+                                       for o, s in snapshot.items()))
+
+
+def test_a_late_joiner_pulls_the_base_and_counts_the_retired_origins():
+    clock = FakeClock()
+    old = retired_node(clock, ["a", "b"])
+    joiner = make_counter()
+    remote(joiner, ev(1, 1, origin="a"))  # it knew one of them live
+    assert joiner.behind(old.digest()) == [RETIRED_ENTRY]
+    assert pull(old, joiner, [RETIRED_ENTRY]) == 1
+    assert joiner.counters() == old.counters() == {"c": 2}
+    assert joiner.digest() == {RETIRED_ENTRY: 2} and joiner.origin_count() == 0
+    assert remote(joiner, ev(2, origin="a")).retired == 1
+    assert joiner.behind(old.digest()) == []
+
+
+def test_a_base_is_not_adopted_when_it_would_lose_events_or_retired_origins():
+    clock = FakeClock()
+    old = retired_node(clock, ["a"])
+    ahead = make_counter()
+    remote(ahead, ev(1, origin="a"), ev(2, origin="a"))  # an event the base lacks
+    assert pull(old, ahead, [RETIRED_ENTRY]) == 0
+    assert ahead.count("c") == 2 and ahead.retired_count() == 0
+    assert ahead.behind(old.digest()) == []  # not pulled again and again
+    other = retired_node(FakeClock(), ["z"])
+    remote(other, ev(1, origin="a"), ev(1, origin="b"))
+    assert pull(retired_node(FakeClock(), ["a", "b"]), other, [RETIRED_ENTRY]) == 0
+    assert other.count("c") == 3
+
+
+def test_a_malformed_retired_set_from_a_peer_changes_nothing():
+    c = make_counter()
+    for bad in (None, {"a": 1}, {"a b": 1, "c": 2}, {"a": 0, "b": 1}, {"a": True, "b": 1}):
+        assert not run(c, lambda txn: txn.adopt(RETIRED_ENTRY, 2, {"c": 5}, bad))
+    assert c.counters() == {} and c.retired_count() == 0
+
+
+def test_nodes_that_retired_different_origins_show_the_same_value_and_converge():
+    clock = FakeClock()
+    a, b = make_counter(origin_retire_after=10.0), make_counter(origin_retire_after=10.0)
+    for node in (a, b):
+        remote(node, ev(1, 3, origin="x"), ev(1, 4, origin="y"))
+        sweep(node, clock, ["peer"])
+    a.note_digest("peer", {"x": 1, "y": 1})
+    b.note_digest("peer", {"x": 1, "y": 1})
+    clock.advance(11)
+    assert run(a, lambda txn: txn.retire_origins(clock.time(), ["peer"], {"y"})) == ["x"]
+    assert run(b, lambda txn: txn.retire_origins(clock.time(), ["peer"], {"x"})) == ["y"]
+    assert a.counters() == b.counters() == {"c": 7}
+    assert a.behind(b.digest()) == [] and b.behind(a.digest()) == []
+    clock.advance(11)  # the origins' nodes are gone
+    assert sweep(a, clock, ["peer"]) == ["y"] and sweep(b, clock, ["peer"]) == ["x"]
+    assert a.digest() == b.digest() == {RETIRED_ENTRY: 2}
+    assert a.counters() == b.counters() == {"c": 7}
+
+
+def test_a_base_naming_our_own_origin_gives_us_a_fresh_one():
+    clock = FakeClock()
+    old = retired_node(clock, [LOCAL])
+    c = make_counter()
+    local(c)
+    assert pull(old, c, [RETIRED_ENTRY]) == 1
+    assert c.local_origin != LOCAL and c.count("c") == 1
+    assert local(c).event_id == f"{c.local_origin}:1"
