@@ -25,59 +25,33 @@ The rules this module keeps:
 Idempotency keys
 ----------------
 Keys are remembered for `key_ttl` seconds of wall time, and at most `max_keys` of them. Besides
-the dict of records the counter keeps a heap of `(expires, tiebreak, key)` (lazy deletion: an
-entry whose key is gone or was remembered again is skipped), so expiry and eviction look only at
-the keys they remove, in expiry order, even when the wall clock jumps. A transaction walks the
-committed heap without changing it (a best-first walk from the root), so an aborted transaction
-leaves it as it was. Past `max_keys` the keys closest to expiry are forgotten early: a retry of
-such a key counts again. No request and no replicated event is ever refused for it.
+the dict of records the counter keeps an `ExpiryIndex` (expiry.py), so expiry and eviction look
+only at the keys they remove, in expiry order, even when the wall clock jumps; a transaction
+walks it without changing it. Past `max_keys` the keys closest to expiry are forgotten early: a
+retry of such a key counts again. No request and no replicated event is ever refused for it.
 
 Retired origins
 ---------------
-Every data directory (and every in-memory start) is a new origin, and the digest carries every
-origin, so without a bound origins pile up. Each node therefore retires origins on its own, by
-one rule, in the periodic sweep (`Txn.retire_origins`). An origin is retired when
-
-* it is not this node's origin, nor the origin a listed peer announces as its own;
-* its watermark has not moved, and its node has not been listed, for `origin_retire_after`
-  seconds of wall time (`activity`: the watermark last seen and when it last changed, stored);
-* it holds no out-of-order events, and every currently listed peer has shown it, in a digest,
-  at this node's watermark (`note_digest`; a peer that showed it and later dropped it from its
-  digest, having retired it, still counts). A node with no peers decides alone.
-
-Retiring folds the origin's prefix into the compacted *base* (per-counter totals) and remembers
-the origin's id and final watermark (the retired set), so later events of it are refused
-(counted and logged, never failing the rest of a replicate batch) and its prefix is never
-pulled again. Because every node saw the same watermark, the prefix folded in is the same on
-every node, so two nodes that retired the same set hold the same base.
-
-What peers exchange: the digest no longer carries retired origins but one entry
-`RETIRED_ENTRY: len(retired set)`. A node that sees a larger count pulls that entry like an
-origin; the snapshot carries the base and the retired set with watermarks, and the node adopts
-it only if its own retired set is contained in it and it holds no event of the newly retired
-origins beyond their final watermark (then it drops their live state: the base holds them).
-A node that has not retired an origin still carries it, a node that has retired it never pulls
-it, and a late joiner gets the whole base in one pull: nodes converge.
+Idle origins are folded into a compacted base and no longer carried in the digest; the rule and
+what peers exchange about it are in retirement.py.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import secrets
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from dcounter import validation
-from dcounter.errors import DcounterError, Unprocessable
+from dcounter.errors import Unprocessable
+from dcounter.expiry import ExpiryIndex
+from dcounter.retirement import RETIRED_ENTRY, CounterRetirement, TxnRetirement
 from dcounter.validation import INT64_MAX, INT64_MIN
 
 log = logging.getLogger(__name__)
 
-WARN_INTERVAL = 60.0  # seconds of wall time between two warnings of the same kind
-RETIRED_ENTRY = "_retired"  # the digest entry for the retired set (never a generated origin id)
+WARN_INTERVAL = 60.0  # seconds of wall time between two warnings of evicted keys
 
 
 def new_origin_id() -> str:
@@ -157,7 +131,7 @@ class _Staged:
         self.held_del: set[int] = set()
 
 
-class Txn:
+class Txn(TxnRetirement):
     """A set of staged changes. Read through it, the counter looks as it will after install."""
 
     def __init__(self, counter: "Counter"):
@@ -400,7 +374,7 @@ class Txn:
         """Forget the keys expired at `now`, looking only at them; then apply `max_keys` (which
         may have been lowered since the keys were stored)."""
         expired = 0
-        for expires, _tiebreak, key in self._c._keys_by_expiry():
+        for expires, key in self._c._key_index.in_order():
             if expires > now:
                 break
             if self._committed_key(key, expires) is not None:
@@ -426,9 +400,9 @@ class Txn:
     def _enforce_key_cap(self) -> None:
         while self._key_count() > self._c.max_keys:
             if self._key_walk is None:
-                self._key_walk = self._c._keys_by_expiry()
+                self._key_walk = self._c._key_index.in_order()
             evicted = None
-            for expires, _tiebreak, key in self._key_walk:
+            for expires, key in self._key_walk:
                 record = self._committed_key(key, expires)
                 if record is not None:
                     self.keys_del.add(key)
@@ -446,116 +420,7 @@ class Txn:
         return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from
                     or self.activity or self.retired_add or self.origins_dropped)
 
-    # -- retired origins ---------------------------------------------------------------------------
-    def is_retired(self, origin: str) -> bool:
-        return origin in self.retired_add or origin in self._c._retired
-
-    def _staged_base(self) -> dict[str, int]:
-        if self.base is None:
-            self.base = dict(self._c._base)
-        return self.base
-
-    def retire_origins(self, now: float, peers: list[str], live: set[str]) -> list[str]:
-        """The periodic sweep: stamp origins whose watermark moved (or whose node is listed,
-        `live`), and retire those idle for `origin_retire_after` that every listed peer in
-        `peers` has shown at our watermark (see the module docstring). Returns the origins
-        retired."""
-        c = self._c
-        retire_after = c.origin_retire_after
-        retired = []
-        for origin, state in c._origins.items():
-            if origin in self.origins or origin in self.origins_dropped:
-                continue  # changed in this transaction: not idle
-            activity = self.activity.get(origin) or c._activity.get(origin)
-            if activity is None or activity[0] != state.watermark:
-                self.activity[origin] = (state.watermark, now)
-                continue
-            idle = now - activity[1]
-            if origin in (self.local_origin, c.local_origin):
-                continue
-            if origin in live:  # its node is listed: alive however quiet, so keep it fresh
-                if not 0 <= idle < retire_after / 64:
-                    self.activity[origin] = (state.watermark, now)
-                continue
-            if idle < retire_after or state.held or state.watermark == 0:
-                continue
-            seen = c._seen.get(origin, {})
-            if any(seen.get(peer) != state.watermark for peer in peers):
-                continue
-            base = self._staged_base()
-            for name, total in state.prefix.items():
-                base[name] = base.get(name, 0) + total
-            self.retired_add[origin] = state.watermark
-            self.origins_dropped.add(origin)
-            retired.append(origin)
-        return retired
-
-    def _adopt_base(self, count: int, counters: dict[str, int], retired) -> bool:
-        """Adopt a peer's base and retired set if they contain ours and lose no event this node
-        holds; the newly retired origins' live state is dropped (the base holds it)."""
-        c = self._c
-        mine = {**c._retired, **self.retired_add}
-        if count <= len(mine):
-            return False
-        problem = _check_retired_set(retired, count)
-        if problem is None:
-            if not mine.keys() <= retired.keys():
-                problem = "it lacks origins this node retired"
-            else:
-                for origin, final in retired.items():
-                    if origin in mine:
-                        continue
-                    if self.watermark(origin) > final or any(
-                            seq > final for seq in self._all_held(origin)):
-                        problem = f"this node holds events of {origin} beyond {final}"
-                        break
-        if problem is not None:
-            log.warning("not adopting a peer's retired origins: %s", problem)
-            self.base_refused = (len(mine), count)
-            return False
-        old_base = self._staged_base()
-        for name in set(old_base) | set(counters):
-            change = counters.get(name, 0) - old_base.get(name, 0)
-            if change or (name in counters and self.total(name) is None):
-                self._add_total(name, change)
-        own = False
-        for origin, final in retired.items():
-            if origin in mine:
-                continue
-            own = own or origin == self.local_origin
-            for name, total in self._full_prefix(origin).items():
-                self._add_total(name, -total)
-            for name, delta, _key in self._all_held(origin).values():
-                self._add_total(name, -delta)
-            self.origins.pop(origin, None)
-            self.origins_dropped.add(origin)
-            self.retired_add[origin] = final
-        self.base = dict(counters)
-        if own:  # peers refuse our origin's events from now on
-            self.reorigin()
-        return True
-
-
-def _check_retired_set(retired, count: int) -> str | None:
-    """Why a peer's retired set (origin -> final watermark) is malformed, or None."""
-    if not isinstance(retired, dict) or len(retired) != count:
-        return f"the retired set must be an object of {count} origins"
-    for origin, final in retired.items():
-        if not isinstance(origin, str) or not _is_origin(origin) or isinstance(final, bool) \
-                or not isinstance(final, int) or not 1 <= final <= INT64_MAX:
-            return "the retired set must map origin ids to watermarks"
-    return None
-
-
-def _is_origin(value: str) -> bool:
-    try:
-        validation.origin(value)
-    except DcounterError:
-        return False
-    return True
-
-
-class Counter:
+class Counter(CounterRetirement):
     """Committed state: per-origin prefixes and held events, totals, idempotency keys."""
 
     def __init__(self, local_origin: str, *, max_counters: int = 10_000, gap_cap: int = 10_000,
@@ -572,8 +437,7 @@ class Counter:
         self._totals: dict[str, int] = {}
         self._keys: dict[str, KeyRecord] = {}
         self.max_keys = max_keys
-        self._key_heap: list[tuple[float, int, str]] = []  # (expires, tiebreak, key), lazy
-        self._key_tiebreak = itertools.count()
+        self._key_index = ExpiryIndex()  # the keys in expiry order; only the writer walks it
         self.keys_evicted = 0  # keys forgotten before their ttl because of max_keys
         self._eviction_warned: float | None = None  # wall time of the last warning
         self._evicted_unwarned = 0
@@ -595,7 +459,7 @@ class Counter:
         with self._lock:
             self._origins = origins
             self._keys = keys
-            self._rebuild_key_heap_locked()
+            self._key_index.rebuild(keys)
             self._retired = dict(retired or {})
             self._base = dict(base or {})
             self._activity = dict(activity or {})
@@ -709,49 +573,15 @@ class Counter:
         """Seconds since the oldest remembered key was made: about `key_ttl` while nothing is
         evicted, less when `max_keys` forgets keys early; 0 without keys."""
         with self._lock:
-            if not self._key_heap:
-                return 0.0
-            return max(0.0, now - (self._key_heap[0][0] - self.key_ttl))
+            soonest = self._key_index.soonest()
+            return 0.0 if soonest is None else max(0.0, now - (soonest - self.key_ttl))
 
-    # -- the idempotency key structure (the writer's side) --------------------------------------
-    def _keys_by_expiry(self):
-        """Yield the heap's entries in expiry order without changing it: a best-first walk from
-        the root costs O(log k) per entry yielded. Only the writer calls it (nothing changes the
-        heap while a transaction is open)."""
-        heap = self._key_heap
-        if not heap:
-            return
-        frontier = [(heap[0], 0)]
-        while frontier:
-            entry, index = heapq.heappop(frontier)
-            yield entry
-            for child in (2 * index + 1, 2 * index + 2):
-                if child < len(heap):
-                    heapq.heappush(frontier, (heap[child], child))
-
-    def _rebuild_key_heap_locked(self) -> None:
-        self._key_heap = [(record.expires, next(self._key_tiebreak), key)
-                          for key, record in self._keys.items()]
-        heapq.heapify(self._key_heap)
-
+    # -- the idempotency key bound (the writer's side) -------------------------------------------
     def _install_keys_locked(self, txn: Txn) -> None:
-        keys, heap = self._keys, self._key_heap
         for key in txn.keys_del:
-            keys.pop(key, None)
-        for key, record in txn.keys_add.items():
-            keys[key] = record
-            heapq.heappush(heap, (record.expires, next(self._key_tiebreak), key))
-        # Entries of forgotten keys sit at the top (they expire first): drop them now, so the
-        # top is always a live key. Entries of keys remembered anew go when they reach the top;
-        # should they pile up (wall clock jumps), the heap is rebuilt.
-        while heap:
-            expires, _tiebreak, key = heap[0]
-            record = keys.get(key)
-            if record is not None and record.expires == expires:
-                break
-            heapq.heappop(heap)
-        if len(heap) > 2 * len(keys) + 1024:
-            self._rebuild_key_heap_locked()
+            self._keys.pop(key, None)
+        self._keys.update(txn.keys_add)
+        self._key_index.install(self._keys, txn.keys_add)
         if txn.keys_evicted:
             self._note_evictions_locked(txn)
 
@@ -773,48 +603,3 @@ class Counter:
     def origin_count(self) -> int:
         with self._lock:
             return len(self._origins)
-
-    # -- retired origins -------------------------------------------------------------------------
-    def note_digest(self, peer: str, digest: dict[str, int]) -> None:
-        """Remember the watermark `peer` showed for each origin we hold (for retirement)."""
-        with self._lock:
-            for origin, watermark in digest.items():
-                if origin in self._origins:
-                    self._seen.setdefault(origin, {})[peer] = watermark
-
-    def retired_count(self) -> int:
-        with self._lock:
-            return len(self._retired)
-
-    def is_retired(self, origin: str) -> bool:
-        with self._lock:
-            return origin in self._retired
-
-    def _install_retirement_locked(self, txn: Txn) -> None:
-        for origin in txn.origins_dropped:
-            self._origins.pop(origin, None)
-            self._seen.pop(origin, None)
-            self._activity.pop(origin, None)
-        for origin, activity in txn.activity.items():
-            if origin not in txn.origins_dropped:
-                self._activity[origin] = activity
-        if txn.retired_add:
-            self._retired.update(txn.retired_add)
-            log.info("retired %d origin(s) idle for %g s (%d retired in all; their totals are "
-                     "kept in the base)", len(txn.retired_add), self.origin_retire_after,
-                     len(self._retired))
-        if txn.base is not None:
-            self._base = txn.base
-        if txn.base_refused is not None:
-            self._base_refused = txn.base_refused
-        if txn.retired_refused:
-            self.retired_refused += txn.retired_refused
-            self._refused_unwarned += txn.retired_refused
-            now = txn.refused_now or 0.0
-            last = self._refusal_warned
-            if last is None or not 0 <= now - last < WARN_INTERVAL:
-                log.warning("refused %d replicated event(s) of retired origins (an origin silent "
-                            "for more than %g s came back; its new events are not counted)",
-                            self._refused_unwarned, self.origin_retire_after)
-                self._refusal_warned = now
-                self._refused_unwarned = 0

@@ -579,7 +579,7 @@ def test_events_of_a_retired_origin_are_refused_without_failing_the_others(caplo
     sweep(c, clock)
     clock.advance(11)
     assert sweep(c, clock) == ["old"]
-    with caplog.at_level("WARNING", logger="dcounter.counter"):
+    with caplog.at_level("WARNING", logger="dcounter"):
         result = remote(c, ev(2, origin="old"), ev(1, origin="new"), ev(3, origin="old"),
                         now=clock.time())
         remote(c, ev(4, origin="old"), now=clock.time())
@@ -589,6 +589,12 @@ def test_events_of_a_retired_origin_are_refused_without_failing_the_others(caplo
     assert len([r for r in caplog.records if "retired origins" in r.getMessage()]) == 1
     assert not adopt(c, "old", 9, {"c": 9})  # a prefix pulled before it retired
     assert c.count("c") == 2 and c.behind({"old": 9}) == []
+
+
+def test_an_event_posing_as_the_retired_set_entry_is_refused():
+    c = make_counter()
+    assert remote(c, ev(1, origin=RETIRED_ENTRY)).retired == 1
+    assert c.counters() == {} and c.digest() == {}
 
 
 def test_retirement_past_the_old_digest_limit_keeps_the_digest_decodable():
