@@ -138,6 +138,13 @@ class TxnRetirement:
         if problem is not None:
             log.warning("not adopting a peer's retired origins: %s", problem)
             self.base_refused = (len(mine), count)
+            if isinstance(retired, dict) and self.local_origin in retired:
+                # Our peers refuse this origin's events now (we were cut off, or restored from
+                # an old backup, for longer than they wait): take a fresh one, so that new
+                # increments count again everywhere.
+                log.warning("peers retired this node's origin %s; new events use a fresh "
+                            "origin", self.local_origin)
+                self.reorigin()
             return False
         old_base = self._staged_base()
         for name in set(old_base) | set(counters):

@@ -692,3 +692,14 @@ def test_a_base_naming_our_own_origin_gives_us_a_fresh_one():
     assert pull(old, c, [RETIRED_ENTRY]) == 1
     assert c.local_origin != LOCAL and c.count("c") == 1
     assert local(c).event_id == f"{c.local_origin}:1"
+
+
+def test_a_node_whose_origin_its_peers_retired_takes_a_fresh_one_even_if_it_cannot_adopt():
+    clock = FakeClock()
+    old = retired_node(clock, [LOCAL])
+    c = make_counter()
+    local(c)
+    local(c)  # an increment made while cut off: the peers' base lacks it
+    assert pull(old, c, [RETIRED_ENTRY]) == 0
+    assert c.local_origin != LOCAL and c.count("c") == 2
+    assert local(c).event_id == f"{c.local_origin}:1"
