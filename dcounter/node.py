@@ -5,7 +5,7 @@ Threads it owns, each a thin loop around a step that tests may call directly:
 
     http         serve_forever
     membership   heartbeat_once() every heartbeat_interval; rejoin_once() for due candidates
-    cleanup      cleanup_once() every cleanup_interval (silent peers, expired keys)
+    cleanup      cleanup_once() every cleanup_interval (silent peers, expired keys, idle origins)
     retry        retry_once() when a replication retry is due
     sync         anti-entropy pulls queued by heartbeats and joins (pull_once)
     writer       group commit (writer.py); one sender thread per peer (replication.py)
