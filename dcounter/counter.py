@@ -409,6 +409,8 @@ class Txn(TxnRetirement):
                     evicted = record
                     break
             if evicted is None:  # every committed key is gone: drop the oldest staged one
+                if not self.keys_add:
+                    return
                 key, evicted = next(iter(self.keys_add.items()))
                 del self.keys_add[key]
                 if key in self._c._keys:
@@ -419,6 +421,7 @@ class Txn(TxnRetirement):
     def empty(self) -> bool:
         return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from
                     or self.activity or self.retired_add or self.origins_dropped)
+
 
 class Counter(CounterRetirement):
     """Committed state: per-origin prefixes and held events, totals, idempotency keys."""

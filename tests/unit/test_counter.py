@@ -703,3 +703,11 @@ def test_a_node_whose_origin_its_peers_retired_takes_a_fresh_one_even_if_it_cann
     assert pull(old, c, [RETIRED_ENTRY]) == 0
     assert c.local_origin != LOCAL and c.count("c") == 2
     assert local(c).event_id == f"{c.local_origin}:1"
+
+
+def test_a_group_with_more_new_keys_than_max_keys_keeps_the_newest():
+    c = make_counter(key_ttl=3600.0, max_keys=2)
+    local(c, key="old", now=0.0)
+    run(c, lambda txn: [txn.local("c", 1, f"k{i}", 1.0 + i) for i in range(4)])
+    assert c.key_count() == 2 and c.count("c") == 5
+    assert c.key("k3", 5.0) is not None and c.key("k2", 5.0) is not None
