@@ -3,7 +3,7 @@
 What is stored is O(origins x counters + held events + unexpired keys + retired origins), never
 O(events): per origin its watermark and per-counter prefix totals, the held out-of-order events,
 the idempotency keys that have not expired, and this node's origin id; for origin retirement
-(see counter.py) per live origin the watermark last seen and the wall time it last changed, the
+(see retirement.py) per live origin the watermark last seen and the wall time it last changed, the
 retired origins' ids and final watermarks, and their per-counter totals (the base). Backlogs
 are not stored: every event is in the prefix of the node that acknowledged it, and anti-entropy
 re-sends it.
