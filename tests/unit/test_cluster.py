@@ -13,7 +13,9 @@ import time
 
 import pytest
 
+from dcounter.api import MAX_ORIGINS_PER_PULL
 from dcounter.config import Config
+from dcounter.counter import Event
 from dcounter.node import Node
 from tests.fakes import FakeClock, FakeNetwork, make_request
 
@@ -433,8 +435,6 @@ def test_events_beyond_the_gap_cap_wait_for_anti_entropy(cluster_of):
 
 
 def test_origins_past_the_old_digest_limit_are_retired_and_a_late_joiner_counts_them(cluster_of):
-    from dcounter.api import MAX_ORIGINS_PER_PULL
-    from dcounter.counter import Event
     c = cluster_of(2, origin_retire_after=100.0)
     n1, n2 = c.ids
     c.form()

@@ -5,6 +5,7 @@ import socket
 
 import pytest
 
+from dcounter.cli import config_from_args, env_name
 from dcounter.config import Config
 
 
@@ -82,6 +83,5 @@ def test_data_path_defaults_to_a_per_port_directory():
     ("--origin-retire-after", "3600", "origin_retire_after", 3600.0),
 ])
 def test_bound_flags_and_their_environment_variables(flag, raw, field, expected):
-    from dcounter.cli import config_from_args, env_name
     assert getattr(config_from_args([flag, raw], environ={}), field) == expected
     assert getattr(config_from_args([], environ={env_name(field): raw}), field) == expected

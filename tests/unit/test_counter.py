@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from dcounter.counter import Counter, Event, OriginState
+from dcounter.api import MAX_ORIGINS_PER_PULL, decode_digest
+from dcounter.counter import RETIRED_ENTRY, Counter, Event, KeyRecord, OriginState
 from dcounter.errors import Unprocessable
 from dcounter.validation import INT64_MAX, INT64_MIN
 from tests.fakes import FakeClock
@@ -472,7 +473,6 @@ def test_key_retention_shows_how_long_keys_are_really_kept():
 
 
 def test_expire_keys_touches_only_the_expired_keys():
-    from dcounter.counter import KeyRecord
     keys = TouchCountingDict({f"k{i}": KeyRecord(f"peer:{i}", "c", 1, None, 100.0 + i)
                               for i in range(20_000)})
     c = make_counter()
@@ -484,7 +484,6 @@ def test_expire_keys_touches_only_the_expired_keys():
 
 
 def test_a_lowered_max_keys_takes_effect_at_the_next_expiry_sweep():
-    from dcounter.counter import KeyRecord
     keys = {f"k{i}": KeyRecord(f"peer:{i}", "c", 1, None, 100.0 + i) for i in range(10)}
     c = make_counter(max_keys=4)
     c.load({}, keys)
@@ -493,9 +492,6 @@ def test_a_lowered_max_keys_takes_effect_at_the_next_expiry_sweep():
 
 
 # -- retired origins ------------------------------------------------------------------------------
-
-from dcounter.api import MAX_ORIGINS_PER_PULL, decode_digest  # noqa: E402
-from dcounter.counter import RETIRED_ENTRY  # noqa: E402
 
 WEEK = 604_800.0
 
