@@ -57,6 +57,11 @@ _FLAGS = [
                                               "idle link sends at once"),
     ("--idempotency-ttl", "idempotency_ttl", float, "seconds an Idempotency-Key is remembered"),
     ("--drain-timeout", "drain_timeout", float, "seconds the whole shutdown may take"),
+    ("--max-keys", "max_keys", int, "Idempotency-Keys remembered; past it the oldest are "
+                                    "forgotten before their ttl"),
+    ("--origin-retire-after", "origin_retire_after", float, "seconds an origin may stay idle, "
+                                                            "its node unlisted, before it is "
+                                                            "retired"),
     ("--max-connections", "max_connections", int, "concurrent connections served"),
     ("--max-peers", "max_peers", int, "peers listed at once; a join past it gets 503 "
                                       "(rejoin candidates are capped at 4x this)"),

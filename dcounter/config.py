@@ -43,6 +43,12 @@ class Config:
     idempotency_ttl: float = 86_400.0  # seconds an Idempotency-Key is remembered (wall clock)
     drain_timeout: float = 5.0         # seconds the whole shutdown may take (the last commit
                                        # 1 s more); well under systemd's TimeoutStopSec=20
+    max_keys: int = 1_000_000          # Idempotency-Keys remembered; past it the oldest are
+                                       # forgotten early (a retry of one counts again)
+    origin_retire_after: float = 604_800.0
+                                       # seconds (wall clock) an origin may stay idle, its node
+                                       # unlisted, before it is folded into the base; its later
+                                       # events are refused
     max_connections: int = 256         # concurrent client connections; more get 503
     max_peers: int = 64                # peers listed at once; a join past it gets 503 (rejoin
                                        # candidates are capped at 4x this)
@@ -67,7 +73,7 @@ class Config:
 
     def __post_init__(self):
         positive = ("heartbeat_interval", "cleanup_interval", "peer_timeout", "retry_base",
-                    "retry_max", "request_timeout", "idempotency_ttl")
+                    "retry_max", "request_timeout", "idempotency_ttl", "origin_retire_after")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -83,7 +89,7 @@ class Config:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError("--port must be between 0 and 65535")
         for name in ("max_counters", "max_body", "max_backlog", "gap_cap", "batch_max",
-                     "max_connections", "max_peers"):
+                     "max_connections", "max_peers", "max_keys"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")

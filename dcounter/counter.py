@@ -21,17 +21,37 @@ The rules this module keeps:
   suppresses a distinct replicated event.
 * This module never sleeps, spawns threads, opens sockets or reads the clock: the wall time
   comes in as an argument.
+
+Idempotency keys
+----------------
+Keys are remembered for `key_ttl` seconds of wall time, and at most `max_keys` of them. Besides
+the dict of records the counter keeps an `ExpiryIndex` (expiry.py), so expiry and eviction look
+only at the keys they remove, in expiry order, even when the wall clock jumps; a transaction
+walks it without changing it. Past `max_keys` the keys closest to expiry are forgotten early: a
+retry of such a key counts again. No request and no replicated event is ever refused for it.
+
+Retired origins
+---------------
+Idle origins are folded into a compacted base and no longer carried in the digest; the rule and
+what peers exchange about it are in retirement.py.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from dcounter.errors import Unprocessable
+from dcounter.expiry import ExpiryIndex
+from dcounter.retirement import RETIRED_ENTRY, CounterRetirement, TxnRetirement
 from dcounter.validation import INT64_MAX, INT64_MIN
+
+log = logging.getLogger(__name__)
+
+WARN_INTERVAL = 60.0  # seconds of wall time between two warnings of evicted keys
 
 
 def new_origin_id() -> str:
@@ -93,8 +113,9 @@ class LocalResult:
 @dataclass
 class RemoteResult:
     applied: list[Event]
-    duplicates: int
+    duplicates: int  # retired-origin events included: they are skipped the same way
     deferred: int
+    retired: int = 0  # events of retired origins, refused
 
 
 class _Staged:
@@ -125,7 +146,8 @@ class Savepoint:
     """A transaction as it was when `Txn.savepoint()` was called, recorded lazily: each staged
     origin, total and key is saved as it was just before its first change after the savepoint,
     so taking one costs nothing and rolling back costs what was staged since."""
-    __slots__ = ("origins", "totals", "keys", "outbound", "local_origin", "reorigined_from")
+    __slots__ = ("origins", "totals", "keys", "outbound", "local_origin", "reorigined_from",
+                 "bounds")
 
     def __init__(self, txn: "Txn"):
         self.origins: dict[str, _Staged | None] = {}  # None: the origin was not staged
@@ -134,9 +156,12 @@ class Savepoint:
         self.outbound = len(txn.outbound)
         self.local_origin = txn.local_origin
         self.reorigined_from = txn.reorigined_from
+        # The key bound's and origin retirement's staging, copied whole: it holds at most the
+        # origins this transaction touched, and most jobs stage none of it.
+        self.bounds = txn._bounds_state()
 
 
-class Txn:
+class Txn(TxnRetirement):
     """A set of staged changes. Read through it, the counter looks as it will after install.
 
     Every staging change goes through `_staged` (an origin), `_add_total` (a total) or
@@ -155,6 +180,21 @@ class Txn:
         self.reorigined_from: str | None = None
         self.outbound: list[Event] = []  # new local events, replicated after install
         self._savepoint: Savepoint | None = None
+        # The idempotency key bound: committed keys oldest first (walked lazily), how many were
+        # evicted early, and the wall time and expiry of the last one (for the warning, metric).
+        self._key_walk = None
+        self.keys_evicted = 0
+        self.evicted_expires: float | None = None
+        self.keys_now: float | None = None
+        # Origin retirement: activity stamps, origins retired or dropped from the live state,
+        # the new compacted base (None: unchanged), events of retired origins refused.
+        self.activity: dict[str, tuple[int, float]] = {}
+        self.retired_add: dict[str, int] = {}
+        self.origins_dropped: set[str] = set()
+        self.base: dict[str, int] | None = None
+        self.base_refused: tuple[int, int] | None = None
+        self.retired_refused = 0
+        self.refused_now: float | None = None
 
     # -- savepoints ---------------------------------------------------------------------------
     def savepoint(self) -> Savepoint:
@@ -188,7 +228,22 @@ class Txn:
                 self.keys_del.discard(key)
         del self.outbound[sp.outbound:]
         self.local_origin, self.reorigined_from = sp.local_origin, sp.reorigined_from
+        self._restore_bounds(sp.bounds)
         sp.origins, sp.totals, sp.keys = {}, {}, {}  # the state is sp's again: nothing to undo
+
+    def _bounds_state(self) -> tuple:
+        return (dict(self.activity), dict(self.retired_add), set(self.origins_dropped),
+                None if self.base is None else dict(self.base), self.base_refused,
+                self.retired_refused, self.refused_now, self.keys_evicted, self.evicted_expires,
+                self.keys_now)
+
+    def _restore_bounds(self, saved: tuple) -> None:
+        (activity, retired_add, dropped, base, self.base_refused, self.retired_refused,
+         self.refused_now, self.keys_evicted, self.evicted_expires, self.keys_now) = saved
+        self.activity, self.retired_add, self.origins_dropped = (dict(activity), dict(retired_add),
+                                                                 set(dropped))
+        self.base = None if base is None else dict(base)
+        self._key_walk = None  # the walk restarts; entries already forgotten are skipped
 
     def _stage_key(self, key: str) -> None:
         """Called before a key's staged record changes."""
@@ -314,6 +369,8 @@ class Txn:
         self._stage_key(key)
         self.keys_del.discard(key)
         self.keys_add[key] = record
+        self.keys_now = record.expires - self._c.key_ttl
+        self._enforce_key_cap()
 
     def local(self, counter: str, delta: int, key: str | None, now: float) -> LocalResult:
         """Stage a local increment. Raises `Unprocessable` (and stages nothing) when the key was
@@ -352,7 +409,13 @@ class Txn:
         of every event is remembered, new or not: a duplicate may be an event this node learned
         inside a prefix, which carries no keys, and a client's retry must still find it."""
         applied, duplicates, deferred = [], 0, 0
+        retired = self.retired_refused
         for event in events:
+            if self.is_retired(event.origin):  # folded into the base: skipped like a duplicate
+                duplicates += 1
+                self.retired_refused += 1
+                self.refused_now = now
+                continue
             if event.origin == self.local_origin and event.seq > self.watermark(event.origin):
                 self.reorigin()
             w = self.watermark(event.origin)
@@ -366,12 +429,18 @@ class Txn:
             if event.key is not None and self.key(event.key, now) is None:
                 self._remember_key(event.key, KeyRecord(event.id, event.counter, event.delta,
                                                         None, now + self._c.key_ttl))
-        return RemoteResult(applied, duplicates, deferred)
+        return RemoteResult(applied, duplicates, deferred, self.retired_refused - retired)
 
-    def adopt(self, origin: str, watermark: int, counters: dict[str, int]) -> bool:
+    def adopt(self, origin: str, watermark: int, counters: dict[str, int],
+              retired: dict | None = None) -> bool:
         """Replace an origin's prefix with a peer's, if the peer's is ahead. Held events at or
         below the new watermark are dropped (the prefix contains them); those above stay and
-        fold in when they become contiguous."""
+        fold in when they become contiguous. `RETIRED_ENTRY` adopts a peer's compacted base
+        (`retired`: its retired set) instead; a retired origin is never adopted."""
+        if origin == RETIRED_ENTRY:
+            return self._adopt_base(watermark, counters, retired)
+        if self.is_retired(origin):
+            return False
         if origin == self.local_origin and watermark > self.watermark(origin):
             self.reorigin()
         if watermark <= self.watermark(origin):
@@ -401,23 +470,70 @@ class Txn:
             self.reorigined_from = self.local_origin
         self.local_origin = self._c._new_origin()
 
+    # -- the idempotency key bound ----------------------------------------------------------------
     def expire_keys(self, now: float) -> int:
-        expired = [key for key, record in self._c._keys.items() if record.expires <= now]
-        for key in expired:
-            self._stage_key(key)
-            self.keys_del.add(key)
-            self.keys_add.pop(key, None)
-        return len(expired)
+        """Forget the keys expired at `now`, looking only at them; then apply `max_keys` (which
+        may have been lowered since the keys were stored)."""
+        expired = 0
+        for expires, key in self._c._key_index.in_order():
+            if expires > now:
+                break
+            if self._committed_key(key, expires) is not None:
+                self._stage_key(key)
+                self.keys_del.add(key)
+                expired += 1
+        self.keys_now = now
+        self._enforce_key_cap()
+        return expired
+
+    def _committed_key(self, key: str, expires: float) -> KeyRecord | None:
+        """The committed record a heap entry stands for, unless this transaction already
+        forgot the key or remembered it anew."""
+        if key in self.keys_del or key in self.keys_add:
+            return None
+        record = self._c._keys.get(key)
+        return record if record is not None and record.expires == expires else None
+
+    def _key_count(self) -> int:
+        # Slightly high when a key is remembered again after it expired but before the sweep
+        # forgot it: then one key more is evicted than needed.
+        return len(self._c._keys) + len(self.keys_add) - len(self.keys_del)
+
+    def _enforce_key_cap(self) -> None:
+        while self._key_count() > self._c.max_keys:
+            if self._key_walk is None:
+                self._key_walk = self._c._key_index.in_order()
+            evicted = None
+            for expires, key in self._key_walk:
+                record = self._committed_key(key, expires)
+                if record is not None:
+                    self._stage_key(key)
+                    self.keys_del.add(key)
+                    evicted = record
+                    break
+            if evicted is None:  # every committed key is gone: drop the oldest staged one
+                if not self.keys_add:
+                    return
+                key, evicted = next(iter(self.keys_add.items()))
+                self._stage_key(key)
+                del self.keys_add[key]
+                if key in self._c._keys:
+                    self.keys_del.add(key)
+            self.keys_evicted += 1
+            self.evicted_expires = evicted.expires
 
     def empty(self) -> bool:
-        return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from)
+        return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from
+                    or self.activity or self.retired_add or self.origins_dropped)
 
 
-class Counter:
+class Counter(CounterRetirement):
     """Committed state: per-origin prefixes and held events, totals, idempotency keys."""
 
     def __init__(self, local_origin: str, *, max_counters: int = 10_000, gap_cap: int = 10_000,
-                 key_ttl: float = 86_400.0, new_origin: Callable[[], str] = new_origin_id):
+                 key_ttl: float = 86_400.0, max_keys: int = 1_000_000,
+                 origin_retire_after: float = 604_800.0,
+                 new_origin: Callable[[], str] = new_origin_id):
         self._lock = threading.Lock()
         self.local_origin = local_origin
         self.max_counters = max_counters
@@ -427,14 +543,34 @@ class Counter:
         self._origins: dict[str, OriginState] = {}
         self._totals: dict[str, int] = {}
         self._keys: dict[str, KeyRecord] = {}
+        self.max_keys = max_keys
+        self._key_index = ExpiryIndex()  # the keys in expiry order; only the writer walks it
+        self.keys_evicted = 0  # keys forgotten before their ttl because of max_keys
+        self._eviction_warned: float | None = None  # wall time of the last warning
+        self._evicted_unwarned = 0
+        self.origin_retire_after = origin_retire_after
+        self._retired: dict[str, int] = {}  # retired origin -> its final watermark
+        self._base: dict[str, int] = {}  # per-counter totals of the retired origins
+        self._activity: dict[str, tuple[int, float]] = {}  # origin -> (watermark, wall time)
+        self._seen: dict[str, dict[str, int]] = {}  # origin -> {peer: watermark it showed}
+        self._base_refused: tuple[int, int] | None = None  # (our count, offered count)
+        self.retired_refused = 0  # events of retired origins refused since start
+        self._refusal_warned: float | None = None
+        self._refused_unwarned = 0
         self._txn_open = False
 
     # -- loading (before the node serves) ----------------------------------------------------
-    def load(self, origins: dict[str, OriginState], keys: dict[str, KeyRecord]) -> None:
+    def load(self, origins: dict[str, OriginState], keys: dict[str, KeyRecord],
+             retired: dict[str, int] | None = None, base: dict[str, int] | None = None,
+             activity: dict[str, tuple[int, float]] | None = None) -> None:
         with self._lock:
             self._origins = origins
             self._keys = keys
-            totals: dict[str, int] = {}
+            self._key_index.rebuild(keys)
+            self._retired = dict(retired or {})
+            self._base = dict(base or {})
+            self._activity = dict(activity or {})
+            totals: dict[str, int] = dict(self._base)
             for state in origins.values():
                 for name, value in state.prefix.items():
                     totals[name] = totals.get(name, 0) + value
@@ -467,9 +603,8 @@ class Counter:
                     state.held.pop(seq, None)
                 state.held.update(staged.held_add)
             self._totals.update(txn.totals)
-            for key in txn.keys_del:
-                self._keys.pop(key, None)
-            self._keys.update(txn.keys_add)
+            self._install_keys_locked(txn)
+            self._install_retirement_locked(txn)
             self.local_origin = txn.local_origin
             self._txn_open = False
 
@@ -488,8 +623,11 @@ class Counter:
 
     def digest(self) -> dict[str, int]:
         with self._lock:
-            return {origin: state.watermark for origin, state in self._origins.items()
-                    if state.watermark > 0}
+            digest = {origin: state.watermark for origin, state in self._origins.items()
+                      if state.watermark > 0}
+            if self._retired:
+                digest[RETIRED_ENTRY] = len(self._retired)
+            return digest
 
     def watermark(self, origin: str) -> int:
         with self._lock:
@@ -501,6 +639,9 @@ class Counter:
         with self._lock:
             out = {}
             for origin in origins:
+                if origin == RETIRED_ENTRY and self._retired:
+                    out[origin] = {"watermark": len(self._retired), "counters": dict(self._base),
+                                   "retired": dict(self._retired)}
                 state = self._origins.get(origin)
                 if state is not None and state.watermark > 0:
                     out[origin] = {"watermark": state.watermark, "counters": dict(state.prefix)}
@@ -509,8 +650,18 @@ class Counter:
     def behind(self, digest: dict[str, int]) -> list[str]:
         """Origins for which `digest` (a peer's) is ahead of us."""
         with self._lock:
-            return [origin for origin, w in digest.items()
-                    if w > (self._origins[origin].watermark if origin in self._origins else 0)]
+            behind = []
+            for origin, w in digest.items():
+                if origin == RETIRED_ENTRY:
+                    if w > len(self._retired) and not (
+                            self._base_refused is not None
+                            and self._base_refused[0] == len(self._retired)
+                            and w <= self._base_refused[1]):
+                        behind.append(origin)
+                elif origin not in self._retired and w > (
+                        self._origins[origin].watermark if origin in self._origins else 0):
+                    behind.append(origin)
+            return behind
 
     def key(self, key: str, now: float) -> KeyRecord | None:
         with self._lock:
@@ -524,6 +675,37 @@ class Counter:
     def key_count(self) -> int:
         with self._lock:
             return len(self._keys)
+
+    def key_retention(self, now: float) -> float:
+        """Seconds since the oldest remembered key was made: about `key_ttl` while nothing is
+        evicted, less when `max_keys` forgets keys early; 0 without keys."""
+        with self._lock:
+            soonest = self._key_index.soonest()
+            return 0.0 if soonest is None else max(0.0, now - (soonest - self.key_ttl))
+
+    # -- the idempotency key bound (the writer's side) -------------------------------------------
+    def _install_keys_locked(self, txn: Txn) -> None:
+        for key in txn.keys_del:
+            self._keys.pop(key, None)
+        self._keys.update(txn.keys_add)
+        self._key_index.install(self._keys, txn.keys_add)
+        if txn.keys_evicted:
+            self._note_evictions_locked(txn)
+
+    def _note_evictions_locked(self, txn: Txn) -> None:
+        self.keys_evicted += txn.keys_evicted
+        self._evicted_unwarned += txn.keys_evicted
+        now = txn.keys_now if txn.keys_now is not None else 0.0
+        last = self._eviction_warned
+        if last is not None and 0 <= now - last < WARN_INTERVAL:
+            return
+        kept = now - (txn.evicted_expires - self.key_ttl)
+        log.warning("%d idempotency key(s) forgotten before their %g s ttl to stay within "
+                    "--max-keys %d: a key is now kept about %.0f s, and a client retry after "
+                    "that counts again", self._evicted_unwarned, self.key_ttl, self.max_keys,
+                    max(0.0, kept))
+        self._eviction_warned = now
+        self._evicted_unwarned = 0
 
     def origin_count(self) -> int:
         with self._lock:

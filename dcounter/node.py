@@ -5,7 +5,7 @@ Threads it owns, each a thin loop around a step that tests may call directly:
 
     http         serve_forever
     membership   heartbeat_once() every heartbeat_interval; rejoin_once() for due candidates
-    cleanup      cleanup_once() every cleanup_interval (silent peers, expired keys)
+    cleanup      cleanup_once() every cleanup_interval (silent peers, expired keys, idle origins)
     retry        retry_once() when a replication retry is due
     sync         anti-entropy pulls once they are due (pull_once)
     writer       group commit (writer.py); one sender thread per peer (replication.py)
@@ -134,17 +134,19 @@ class Node:
                                f"{exc.strerror or exc}") from None
         try:
             if cfg.in_memory:
-                origin, origins, keys = new_origin_id(), {}, {}
+                origin, origins, keys, retirement = new_origin_id(), {}, {}, ()
             else:
                 self.store = Store(cfg.data_path(), sync=cfg.sync)
                 self.store.open()
                 origin, origins, keys = self.store.load()
+                retirement = self.store.load_retirement()
         except BaseException:
             self.server.server_close()
             raise
         self.counter = Counter(origin, max_counters=cfg.max_counters, gap_cap=cfg.gap_cap,
-                               key_ttl=cfg.idempotency_ttl)
-        self.counter.load(origins, keys)
+                               key_ttl=cfg.idempotency_ttl, max_keys=cfg.max_keys,
+                               origin_retire_after=cfg.origin_retire_after)
+        self.counter.load(origins, keys, *retirement)
         self.port = self.server.server_address[1]
         self.node_id = cfg.node_id(self.port)
         warning = exposure_warning(cfg)
@@ -364,6 +366,7 @@ class Node:
                                         self.clock.monotonic())
         if new:
             self._kick.set()
+        self.counter.note_digest(source, digest)
         if self.peers.is_self(source):
             return []
         ahead = self.anti_entropy.observe(source, digest, self.counter.digest(),
@@ -473,6 +476,9 @@ class Node:
             self._kick.set()
         now = self.clock.time()
         self.writer.submit(lambda txn: txn.expire_keys(now))
+        listed = self.peers.alive()
+        live = {self.peers.origin_of(peer) for peer in listed}
+        self.writer.submit(lambda txn: txn.retire_origins(now, listed, live))
         return gone
 
     def retry_once(self) -> list[str]:
@@ -512,7 +518,8 @@ class Node:
         self.metrics.inc("dcounter_anti_entropy_pulls_total")
 
         def job(txn):
-            return sum(txn.adopt(o, s["watermark"], s["counters"]) for o, s in snapshot.items())
+            return sum(txn.adopt(o, s["watermark"], s["counters"], s.get("retired"))
+                       for o, s in snapshot.items())
 
         before = self.counter.local_origin
         count = self.writer.submit(job)
@@ -593,6 +600,16 @@ class Node:
                 lambda: self.counter.held_total())
         m.gauge("dcounter_idempotency_keys", "Unexpired idempotency keys remembered.",
                 lambda: self.counter.key_count())
+        m.gauge("dcounter_idempotency_key_retention_seconds", "Age of the oldest idempotency "
+                "key remembered: about --idempotency-ttl, less when --max-keys forgets keys early.",
+                lambda: self.counter.key_retention(self.clock.time()))
+        m.gauge("dcounter_origins_retired", "Origins retired (folded into the base).",
+                lambda: self.counter.retired_count())
+        m.gauge("dcounter_retired_origin_events_refused", "Replicated events of retired "
+                "origins refused since start.", lambda: self.counter.retired_refused)
+        m.gauge("dcounter_idempotency_keys_evicted", "Idempotency keys forgotten before their "
+                "ttl since start, to stay within --max-keys.",
+                lambda: self.counter.keys_evicted)
 
     def readiness(self) -> tuple[bool, str]:
         """Ready: storage is open, and this node compared digests with a peer at least once (and

@@ -1,9 +1,17 @@
 """SQLite persistence of the counter's state, in the node's data directory.
 
-What is stored is O(origins x counters + held events + unexpired keys), never O(events): per
-origin its watermark and per-counter prefix totals, the held out-of-order events, the
-idempotency keys that have not expired, and this node's origin id. Backlogs are not stored:
-every event is in the prefix of the node that acknowledged it, and anti-entropy re-sends it.
+What is stored is O(origins x counters + held events + unexpired keys + retired origins), never
+O(events): per origin its watermark and per-counter prefix totals, the held out-of-order events,
+the idempotency keys that have not expired, and this node's origin id; for origin retirement
+(see retirement.py) per live origin the watermark last seen and the wall time it last changed, the
+retired origins' ids and final watermarks, and their per-counter totals (the base). Backlogs
+are not stored: every event is in the prefix of the node that acknowledged it, and anti-entropy
+re-sends it.
+
+Schema versions: 1 lacked the retirement tables; a version-1 database is migrated on open (in
+one transaction) by adding them, empty: its origins' activity is then unknown and stamped with
+the time of the first sweep, so nothing retires sooner than `origin_retire_after` after the
+upgrade.
 
 The directory is locked (flock) while a node uses it. A database that is corrupt, not ours, or
 of another schema version stops the node at start (`StartupError`); it is never silently
@@ -24,7 +32,7 @@ from dcounter.errors import StartupError, StorageFailure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "dcounter.sqlite3"
 LOCK_NAME = "LOCK"
 
@@ -37,7 +45,14 @@ CREATE TABLE held (origin TEXT NOT NULL, seq INTEGER NOT NULL, counter TEXT NOT 
                    delta INTEGER NOT NULL, key TEXT, PRIMARY KEY (origin, seq)) WITHOUT ROWID;
 CREATE TABLE keys (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, counter TEXT NOT NULL,
                    delta INTEGER NOT NULL, count TEXT, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE activity (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL,
+                       changed REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE retired (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE base (counter TEXT PRIMARY KEY, total TEXT NOT NULL) WITHOUT ROWID;
 """
+_TABLES_V1 = {"origins", "prefixes", "held", "keys"}
+_TABLES = _TABLES_V1 | {"activity", "retired", "base"}
+_MIGRATE_1_TO_2 = _SCHEMA[_SCHEMA.index("CREATE TABLE activity"):]  # the tables version 2 added
 
 
 class Store:
@@ -133,11 +148,32 @@ class Store:
                                "database")
         meta = dict(self._conn.execute("SELECT name, value FROM meta"))
         version = meta.get("schema_version")
+        if version == "1" and _TABLES_V1 <= tables and "origin" in meta:
+            self._migrate_from_1()
+            tables |= _TABLES
+            version = str(SCHEMA_VERSION)
         if version != str(SCHEMA_VERSION):
             raise StartupError(f"data directory {self.directory}: schema version {version} is "
                                f"not supported (this dcounter reads version {SCHEMA_VERSION})")
-        if not {"origins", "prefixes", "held", "keys"} <= tables or "origin" not in meta:
+        if not _TABLES <= tables or "origin" not in meta:
             raise StartupError(f"data directory {self.directory}: {DB_NAME} is incomplete")
+
+    def _migrate_from_1(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            for statement in _MIGRATE_1_TO_2.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("UPDATE meta SET value=? WHERE name='schema_version'",
+                         (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.info("data directory %s: migrated %s from schema version 1 to %d", self.directory,
+                 DB_NAME, SCHEMA_VERSION)
 
     # -- reading ---------------------------------------------------------------------------------
     def load(self) -> tuple[str, dict[str, OriginState], dict[str, KeyRecord]]:
@@ -159,6 +195,22 @@ class Store:
             raise StartupError(f"data directory {self.directory}: cannot read state ({exc})") \
                 from None
         return origin, origins, keys
+
+    def load_retirement(self) -> tuple[dict[str, int], dict[str, int],
+                                       dict[str, tuple[int, float]]]:
+        """The retired origins (id -> final watermark), their base (counter -> total) and the
+        live origins' activity (id -> (watermark, wall time it last changed))."""
+        conn = self._conn
+        try:
+            retired = dict(conn.execute("SELECT origin, watermark FROM retired"))
+            base = {name: int(total) for name, total in conn.execute(
+                "SELECT counter, total FROM base")}
+            activity = {o: (w, changed) for o, w, changed in conn.execute(
+                "SELECT origin, watermark, changed FROM activity")}
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StartupError(f"data directory {self.directory}: cannot read state ({exc})") \
+                from None
+        return retired, base, activity
 
     # -- writing (the writer only, one group at a time) -------------------------------------------
     def write(self, txn: Txn) -> None:
@@ -206,6 +258,25 @@ class Store:
                   r.expires) for key, r in txn.keys_add.items()])
         if txn.reorigined_from is not None:
             conn.execute("UPDATE meta SET value=? WHERE name='origin'", (txn.local_origin,))
+        Store._write_retirement_locked(conn, txn)
+
+    @staticmethod
+    def _write_retirement_locked(conn: sqlite3.Connection, txn: Txn) -> None:
+        if txn.activity:
+            conn.executemany("INSERT OR REPLACE INTO activity VALUES (?, ?, ?)",
+                             [(o, w, changed) for o, (w, changed) in txn.activity.items()
+                              if o not in txn.origins_dropped])
+        if txn.origins_dropped:
+            dropped = [(o,) for o in txn.origins_dropped]
+            for table in ("origins", "prefixes", "held", "activity"):
+                conn.executemany(f"DELETE FROM {table} WHERE origin=?", dropped)
+        if txn.retired_add:
+            conn.executemany("INSERT OR REPLACE INTO retired VALUES (?, ?)",
+                             list(txn.retired_add.items()))
+        if txn.base is not None:
+            conn.execute("DELETE FROM base")
+            conn.executemany("INSERT INTO base VALUES (?, ?)",
+                             [(name, str(total)) for name, total in txn.base.items()])
 
     @property
     def is_open(self) -> bool:

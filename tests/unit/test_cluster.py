@@ -14,7 +14,9 @@ import time
 
 import pytest
 
+from dcounter.api import MAX_ORIGINS_PER_PULL
 from dcounter.config import Config
+from dcounter.counter import Event
 from dcounter.node import Node
 from tests.fakes import FakeClock, FakeNetwork, make_request
 
@@ -457,3 +459,39 @@ def test_a_lead_made_of_pushes_in_flight_is_not_pulled_and_their_keys_arrive(clu
     retry = c.increment(n2, delta=3, key="client-7")
     assert retry.headers["Idempotent-Replayed"] == "true"
     assert c.counts() == {n1: 3, n2: 3}
+
+
+def test_origins_past_the_old_digest_limit_are_retired_and_a_late_joiner_counts_them(cluster_of):
+    c = cluster_of(2, origin_retire_after=100.0)
+    n1, n2 = c.ids
+    c.form()
+    c.increment(n1, delta=7)
+    c.drain_replication()
+    per_round, rounds = 4_000, 3  # 12 000 origins made, more than a digest may carry
+    assert per_round * rounds > MAX_ORIGINS_PER_PULL
+    for r in range(rounds):
+        events = [Event(f"r{r}o{i}", 1, "c", 1) for i in range(per_round)]
+        for node_id, other in ((n1, n2), (n2, n1)):
+            c[node_id].replicate(other, events)
+        c.acknowledged["c"] += per_round
+        c.anti_entropy_round()
+        for node in c.nodes.values():
+            node.cleanup_once()  # first sight of the new origins: their activity is stamped
+        c.clock.advance(101.0)
+        c.anti_entropy_round()  # each shows the other the origins, unchanged
+        for node in c.nodes.values():
+            node.cleanup_once()
+        assert [node.counter.digest() for node in c.nodes.values()] == [
+            {c[n1].counter.local_origin: 1, "_retired": per_round * (r + 1)}] * 2
+        assert c.fully_connected() and c.converged()
+    assert c[n1].counter.retired_count() == per_round * rounds
+    c.add("n3:7003", dataclasses.replace(BASE, advertise="n3:7003", peers=(n1,)))
+    c.ids.append("n3:7003")
+    for _ in range(3):
+        c.anti_entropy_round()
+    assert c.fully_connected()
+    assert c.counts() == {n1: 12_007, n2: 12_007, "n3:7003": 12_007}
+    assert c.converged()
+    refused = c[n1].replicate(n2, [Event("r0o1", 2, "c", 1), Event("fresh", 1, "c", 1)])
+    assert refused.retired == 1 and len(refused.applied) == 1
+    assert "dcounter_retired_origin_events_refused 1" in c[n1].metrics.render()

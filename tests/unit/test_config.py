@@ -5,6 +5,7 @@ import socket
 
 import pytest
 
+from dcounter.cli import config_from_args, env_name
 from dcounter.config import Config
 
 
@@ -42,6 +43,10 @@ def test_variants_come_from_dataclasses_replace():
     ({"max_peers": 2.5}, "--max-peers"),
     ({"gap_cap": True}, "--gap-cap"),
     ({"max_body": 1.5}, "--max-body"),
+    ({"max_keys": 0}, "--max-keys"),
+    ({"max_keys": True}, "--max-keys"),
+    ({"origin_retire_after": 0}, "--origin-retire-after"),
+    ({"origin_retire_after": float("nan")}, "--origin-retire-after"),
     ({"sync": "sometimes"}, "--sync"),
     ({"cluster": ""}, "--cluster"),
     ({"cluster": "a\nb"}, "--cluster"),
@@ -96,3 +101,10 @@ def test_numeric_values_may_carry_ascii_white_space_from_an_environment_file():
     from dcounter.cli import config_from_args
     cfg = config_from_args([], environ={"DCOUNTER_PORT": " 8081\n", "DCOUNTER_PEER_TIMEOUT": "7 "})
     assert (cfg.port, cfg.peer_timeout) == (8081, 7.0)
+@pytest.mark.parametrize("flag,raw,field,expected", [
+    ("--max-keys", "5000", "max_keys", 5000),
+    ("--origin-retire-after", "3600", "origin_retire_after", 3600.0),
+])
+def test_bound_flags_and_their_environment_variables(flag, raw, field, expected):
+    assert getattr(config_from_args([flag, raw], environ={}), field) == expected
+    assert getattr(config_from_args([], environ={env_name(field): raw}), field) == expected

@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from dcounter.counter import Counter, Event, OriginState
+from dcounter.api import MAX_ORIGINS_PER_PULL, decode_digest
+from dcounter.counter import RETIRED_ENTRY, Counter, Event, KeyRecord, OriginState
 from dcounter.errors import Unprocessable
 from dcounter.validation import INT64_MAX, INT64_MIN
 from tests.fakes import FakeClock
@@ -115,6 +116,26 @@ def test_rollback_to_a_savepoint_restores_everything_staged_after_it():
     assert local(c, delta=1, now=clock.time()).event_id == f"{LOCAL}:3"
     assert remote(c, ev(1), ev(2)).applied == [ev(1), ev(2)]
     assert c.counters() == {"c": 36}  # 1 + 2 + 1 local, 30 + 1 + 1 from peer (3 folds in)
+
+
+def test_a_rollback_undoes_key_evictions_and_retirements_staged_after_the_savepoint():
+    clock = FakeClock()
+    c = make_counter(key_ttl=1000.0, max_keys=1, origin_retire_after=10.0)
+    local(c, key="first", now=clock.time())
+    remote(c, ev(1, origin="idle"))
+    txn = c.begin()
+    txn.retire_origins(clock.time(), [], set())  # stamps the idle origin's activity
+    c.install(txn)
+    clock.advance(11)
+    txn = c.begin()
+    sp = txn.savepoint()
+    txn.local("c", 1, "second", clock.time())  # past max_keys: "first" is evicted
+    assert txn.retire_origins(clock.time(), [], set()) == ["idle"]
+    txn.rollback_to(sp)
+    assert txn.empty() and txn.keys_evicted == 0
+    c.install(txn)
+    assert c.key("first", clock.time()) is not None and c.keys_evicted == 0
+    assert c.retired_count() == 0 and "idle" in c.digest()
 
 
 def test_a_savepoint_can_be_rolled_back_to_again_and_a_new_one_replaces_it():
@@ -461,3 +482,316 @@ def test_load_rebuilds_totals_from_prefixes_and_held_events():
     copy.load(origins, {})
     assert copy.counters() == source.counters()
     assert copy.held_total() == 1
+
+
+# -- the idempotency key bound --------------------------------------------------------------------
+
+class TouchCountingDict(dict):
+    """A dict of key records that counts how many records a caller looks at."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.touched = 0
+
+    def get(self, key, default=None):
+        self.touched += 1
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.touched += 1
+        return super().__getitem__(key)
+
+    def items(self):
+        for pair in super().items():
+            self.touched += 1
+            yield pair
+
+    def values(self):
+        for value in super().values():
+            self.touched += 1
+            yield value
+
+
+def test_past_max_keys_the_oldest_keys_are_evicted_and_requests_still_succeed():
+    clock = FakeClock()
+    c = make_counter(key_ttl=3600.0, max_keys=3)
+    for i in range(5):
+        assert not local(c, key=f"k{i}", now=clock.time()).replayed
+        clock.advance(1)
+    assert c.key_count() == 3
+    assert [k for k in ("k0", "k1") if c.key(k, clock.time())] == []
+    assert local(c, key="k4", now=clock.time()).replayed  # the newest are kept
+    assert c.keys_evicted == 2
+    assert c.count("c") == 5
+
+
+def test_replicated_events_past_max_keys_are_applied_and_evict_old_keys():
+    c = make_counter(key_ttl=3600.0, max_keys=2)
+    result = remote(c, ev(1, key="a"), ev(2, key="b"), ev(3, key="c"), now=10.0)
+    assert len(result.applied) == 3 and c.count("c") == 3
+    assert c.key_count() == 2 and c.key("a", 10.0) is None and c.key("c", 10.0) is not None
+
+
+def test_eviction_follows_expiry_order_even_when_the_wall_clock_went_back():
+    c = make_counter(key_ttl=100.0, max_keys=2)
+    local(c, key="late", now=1000.0)
+    local(c, key="early", now=500.0)  # the wall clock jumped back: this key expires first
+    local(c, key="third", now=501.0)
+    assert c.key("early", 502.0) is None
+    assert c.key("late", 502.0) is not None and c.key("third", 502.0) is not None
+
+
+def test_eviction_warns_once_per_interval_not_per_key(caplog):
+    c = make_counter(key_ttl=3600.0, max_keys=1)
+    with caplog.at_level("WARNING", logger="dcounter.counter"):
+        for i in range(50):
+            local(c, key=f"k{i}", now=float(i))
+    warnings = [r for r in caplog.records if "max-keys" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_key_retention_shows_how_long_keys_are_really_kept():
+    clock = FakeClock()
+    c = make_counter(key_ttl=3600.0, max_keys=10)
+    assert c.key_retention(clock.time()) == 0
+    for i in range(20):
+        local(c, key=f"k{i}", now=clock.time())
+        clock.advance(1)
+    assert c.key_retention(clock.time()) == 10  # the oldest kept key was made 10 s ago
+
+
+def test_expire_keys_touches_only_the_expired_keys():
+    keys = TouchCountingDict({f"k{i}": KeyRecord(f"peer:{i}", "c", 1, None, 100.0 + i)
+                              for i in range(20_000)})
+    c = make_counter()
+    c.load({}, keys)
+    keys.touched = 0
+    assert run(c, lambda txn: txn.expire_keys(103.0)) == 4  # k0..k3 expire at 100..103
+    assert keys.touched < 100
+    assert c.key_count() == 19_996 and c.key("k4", 103.0) is not None
+
+
+def test_a_lowered_max_keys_takes_effect_at_the_next_expiry_sweep():
+    keys = {f"k{i}": KeyRecord(f"peer:{i}", "c", 1, None, 100.0 + i) for i in range(10)}
+    c = make_counter(max_keys=4)
+    c.load({}, keys)
+    assert run(c, lambda txn: txn.expire_keys(0.0)) == 0
+    assert c.key_count() == 4 and c.key("k9", 0.0) is not None and c.key("k5", 0.0) is None
+
+
+# -- retired origins ------------------------------------------------------------------------------
+
+WEEK = 604_800.0
+
+
+def sweep(counter, clock, peers=(), live=()):
+    return run(counter, lambda txn: txn.retire_origins(clock.time(), list(peers), set(live)))
+
+
+def test_an_idle_origin_every_peer_showed_unchanged_is_folded_into_the_base():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=WEEK)
+    remote(c, ev(1, 5, origin="old"), ev(2, 2, origin="old", name="d"))
+    local(c, delta=1)
+    c.note_digest("p1", {"old": 2, LOCAL: 1})
+    assert sweep(c, clock, ["p1"]) == []  # first sight: its activity is stamped
+    clock.advance(WEEK - 1)
+    assert sweep(c, clock, ["p1"]) == []
+    clock.advance(1)
+    assert sweep(c, clock, ["p1"]) == ["old"]
+    assert c.counters() == {"c": 6, "d": 2}
+    assert c.digest() == {LOCAL: 1, RETIRED_ENTRY: 1}
+    assert c.origin_count() == 1 and c.retired_count() == 1
+
+
+def test_an_origin_is_kept_until_every_listed_peer_showed_our_watermark():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    remote(c, ev(1, origin="old"), ev(2, origin="old"))
+    sweep(c, clock, ["p1", "p2"])
+    clock.advance(11)
+    c.note_digest("p1", {"old": 2})
+    assert sweep(c, clock, ["p1", "p2"]) == []  # p2 showed nothing yet
+    c.note_digest("p2", {"old": 1})
+    assert sweep(c, clock, ["p1", "p2"]) == []  # p2 is behind
+    c.note_digest("p2", {"old": 2})
+    assert sweep(c, clock, ["p1", "p2"]) == ["old"]
+
+
+def test_a_peer_that_retired_the_origin_first_still_counts_as_having_shown_it():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    remote(c, ev(1, origin="old"))
+    sweep(c, clock, ["p1"])
+    c.note_digest("p1", {"old": 1})
+    c.note_digest("p1", {RETIRED_ENTRY: 1})  # p1 retired it: its digest no longer shows it
+    clock.advance(11)
+    assert sweep(c, clock, ["p1"]) == ["old"]
+
+
+def test_a_moving_origin_the_local_origin_and_a_listed_peers_origin_are_never_retired():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    local(c)
+    remote(c, ev(1, origin="busy"), ev(1, origin="quiet"))
+    sweep(c, clock)
+    for _ in range(5):
+        clock.advance(4)
+        remote(c, ev(c.watermark("busy") + 1, origin="busy"))
+        assert sweep(c, clock, live={"quiet"}) == []
+    assert sorted(c.digest()) == ["busy", LOCAL, "quiet"]
+    clock.advance(100)  # busy stopped; the quiet one's node is still listed
+    assert sweep(c, clock, live={"quiet"}) == ["busy"]
+    clock.advance(11)  # the quiet node is no longer listed
+    assert sweep(c, clock) == ["quiet"]
+    assert c.digest() == {LOCAL: 1, RETIRED_ENTRY: 2}
+
+
+def test_an_origin_with_held_events_is_not_retired():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    remote(c, ev(1, origin="gap"), ev(3, origin="gap"))
+    sweep(c, clock)
+    clock.advance(11)
+    assert sweep(c, clock) == []
+
+
+def test_events_of_a_retired_origin_are_refused_without_failing_the_others(caplog):
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=10.0)
+    remote(c, ev(1, origin="old"))
+    sweep(c, clock)
+    clock.advance(11)
+    assert sweep(c, clock) == ["old"]
+    with caplog.at_level("WARNING", logger="dcounter"):
+        result = remote(c, ev(2, origin="old"), ev(1, origin="new"), ev(3, origin="old"),
+                        now=clock.time())
+        remote(c, ev(4, origin="old"), now=clock.time())
+    assert [e.id for e in result.applied] == ["new:1"]
+    assert result.retired == 2 and result.duplicates == 2
+    assert c.count("c") == 2 and c.retired_refused == 3
+    assert len([r for r in caplog.records if "retired origins" in r.getMessage()]) == 1
+    assert not adopt(c, "old", 9, {"c": 9})  # a prefix pulled before it retired
+    assert c.count("c") == 2 and c.behind({"old": 9}) == []
+
+
+def test_an_event_posing_as_the_retired_set_entry_is_refused():
+    c = make_counter()
+    assert remote(c, ev(1, origin=RETIRED_ENTRY)).retired == 1
+    assert c.counters() == {} and c.digest() == {}
+
+
+def test_retirement_past_the_old_digest_limit_keeps_the_digest_decodable():
+    clock = FakeClock()
+    c = make_counter(origin_retire_after=WEEK)
+    many = MAX_ORIGINS_PER_PULL + 50
+    for start in range(0, many, 1000):
+        remote(c, *[ev(1, origin=f"o{i}") for i in range(start, min(start + 1000, many))])
+    local(c)
+    with pytest.raises(Exception):
+        decode_digest(c.digest())  # what split the cluster: every heartbeat refused
+    sweep(c, clock, ["p1"])
+    c.note_digest("p1", c.digest())
+    clock.advance(WEEK)
+    assert len(sweep(c, clock, ["p1"])) == many
+    assert decode_digest(c.digest()) == {LOCAL: 1, RETIRED_ENTRY: many}
+    assert c.count("c") == many + 1
+
+
+def retired_node(clock, origins, retire_after=10.0, **kwargs):
+    """A counter that saw one event of each origin and retired them all."""
+    c = make_counter(origin_retire_after=retire_after, **kwargs)
+    remote(c, *[ev(1, 1, origin=o) for o in origins])
+    sweep(c, clock)
+    clock.advance(retire_after)
+    assert sorted(sweep(c, clock)) == sorted(origins)
+    return c
+
+
+def pull(source, target, origins):
+    snapshot = source.snapshot(origins)
+    return run(target, lambda txn: sum(txn.adopt(o, s["watermark"], s["counters"],
+                                                 s.get("retired"))
+                                       for o, s in snapshot.items()))
+
+
+def test_a_late_joiner_pulls_the_base_and_counts_the_retired_origins():
+    clock = FakeClock()
+    old = retired_node(clock, ["a", "b"])
+    joiner = make_counter()
+    remote(joiner, ev(1, 1, origin="a"))  # it knew one of them live
+    assert joiner.behind(old.digest()) == [RETIRED_ENTRY]
+    assert pull(old, joiner, [RETIRED_ENTRY]) == 1
+    assert joiner.counters() == old.counters() == {"c": 2}
+    assert joiner.digest() == {RETIRED_ENTRY: 2} and joiner.origin_count() == 0
+    assert remote(joiner, ev(2, origin="a")).retired == 1
+    assert joiner.behind(old.digest()) == []
+
+
+def test_a_base_is_not_adopted_when_it_would_lose_events_or_retired_origins():
+    clock = FakeClock()
+    old = retired_node(clock, ["a"])
+    ahead = make_counter()
+    remote(ahead, ev(1, origin="a"), ev(2, origin="a"))  # an event the base lacks
+    assert pull(old, ahead, [RETIRED_ENTRY]) == 0
+    assert ahead.count("c") == 2 and ahead.retired_count() == 0
+    assert ahead.behind(old.digest()) == []  # not pulled again and again
+    other = retired_node(FakeClock(), ["z"])
+    remote(other, ev(1, origin="a"), ev(1, origin="b"))
+    assert pull(retired_node(FakeClock(), ["a", "b"]), other, [RETIRED_ENTRY]) == 0
+    assert other.count("c") == 3
+
+
+def test_a_malformed_retired_set_from_a_peer_changes_nothing():
+    c = make_counter()
+    for bad in (None, {"a": 1}, {"a b": 1, "c": 2}, {"a": 0, "b": 1}, {"a": True, "b": 1}):
+        assert not run(c, lambda txn: txn.adopt(RETIRED_ENTRY, 2, {"c": 5}, bad))
+    assert c.counters() == {} and c.retired_count() == 0
+
+
+def test_nodes_that_retired_different_origins_show_the_same_value_and_converge():
+    clock = FakeClock()
+    a, b = make_counter(origin_retire_after=10.0), make_counter(origin_retire_after=10.0)
+    for node in (a, b):
+        remote(node, ev(1, 3, origin="x"), ev(1, 4, origin="y"))
+        sweep(node, clock, ["peer"])
+    a.note_digest("peer", {"x": 1, "y": 1})
+    b.note_digest("peer", {"x": 1, "y": 1})
+    clock.advance(11)
+    assert run(a, lambda txn: txn.retire_origins(clock.time(), ["peer"], {"y"})) == ["x"]
+    assert run(b, lambda txn: txn.retire_origins(clock.time(), ["peer"], {"x"})) == ["y"]
+    assert a.counters() == b.counters() == {"c": 7}
+    assert a.behind(b.digest()) == [] and b.behind(a.digest()) == []
+    clock.advance(11)  # the origins' nodes are gone
+    assert sweep(a, clock, ["peer"]) == ["y"] and sweep(b, clock, ["peer"]) == ["x"]
+    assert a.digest() == b.digest() == {RETIRED_ENTRY: 2}
+    assert a.counters() == b.counters() == {"c": 7}
+
+
+def test_a_base_naming_our_own_origin_gives_us_a_fresh_one():
+    clock = FakeClock()
+    old = retired_node(clock, [LOCAL])
+    c = make_counter()
+    local(c)
+    assert pull(old, c, [RETIRED_ENTRY]) == 1
+    assert c.local_origin != LOCAL and c.count("c") == 1
+    assert local(c).event_id == f"{c.local_origin}:1"
+
+
+def test_a_node_whose_origin_its_peers_retired_takes_a_fresh_one_even_if_it_cannot_adopt():
+    clock = FakeClock()
+    old = retired_node(clock, [LOCAL])
+    c = make_counter()
+    local(c)
+    local(c)  # an increment made while cut off: the peers' base lacks it
+    assert pull(old, c, [RETIRED_ENTRY]) == 0
+    assert c.local_origin != LOCAL and c.count("c") == 2
+    assert local(c).event_id == f"{c.local_origin}:1"
+
+
+def test_a_group_with_more_new_keys_than_max_keys_keeps_the_newest():
+    c = make_counter(key_ttl=3600.0, max_keys=2)
+    local(c, key="old", now=0.0)
+    run(c, lambda txn: [txn.local("c", 1, f"k{i}", 1.0 + i) for i in range(4)])
+    assert c.key_count() == 2 and c.count("c") == 5
+    assert c.key("k3", 5.0) is not None and c.key("k2", 5.0) is not None

@@ -15,12 +15,13 @@ from tests.fakes import FakeClock
 class Opened:
     """A store, a counter loaded from it and a running writer: what a node opens."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, **counter_options):
         self.store = Store(str(directory), sync="normal")
         self.store.open()
         self.origin, origins, keys = self.store.load()
-        self.counter = Counter(self.origin, key_ttl=60.0)
-        self.counter.load(origins, keys)
+        counter_options.setdefault("key_ttl", 60.0)
+        self.counter = Counter(self.origin, **counter_options)
+        self.counter.load(origins, keys, *self.store.load_retirement())
         self.committed: list[Event] = []
         self.writer = Writer(self.counter, self.store, on_commit=self.committed.extend)
         self.writer.start()
@@ -40,8 +41,8 @@ class Opened:
 def opened(tmp_path):
     handles = []
 
-    def open_(directory=None):
-        handle = Opened(directory or tmp_path / "data")
+    def open_(directory=None, **counter_options):
+        handle = Opened(directory or tmp_path / "data", **counter_options)
         handles.append(handle)
         return handle
 
@@ -76,6 +77,32 @@ def test_state_round_trips_through_a_reopen(opened, tmp_path):
     assert second.counter.watermark("peer") == 3 and second.counter.held_total() == 0
     clock.advance(61)  # keys expire by the wall clock, across restarts too
     assert second.counter.key("k1", clock.time()) is None
+
+
+def test_keys_evicted_past_max_keys_stay_forgotten_after_a_restart(opened, tmp_path):
+    first = opened(max_keys=2)
+    for i in range(4):
+        first.local(key=f"k{i}", now=float(i))
+    first.close()
+    rows = sqlite3.connect(str(tmp_path / "data" / DB_NAME)).execute(
+        "SELECT key FROM keys ORDER BY key").fetchall()
+    assert rows == [("k2",), ("k3",)]
+    second = opened(max_keys=2)
+    assert second.counter.key_count() == 2
+    assert not second.local(key="k0", now=5.0).replayed  # evicted: counts again
+    assert second.local(key="k3", now=5.0).replayed
+
+
+def test_a_lowered_max_keys_is_applied_and_stored_by_the_expiry_sweep(opened, tmp_path):
+    first = opened()
+    for i in range(5):
+        first.local(key=f"k{i}", now=float(i))
+    first.close()
+    second = opened(max_keys=3)
+    second.writer.submit(lambda txn: txn.expire_keys(10.0))
+    second.close()
+    third = opened(max_keys=3)
+    assert third.counter.key_count() == 3 and third.counter.key("k4", 10.0) is not None
 
 
 def test_reopen_keeps_the_origin_and_continues_its_sequence(opened):
@@ -250,3 +277,70 @@ def test_group_commit_applies_many_concurrent_increments_exactly(opened):
     assert handle.counter.count("c") == sum(range(1, 201))
     handle.close()
     assert opened().counter.count("c") == sum(range(1, 201))
+
+
+# -- retired origins ------------------------------------------------------------------------------
+
+def test_retired_origins_and_their_base_survive_a_restart(opened, tmp_path):
+    clock = FakeClock()
+    first = opened(origin_retire_after=10.0)
+    first.remote(Event("old", 1, "c", 5), Event("old", 2, "d", 2), Event("quiet", 1, "c", 1))
+    first.local(delta=3)
+    sweep = lambda txn: txn.retire_origins(clock.time(), [], set())  # noqa: E731
+    first.writer.submit(sweep)
+    first.close()
+
+    second = opened(origin_retire_after=10.0)  # the activity stamps were stored
+    clock.advance(11)
+    assert sorted(second.writer.submit(sweep)) == ["old", "quiet"]
+    second.close()
+    db = sqlite3.connect(str(tmp_path / "data" / DB_NAME))
+    assert db.execute("SELECT count(*) FROM prefixes WHERE origin IN ('old', 'quiet')"
+                      ).fetchone() == (0,)
+    db.close()
+
+    third = opened(origin_retire_after=10.0)
+    assert third.counter.counters() == {"c": 9, "d": 2}
+    assert third.counter.retired_count() == 2 and third.counter.origin_count() == 1
+    assert third.remote(Event("old", 3, "c", 100)).retired == 1
+    assert third.counter.count("c") == 9
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE origins (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE prefixes (origin TEXT NOT NULL, counter TEXT NOT NULL, total TEXT NOT NULL,
+                       PRIMARY KEY (origin, counter)) WITHOUT ROWID;
+CREATE TABLE held (origin TEXT NOT NULL, seq INTEGER NOT NULL, counter TEXT NOT NULL,
+                   delta INTEGER NOT NULL, key TEXT, PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+CREATE TABLE keys (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, counter TEXT NOT NULL,
+                   delta INTEGER NOT NULL, count TEXT, expires REAL NOT NULL) WITHOUT ROWID;
+"""
+
+
+def test_a_version_1_database_is_migrated_with_its_state_intact(opened, tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    conn = sqlite3.connect(str(directory / DB_NAME), isolation_level=None)
+    conn.executescript(V1_SCHEMA)
+    conn.executescript("""
+        INSERT INTO meta VALUES ('schema_version', '1'), ('origin', 'mine');
+        INSERT INTO origins VALUES ('mine', 2), ('peer', 1);
+        INSERT INTO prefixes VALUES ('mine', 'c', '7'), ('peer', 'c', '9000000000000000');
+        INSERT INTO held VALUES ('peer', 3, 'd', 4, NULL);
+        INSERT INTO keys VALUES ('k', 'mine:2', 'c', 3, '7', 100.0);
+    """)
+    conn.close()
+    node = opened(directory, origin_retire_after=10.0)
+    assert node.origin == "mine"
+    assert node.counter.counters() == {"c": 9000000000000007, "d": 4}
+    assert node.counter.digest() == {"mine": 2, "peer": 1}
+    assert node.local(delta=3, key="k", now=50.0).replayed
+    assert node.local(delta=1).event_id == "mine:3"
+    # Activity was unknown: the first sweep stamps it, so nothing retires at once.
+    assert node.writer.submit(lambda txn: txn.retire_origins(1e9, [], set())) == []
+    node.close()
+    db = sqlite3.connect(str(directory / DB_NAME))
+    assert db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone() == ("2",)
+    db.close()
+    assert opened(directory).counter.count("c") == 9000000000000008
