@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dcounter import PROTOCOL, statuspage, validation
-from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotFound)
+from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
+                             NotFound)
 from dcounter.server import Request, Response, error_response
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_event,
                            decode_peer_list)
@@ -60,6 +61,28 @@ def query_params(request: Request, allowed=()) -> dict:
     return params
 
 
+SEE_CUTOVER = "see README 'Leaving the original system'"
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between two warnings about one refused sender
+
+
+def _sender(data: dict, request: Request) -> str:
+    """Who sent a refused message, for the log: its node id if it gave one, else its address."""
+    node_id = data.get("node_id")
+    if isinstance(node_id, str) and node_id.isprintable() and len(node_id) <= 261:
+        return node_id
+    return request.client or "unknown"
+
+
+def refuse_non_peers(data: dict, request: Request) -> None:
+    """A join or heartbeat must carry `protocol` and `origin`. The original system's nodes send
+    neither; listed as peers they would count what they send once per node that receives it."""
+    missing = [name for name in ("protocol", "origin") if name not in data]
+    if missing:
+        raise NotAPeer(f"not a dcounter peer: no {' or '.join(missing)} in the request; the "
+                       f"original system's nodes cannot join; {SEE_CUTOVER}",
+                       _sender(data, request))
+
+
 def check_membership_fields(node, data: dict) -> None:
     """cluster and protocol, when present, must match ours (409 otherwise)."""
     if "cluster" in data:
@@ -95,21 +118,20 @@ def increment(node, request: Request):
 
 def replicate(node, request: Request):
     data = json_body(request)
-    if "events" in data:
-        check_fields(data, required=("node_id", "events"))
-        sender = validation.node_id(data["node_id"])
-        if not isinstance(data["events"], list):
-            raise BadRequest("events must be a list")
-        events = [decode_event(event) for event in data["events"]]
-        result = node.replicate(sender, events)
-        return 200, {"applied": len(result.applied), "duplicates": result.duplicates,
-                     "deferred": result.deferred}
-    # The original single-event form: {"node_id": ..., "event_id": "<uuid>"}.
-    check_fields(data, required=("node_id", "event_id"))
+    if "event_id" in data and "events" not in data:
+        # The original system sends each increment's uuid to every peer: a node cannot tell
+        # whether another node counted it too, so accepting it would count it once per node.
+        raise NotAPeer("the original system's replicate form {node_id, event_id} is not "
+                       "accepted: it would be counted once per node that receives it; "
+                       + SEE_CUTOVER, _sender(data, request))
+    check_fields(data, required=("node_id", "events"))
     sender = validation.node_id(data["node_id"])
-    key = validation.idempotency_key(data["event_id"], "event_id")
-    applied = node.replicate_legacy(sender, key)
-    return 200, {"applied": int(applied), "duplicates": int(not applied), "deferred": 0}
+    if not isinstance(data["events"], list):
+        raise BadRequest("events must be a list")
+    events = [decode_event(event) for event in data["events"]]
+    result = node.replicate(sender, events)
+    return 200, {"applied": len(result.applied), "duplicates": result.duplicates,
+                 "deferred": result.deferred}
 
 
 def state(node, request: Request):
@@ -139,6 +161,7 @@ def counters(node, request: Request):
 def _membership_request(request: Request, node) -> tuple:
     """The body of a join or heartbeat: (sender, origin, digest, peers)."""
     data = json_body(request)
+    refuse_non_peers(data, request)
     check_fields(data, required=("node_id",),
                  optional=("cluster", "protocol", "origin", "digest", "peers"))
     sender = validation.node_id(data["node_id"])
@@ -222,6 +245,7 @@ class App:
         self.auth = auth
         self.metrics = metrics
         self._table: dict[str, dict[str, Route]] = {}
+        self._refusals_logged: dict[str, float] = {}  # sender -> when its refusal was logged
         for route in routes:
             self._table.setdefault(route.path, {})[route.method] = route
 
@@ -250,6 +274,9 @@ class App:
             outcome = route.fn(self.node, request)
         except MethodNotAllowed as exc:
             return error_response(exc.status, exc.message, {"Allow": ", ".join(exc.allow)})
+        except NotAPeer as exc:
+            self._log_refusal(exc)
+            return error_response(exc.status, exc.message)
         except DcounterError as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             return error_response(exc.status, exc.message, headers)
@@ -260,3 +287,16 @@ class App:
             return outcome
         status, payload, *rest = outcome
         return Response.json(status, payload, rest[0] if rest else None)
+
+    def _log_refusal(self, exc: NotAPeer) -> None:
+        """A WARNING per sender at most once every REFUSAL_LOG_INTERVAL: an original node
+        pointed at this one retries every second, and its operator needs one clear line, not
+        a flood."""
+        now = self.node.clock.monotonic()
+        last = self._refusals_logged.get(exc.sender)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            return
+        if len(self._refusals_logged) >= 1024:  # many senders: forget the old ones
+            self._refusals_logged.clear()
+        self._refusals_logged[exc.sender] = now
+        log.warning("refused %s: %s", exc.sender, exc.message)

@@ -213,24 +213,6 @@ class Node:
         self.peers.refresh(sender, self.clock.monotonic())
         return result
 
-    def replicate_legacy(self, sender: str, key: str) -> bool:
-        """The original single-event form: a uuid event id becomes a new local event of delta 1
-        on `default` with the uuid as its idempotency key, so it spreads and deduplicates like
-        any other event. Returns False when the uuid was seen before."""
-        now = self.clock.time()
-
-        def job(txn):
-            record = txn.key(key, now)
-            if record is not None:
-                return None
-            return txn.local("default", 1, key, now)
-
-        result = self.writer.submit(job)
-        if result is None:
-            return False
-        self.metrics.inc("dcounter_increments_replicated_total")
-        return True
-
     def state(self, origins: list[str]) -> dict:
         return self.counter.snapshot(origins)
 
