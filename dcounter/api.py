@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable
 
-from dcounter import PROTOCOL, statuspage, validation
+from dcounter import PROTOCOL, clusterread, statuspage, validation
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
                              NotFound)
 from dcounter.server import Request, Response, error_response
@@ -144,13 +145,37 @@ def state(node, request: Request):
         raise BadRequest(f"origins must be a list of at most {MAX_ORIGINS_PER_PULL} origin ids")
     for origin in origins:
         validation.origin(origin, "origins entry")
-    return 200, {"node_id": node.node_id, "origins": node.state(origins)}
+    # The digest lets a read of the whole cluster ask for origins it did not know of.
+    return 200, {"node_id": node.node_id, "origins": node.state(origins),
+                 "digest": node.counter.digest()}
+
+
+def read_timeout(text: str) -> float:
+    """`?timeout=` of a read of the whole cluster: seconds, more than 0, at most MAX_TIMEOUT."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= clusterread.MAX_TIMEOUT:  # also refuses nan and inf
+        raise BadRequest(f"timeout must be a number of seconds, more than 0 and at most "
+                         f"{clusterread.MAX_TIMEOUT:g}")
+    return value
 
 
 def count(node, request: Request):
-    params = query_params(request, allowed=("counter",))
+    params = query_params(request, allowed=("counter", "consistency", "timeout"))
     name = validation.counter_name(params.get("counter", "default"))
-    return 200, {"counter": name, "count": node.count(name)}
+    consistency = params.get("consistency", "local")
+    if consistency not in ("local", "all"):
+        raise BadRequest("consistency must be 'local' (this node's value) or 'all' (ask every "
+                         "live peer)")
+    timeout = read_timeout(params["timeout"]) if "timeout" in params \
+        else clusterread.DEFAULT_TIMEOUT
+    if consistency == "local":
+        return 200, {"counter": name, "count": node.count(name)}
+    result = node.count_all(name, timeout)
+    return 200, {"counter": name, "count": result.count, "answered": result.answered,
+                 "members": result.members, "complete": result.complete}
 
 
 def counters(node, request: Request):

@@ -1,7 +1,7 @@
 """`dcounter`: the command-line client of a dcounter cluster.
 
     dcounter incr [--counter N] [--by D] [--key K]   increment; retries count once
-    dcounter get [--counter N]                       one counter's value
+    dcounter get [--counter N] [--consistency all]   one counter's value
     dcounter counters                                every counter and its value
     dcounter nodes                                   the peers a node considers alive
     dcounter status                                  every node side by side; 1 if they disagree
@@ -341,7 +341,10 @@ def cmd_incr(client: Client, args) -> int:
 
 
 def cmd_get(client: Client, args) -> int:
-    result = client.call("GET", args.node, "/counter/count", params={"counter": args.counter})
+    params = {"counter": args.counter}
+    if args.consistency != "local":
+        params["consistency"] = args.consistency
+    result = client.call("GET", args.node, "/counter/count", params=params)
     if args.json:
         _print_json(result)
     else:
@@ -476,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get", parents=[common], help="print a counter's value")
     get.add_argument("--counter", default="default", metavar="N",
                      help="counter name (default 'default')")
+    get.add_argument("--consistency", choices=("local", "all"), default="local",
+                     help="local: the node's own value (default); all: the node asks every "
+                          "live peer and covers what any of them applied")
     get.set_defaults(run=cmd_get)
 
     counters = commands.add_parser("counters", parents=[common],

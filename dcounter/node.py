@@ -25,6 +25,7 @@ from dcounter import PROTOCOL, tls, validation
 from dcounter.api import App
 from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
+from dcounter.clusterread import ClusterCount, ClusterReader
 from dcounter.config import Config
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
 from dcounter.errors import (BadRequest, PeerRefused, PeerUnreachable, StartupError)
@@ -62,6 +63,7 @@ class Node:
         self.peers: PeerStore | None = None
         self.replicator: Replicator | None = None
         self.writer: Writer | None = None
+        self.reader: ClusterReader | None = None
         self.policy = RetryPolicy(config.retry_base, config.retry_max)
         self._stop = threading.Event()
         self._kick = threading.Event()
@@ -114,6 +116,7 @@ class Node:
                                      self.clock, max_backlog=cfg.max_backlog,
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,
                                      on_success=self._replicated_to, metrics=self.metrics)
+        self.reader = ClusterReader(self.node_id, self.transport, self.clock)
         self.writer = Writer(self.counter, self.store, on_commit=self.replicator.enqueue,
                              on_fatal=self._fatal, observe_commit=self._observe_commit,
                              clock=self.clock)
@@ -172,6 +175,8 @@ class Node:
                 log.warning("%d replicated event(s) not delivered at shutdown; peers will "
                             "catch up through anti-entropy", left)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.reader is not None:
+            self.reader.close()
         # 6. writer, store
         if self.writer is not None:
             self.writer.stop()
@@ -221,6 +226,10 @@ class Node:
 
     def counters(self) -> dict[str, int]:
         return self.counter.counters()
+
+    def count_all(self, name: str, timeout: float) -> ClusterCount:
+        """A read of the whole cluster (clusterread.py); changes nothing here."""
+        return self.reader.read(self.counter, name, self.peers.alive(), timeout)
 
     # -- membership, server side -------------------------------------------------------------------
     def _membership_payload(self, include_digest: bool = True) -> dict:

@@ -300,7 +300,8 @@ def test_state_returns_the_requested_prefixes(node):
     status, payload, _ = post(node, "/counter/state", {"origins": [origin, "unknown"]})
     assert status == 200
     assert payload == {"node_id": NODE_ID,
-                       "origins": {origin: {"watermark": 1, "counters": {"default": 4}}}}
+                       "origins": {origin: {"watermark": 1, "counters": {"default": 4}}},
+                       "digest": {origin: 1}}
 
 
 @pytest.mark.parametrize("body", [{}, {"origins": "o"}, {"origins": ["bad origin"]},
