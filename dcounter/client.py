@@ -6,6 +6,7 @@
     dcounter nodes                                   the peers a node considers alive
     dcounter status                                  every node side by side; 1 if they disagree
     dcounter wait-converged --timeout S              0 once every node agrees, 1 on timeout
+    dcounter import-original --from HOST:PORT        the original system's count, once
 
 Every subcommand takes `--node` (host:port or a URL; default `$DCOUNTER_NODE`, else
 localhost:8080), `--json` and `--request-timeout`. `$DCOUNTER_CLIENT_TOKEN` is sent as
@@ -503,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
                       help="seconds to wait (default 60)")
     wait.set_defaults(run=cmd_wait_converged)
+
+    from dcounter import cutover  # imports this module: only once it is loaded
+    cutover.add_parser(commands, common)
     return parser
 
 
