@@ -2,9 +2,11 @@
 FakeNetwork (no sockets, no loops running)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from dcounter.api import App, Route
 from dcounter.clusterread import merge_count
 from tests.fakes import make_request
 from tests.unit.test_cluster import Cluster, wait_for
@@ -129,3 +131,18 @@ def test_bad_consistency_or_timeout_is_400(cluster, query):
     response = c[c.ids[0]].app.handle(make_request("GET", "/counter/count", query=query))
     assert response.status == 400
     assert set(json.loads(response.body)) == {"error"}
+
+
+def test_a_malformed_reply_is_not_an_answer_and_is_logged(cluster, caplog):
+    c = cluster(1)
+    node = c[c.ids[0]]
+    c.increment(node.node_id, delta=2)
+    bad = {"node_id": "n9:7009", "origins": {"o9": {"watermark": 0, "counters": {}}}}
+    routes = [Route("POST", "/counter/state", lambda _node, _request: (200, bad), "peer")]
+    c.net.attach(SimpleNamespace(node_id="n9:7009", app=App(None, routes)))
+    node.peers.heard_from("n9:7009", c.clock.monotonic(), "o9")
+    assert node.peers.alive() == ["n9:7009"]
+    with caplog.at_level("WARNING", logger="dcounter"):
+        assert read(node) == (200, {"counter": "c", "count": 2, "answered": 1, "members": 2,
+                                    "complete": False})
+    assert "ignoring malformed state from n9:7009" in caplog.text
