@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -271,6 +272,7 @@ class App:
         self.metrics = metrics
         self._table: dict[str, dict[str, Route]] = {}
         self._refusals_logged: dict[str, float] = {}  # sender -> when its refusal was logged
+        self._refusals_lock = threading.Lock()  # request threads refuse concurrently
         for route in routes:
             self._table.setdefault(route.path, {})[route.method] = route
 
@@ -318,10 +320,11 @@ class App:
         pointed at this one retries every second, and its operator needs one clear line, not
         a flood."""
         now = self.node.clock.monotonic()
-        last = self._refusals_logged.get(exc.sender)
-        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
-            return
-        if len(self._refusals_logged) >= 1024:  # many senders: forget the old ones
-            self._refusals_logged.clear()
-        self._refusals_logged[exc.sender] = now
+        with self._refusals_lock:
+            last = self._refusals_logged.get(exc.sender)
+            if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+                return
+            if len(self._refusals_logged) >= 1024:  # many senders: forget the old ones
+                self._refusals_logged.clear()
+            self._refusals_logged[exc.sender] = now
         log.warning("refused %s: %s", exc.sender, exc.message)
