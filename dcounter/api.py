@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from dcounter import PROTOCOL, statuspage, validation
-from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotFound)
+from dcounter import PROTOCOL, clusterread, statuspage, validation
+from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
+                             NotFound)
 from dcounter.http_types import Request, Response, error_response
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_event,
                            decode_peer_list)
@@ -60,6 +63,28 @@ def query_params(request: Request, allowed=()) -> dict:
     return params
 
 
+SEE_CUTOVER = "see README 'Leaving the original system'"
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between two warnings about one refused sender
+
+
+def _sender(data: dict, request: Request) -> str:
+    """Who sent a refused message, for the log: its node id if it gave one, else its address."""
+    node_id = data.get("node_id")
+    if isinstance(node_id, str) and node_id.isprintable() and len(node_id) <= 261:
+        return node_id
+    return request.client or "unknown"
+
+
+def refuse_non_peers(data: dict, request: Request) -> None:
+    """A join or heartbeat must carry `protocol` and `origin`. The original system's nodes send
+    neither; listed as peers they would count what they send once per node that receives it."""
+    missing = [name for name in ("protocol", "origin") if name not in data]
+    if missing:
+        raise NotAPeer(f"not a dcounter peer: no {' or '.join(missing)} in the request; the "
+                       f"original system's nodes cannot join; {SEE_CUTOVER}",
+                       _sender(data, request))
+
+
 def check_membership_fields(node, data: dict) -> None:
     """cluster and protocol, when present, must match ours (409 otherwise)."""
     if "cluster" in data:
@@ -95,21 +120,20 @@ def increment(node, request: Request):
 
 def replicate(node, request: Request):
     data = json_body(request)
-    if "events" in data:
-        check_fields(data, required=("node_id", "events"))
-        sender = validation.node_id(data["node_id"])
-        if not isinstance(data["events"], list):
-            raise BadRequest("events must be a list")
-        events = [decode_event(event) for event in data["events"]]
-        result = node.replicate(sender, events)
-        return 200, {"applied": len(result.applied), "duplicates": result.duplicates,
-                     "deferred": result.deferred}
-    # The original single-event form: {"node_id": ..., "event_id": "<uuid>"}.
-    check_fields(data, required=("node_id", "event_id"))
+    if "event_id" in data and "events" not in data:
+        # The original system sends each increment's uuid to every peer: a node cannot tell
+        # whether another node counted it too, so accepting it would count it once per node.
+        raise NotAPeer("the original system's replicate form {node_id, event_id} is not "
+                       "accepted: it would be counted once per node that receives it; "
+                       + SEE_CUTOVER, _sender(data, request))
+    check_fields(data, required=("node_id", "events"))
     sender = validation.node_id(data["node_id"])
-    key = validation.idempotency_key(data["event_id"], "event_id")
-    applied = node.replicate_legacy(sender, key)
-    return 200, {"applied": int(applied), "duplicates": int(not applied), "deferred": 0}
+    if not isinstance(data["events"], list):
+        raise BadRequest("events must be a list")
+    events = [decode_event(event) for event in data["events"]]
+    result = node.replicate(sender, events)
+    return 200, {"applied": len(result.applied), "duplicates": result.duplicates,
+                 "deferred": result.deferred}
 
 
 def state(node, request: Request):
@@ -122,13 +146,37 @@ def state(node, request: Request):
         raise BadRequest(f"origins must be a list of at most {MAX_ORIGINS_PER_PULL} origin ids")
     for origin in origins:
         validation.origin(origin, "origins entry")
-    return 200, {"node_id": node.node_id, "origins": node.state(origins)}
+    # The digest lets a read of the whole cluster ask for origins it did not know of.
+    return 200, {"node_id": node.node_id, "origins": node.state(origins),
+                 "digest": node.counter.digest()}
+
+
+def read_timeout(text: str) -> float:
+    """`?timeout=` of a read of the whole cluster: seconds, more than 0, at most MAX_TIMEOUT."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= clusterread.MAX_TIMEOUT:  # also refuses nan and inf
+        raise BadRequest(f"timeout must be a number of seconds, more than 0 and at most "
+                         f"{clusterread.MAX_TIMEOUT:g}")
+    return value
 
 
 def count(node, request: Request):
-    params = query_params(request, allowed=("counter",))
+    params = query_params(request, allowed=("counter", "consistency", "timeout"))
     name = validation.counter_name(params.get("counter", "default"))
-    return 200, {"counter": name, "count": node.count(name)}
+    consistency = params.get("consistency", "local")
+    if consistency not in ("local", "all"):
+        raise BadRequest("consistency must be 'local' (this node's value) or 'all' (ask every "
+                         "live peer)")
+    timeout = read_timeout(params["timeout"]) if "timeout" in params \
+        else clusterread.DEFAULT_TIMEOUT
+    if consistency == "local":
+        return 200, {"counter": name, "count": node.count(name)}
+    result = node.count_all(name, timeout)
+    return 200, {"counter": name, "count": result.count, "answered": result.answered,
+                 "members": result.members, "complete": result.complete}
 
 
 def counters(node, request: Request):
@@ -139,6 +187,7 @@ def counters(node, request: Request):
 def _membership_request(request: Request, node) -> tuple:
     """The body of a join or heartbeat: (sender, origin, digest, peers)."""
     data = json_body(request)
+    refuse_non_peers(data, request)
     check_fields(data, required=("node_id",),
                  optional=("cluster", "protocol", "origin", "digest", "peers"))
     sender = validation.node_id(data["node_id"])
@@ -222,6 +271,8 @@ class App:
         self.auth = auth
         self.metrics = metrics
         self._table: dict[str, dict[str, Route]] = {}
+        self._refusals_logged: dict[str, float] = {}  # sender -> when its refusal was logged
+        self._refusals_lock = threading.Lock()  # request threads refuse concurrently
         for route in routes:
             self._table.setdefault(route.path, {})[route.method] = route
 
@@ -255,9 +306,26 @@ class App:
             return Response.json(status, payload, rest[0] if rest else None)
         except MethodNotAllowed as exc:
             return error_response(exc.status, exc.message, {"Allow": ", ".join(exc.allow)})
+        except NotAPeer as exc:
+            self._log_refusal(exc)
+            return error_response(exc.status, exc.message)
         except DcounterError as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             return error_response(exc.status, exc.message, headers)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             return error_response(500, "internal error")
+
+    def _log_refusal(self, exc: NotAPeer) -> None:
+        """A WARNING per sender at most once every REFUSAL_LOG_INTERVAL: an original node
+        pointed at this one retries every second, and its operator needs one clear line, not
+        a flood."""
+        now = self.node.clock.monotonic()
+        with self._refusals_lock:
+            last = self._refusals_logged.get(exc.sender)
+            if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+                return
+            if len(self._refusals_logged) >= 1024:  # many senders: forget the old ones
+                self._refusals_logged.clear()
+            self._refusals_logged[exc.sender] = now
+        log.warning("refused %s: %s", exc.sender, exc.message)

@@ -1,11 +1,12 @@
 """`dcounter`: the command-line client of a dcounter cluster.
 
     dcounter incr [--counter N] [--by D] [--key K]   increment; retries count once
-    dcounter get [--counter N]                       one counter's value
+    dcounter get [--counter N] [--consistency all]   one counter's value
     dcounter counters                                every counter and its value
     dcounter nodes                                   the peers a node considers alive
     dcounter status                                  every node side by side; 1 if they disagree
     dcounter wait-converged --timeout S              0 once every node agrees, 1 on timeout
+    dcounter import-original --from HOST:PORT        the original system's count, once
 
 Every subcommand takes `--node` (host:port or a URL; default `$DCOUNTER_NODE`, else
 localhost:8080), `--json` and `--request-timeout`. `$DCOUNTER_CLIENT_TOKEN` is sent as
@@ -418,7 +419,10 @@ def cmd_incr(client: Client, args) -> int:
 
 
 def cmd_get(client: Client, args) -> int:
-    result = client.call("GET", args.node, "/counter/count", params={"counter": args.counter})
+    params = {"counter": args.counter}
+    if args.consistency != "local":
+        params["consistency"] = args.consistency
+    result = client.call("GET", args.node, "/counter/count", params=params)
     if args.json:
         _print_json(result)
     else:
@@ -575,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--counter", default="default", metavar="N",
                      type=_checked(validation.counter_name),
                      help="counter name (default 'default')")
+    get.add_argument("--consistency", choices=("local", "all"), default="local",
+                     help="local: the node's own value (default); all: the node asks every "
+                          "live peer and covers what any of them applied")
     get.set_defaults(run=cmd_get)
 
     counters = commands.add_parser("counters", parents=[common],
@@ -597,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
                       help="seconds to wait (default 60)")
     wait.set_defaults(run=cmd_wait_converged)
+
+    from dcounter import cutover  # imports this module: only once it is loaded
+    cutover.add_parser(commands, common)
     return parser
 
 

@@ -710,3 +710,13 @@ class Counter(CounterRetirement):
     def origin_count(self) -> int:
         with self._lock:
             return len(self._origins)
+
+    def read_view(self, counter: str) -> dict[str, tuple[int, int, dict[int, int]]]:
+        """Per origin, for one counter: `(watermark, the prefix's total, {seq: delta} of the
+        events held above the watermark)`, taken atomically. Read-only: what a read of the whole
+        cluster (`clusterread.py`) merges with its peers' prefixes."""
+        with self._lock:
+            return {origin: (state.watermark, state.prefix.get(counter, 0),
+                             {seq: delta for seq, (name, delta, _key) in state.held.items()
+                              if name == counter})
+                    for origin, state in self._origins.items()}

@@ -38,6 +38,15 @@ class Conflict(DcounterError):
     status = 409
 
 
+class NotAPeer(BadRequest):
+    """A message that only the original system's nodes send: refused, and logged on the
+    refusing node (at most once a minute per sender, by `api.App`). `sender` is who sent it."""
+
+    def __init__(self, message: str, sender: str):
+        super().__init__(message)
+        self.sender = sender
+
+
 class Unprocessable(DcounterError):
     status = 422
 

@@ -28,6 +28,7 @@ from dcounter.antientropy import AntiEntropy
 from dcounter.api import App
 from dcounter.auth import Auth, exposure_warning
 from dcounter.clock import SystemClock
+from dcounter.clusterread import ClusterCount, ClusterReader
 from dcounter.config import Config
 from dcounter.contacts import Contacts, Kind, run_within
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
@@ -102,6 +103,7 @@ class Node:
         self.peers: PeerStore | None = None
         self.replicator: Replicator | None = None
         self.writer: Writer | None = None
+        self.reader: ClusterReader | None = None
         self.policy = RetryPolicy(config.retry_base, config.retry_max)
         self._stop = threading.Event()
         self._kick = threading.Event()
@@ -158,6 +160,7 @@ class Node:
                                      self.clock, max_backlog=cfg.max_backlog,
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,
                                      on_success=self._replicated_to, metrics=self.metrics)
+        self.reader = ClusterReader(self.node_id, self.transport, self.clock)
         self._store_gate = _StoreGate(self.store) if self.store is not None else None
         self.writer = Writer(self.counter, self._store_gate, on_commit=self.replicator.enqueue,
                              on_fatal=self._fatal, observe_commit=self._observe_commit,
@@ -228,6 +231,8 @@ class Node:
                 log.warning("%d replicated event(s) not delivered at shutdown; peers will "
                             "catch up through anti-entropy", left[0])
         self.contacts.shutdown()
+        if self.reader is not None:
+            self.reader.close()
         # 6. writer, store
         if self.writer is not None:
             grace = max(self._left(deadline), WRITER_GRACE)
@@ -276,24 +281,6 @@ class Node:
         self.peers.refresh(sender, self.clock.monotonic())
         return result
 
-    def replicate_legacy(self, sender: str, key: str) -> bool:
-        """The original single-event form: a uuid event id becomes a new local event of delta 1
-        on `default` with the uuid as its idempotency key, so it spreads and deduplicates like
-        any other event. Returns False when the uuid was seen before."""
-        now = self.clock.time()
-
-        def job(txn):
-            record = txn.key(key, now)
-            if record is not None:
-                return None
-            return txn.local("default", 1, key, now)
-
-        result = self.writer.submit(job)
-        if result is None:
-            return False
-        self.metrics.inc("dcounter_increments_replicated_total")
-        return True
-
     def state(self, origins: list[str]) -> dict:
         return self.counter.snapshot(origins)
 
@@ -302,6 +289,10 @@ class Node:
 
     def counters(self) -> dict[str, int]:
         return self.counter.counters()
+
+    def count_all(self, name: str, timeout: float) -> ClusterCount:
+        """A read of the whole cluster (clusterread.py); changes nothing here."""
+        return self.reader.read(self.counter, name, self.peers.alive(), timeout)
 
     # -- membership, server side -------------------------------------------------------------------
     def _membership_payload(self, include_digest: bool = True) -> dict:

@@ -164,8 +164,9 @@ for bad in BAD_EVENTS:
                   {}, 400))
 CASES.append(("POST", "/counter/replicate", {"node_id": STRANGER, "events": [GOOD], "x": 1},
               {}, 400))
-# replicate, the original single-event form
-for event_id in (5, None, "", " padded", "x" * 256, ["id"]):
+# replicate, the original single-event form: always refused
+for event_id in (5, None, "", " padded", "x" * 256, ["id"],
+                 "0d4c6b0e-2b7f-4a8e-9d8e-0e5f1a3c9b11"):
     CASES.append(("POST", "/counter/replicate", {"node_id": STRANGER, "event_id": event_id},
                   {}, 400))
 for node_id in BAD_NODE_IDS:
@@ -203,11 +204,16 @@ MEMBERSHIP_BAD = [{"node_id": node_id} for node_id in BAD_NODE_IDS] + [
     {"node_id": STRANGER, "peers": [5]},
     {"node_id": STRANGER, "extra": 1},
 ]
+SPEAKS = {"protocol": 1, "origin": "Stranger09"}  # what every dcounter peer sends
 for path in ("/nodes/join", "/nodes/heartbeat"):
     for body in MEMBERSHIP_BAD:
+        CASES.append(("POST", path, {**SPEAKS, **body}, {}, 400))
+    CASES.append(("POST", path, {**SPEAKS, "node_id": STRANGER, "cluster": "elsewhere"}, {}, 409))
+    CASES.append(("POST", path, {**SPEAKS, "node_id": STRANGER, "protocol": 99}, {}, 409))
+    # The original system's nodes send neither protocol nor origin: refused, never listed.
+    for body in ({"node_id": STRANGER}, {"node_id": STRANGER, "protocol": 1},
+                 {"node_id": STRANGER, "origin": "Stranger09"}):
         CASES.append(("POST", path, body, {}, 400))
-    CASES.append(("POST", path, {"node_id": STRANGER, "cluster": "elsewhere"}, {}, 409))
-    CASES.append(("POST", path, {"node_id": STRANGER, "protocol": 99}, {}, 409))
 
 # leave: a refused leave must not drop the peer it names
 for body in ({"node_id": PEER, "extra": 1}, {"node_id": PEER, "cluster": 5},

@@ -37,7 +37,7 @@ def test_nodes_of_different_clusters_pointed_at_each_other_never_merge(cluster):
     for node, foreign in ((a, "beta"), (b, "alpha")):
         for path in ("/nodes/join", "/nodes/heartbeat"):
             response = node.post(path, {"node_id": "localhost:9", "cluster": foreign,
-                                        "protocol": 1})
+                                        "protocol": 1, "origin": "Foreign09"})
             assert response.status_code == 409
             assert foreign in response.json()["error"]
     assert "refused" in b.stderr()
@@ -46,7 +46,8 @@ def test_nodes_of_different_clusters_pointed_at_each_other_never_merge(cluster):
 
 def test_an_unknown_protocol_is_refused(cluster):
     a, b = cluster.start(2, in_memory=True)
-    response = a.post("/nodes/join", {"node_id": "localhost:9", "protocol": 2})
+    response = a.post("/nodes/join", {"node_id": "localhost:9", "protocol": 2,
+                                      "origin": "Foreign09"})
     assert response.status_code == 409
     assert isinstance(response.json()["error"], str)
     assert a.nodes() == [b.node_id]

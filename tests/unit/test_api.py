@@ -55,6 +55,12 @@ def get(node, path, query=None, **kwargs):
     return call(node, "GET", path, query=query, **kwargs)
 
 
+def peer(node_id, **fields):
+    """A join or heartbeat body as a dcounter peer sends it: with protocol and origin."""
+    return {"node_id": node_id, "protocol": 1, "origin": "o" + node_id.rsplit(":", 1)[-1],
+            **fields}
+
+
 def assert_error(outcome, status):
     got, payload, _ = outcome
     assert got == status, payload
@@ -182,14 +188,14 @@ def test_bad_query_parameters_are_400(node, path, query):
 
 def test_join_adds_the_caller_and_returns_our_id_and_peers(node):
     assert get(node, "/nodes")[1] == []
-    status, reply, _ = post(node, "/nodes/join", {"node_id": "n2:7002"})
+    status, reply, _ = post(node, "/nodes/join", peer("n2:7002"))
     assert status == 200
     assert reply["peers"] == [NODE_ID] and reply["node_id"] == NODE_ID
     assert reply["origin"] == node.counter.local_origin
     post(node, "/nodes/join", {"node_id": "n3:7003", "cluster": "default", "protocol": 1,
                                "origin": "abc"})
     assert get(node, "/nodes")[1] == ["n2:7002", "n3:7003"]
-    assert post(node, "/nodes/join", {"node_id": "n3:7003"})[1]["peers"] == [NODE_ID, "n2:7002"]
+    assert post(node, "/nodes/join", peer("n3:7003"))[1]["peers"] == [NODE_ID, "n2:7002"]
 
 
 @pytest.mark.parametrize("path", ["/nodes/join", "/nodes/heartbeat", "/nodes/leave"])
@@ -205,7 +211,9 @@ def test_join_adds_the_caller_and_returns_our_id_and_peers(node):
     ({"node_id": "n2:7002", "origin": "bad origin"}, 400),
 ])
 def test_bad_membership_requests_change_nothing(node, path, body, status):
-    post(node, "/nodes/join", {"node_id": "n9:7009"})
+    post(node, "/nodes/join", peer("n9:7009"))
+    if path != "/nodes/leave" and isinstance(body, dict):
+        body = {"protocol": 1, "origin": "o2", **body}  # what is wrong is the rest
     assert_error(post(node, path, body), status)
     assert get(node, "/nodes")[1] == ["n9:7009"]
 
@@ -217,14 +225,14 @@ def test_bad_membership_requests_change_nothing(node, path, body, status):
 ])
 def test_bad_digest_or_peer_list_is_400(node, field, value):
     for path in ("/nodes/join", "/nodes/heartbeat"):
-        assert_error(post(node, path, {"node_id": "n2:7002", field: value}), 400)
+        assert_error(post(node, path, peer("n2:7002", **{field: value})), 400)
     assert get(node, "/nodes")[1] == []
 
 
 def test_heartbeat_reply_carries_id_origin_digest_and_peers(node):
     post(node, "/counter/increment")
     status, reply, _ = post(node, "/nodes/heartbeat",
-                            {"node_id": "n2:7002", "digest": {}, "peers": ["n3:7003"]})
+                            peer("n2:7002", digest={}, peers=["n3:7003"]))
     assert status == 200
     origin = node.counter.local_origin
     assert reply == {"node_id": NODE_ID, "cluster": "default", "protocol": 1, "origin": origin,
@@ -233,12 +241,12 @@ def test_heartbeat_reply_carries_id_origin_digest_and_peers(node):
 
 
 def test_a_peer_with_our_own_origin_is_never_listed(node):
-    post(node, "/nodes/join", {"node_id": "alias:7001", "origin": node.counter.local_origin})
+    post(node, "/nodes/join", peer("alias:7001", origin=node.counter.local_origin))
     assert get(node, "/nodes")[1] == []
 
 
 def test_leave_drops_the_peer_at_once(node):
-    post(node, "/nodes/join", {"node_id": "n2:7002"})
+    post(node, "/nodes/join", peer("n2:7002"))
     assert post(node, "/nodes/leave", {"node_id": "n2:7002"})[:2] == (200, {"left": True})
     assert get(node, "/nodes")[1] == []
 
@@ -286,22 +294,14 @@ def test_malformed_replicate_requests_are_400(node, body):
     assert_error(post(node, "/counter/replicate", body), 400)
 
 
-def test_legacy_single_event_form_counts_each_uuid_once(node):
-    body = {"node_id": "n2:7002", "event_id": "8a3c6a2e-0f7b-4f59-9a4e-2d1c8f3b7e10"}
-    assert post(node, "/counter/replicate", body)[1] == \
-        {"applied": 1, "duplicates": 0, "deferred": 0}
-    assert post(node, "/counter/replicate", body)[1] == \
-        {"applied": 0, "duplicates": 1, "deferred": 0}
-    assert node.count("default") == 1
-
-
 def test_state_returns_the_requested_prefixes(node):
     post(node, "/counter/increment", {"delta": 4})
     origin = node.counter.local_origin
     status, payload, _ = post(node, "/counter/state", {"origins": [origin, "unknown"]})
     assert status == 200
     assert payload == {"node_id": NODE_ID,
-                       "origins": {origin: {"watermark": 1, "counters": {"default": 4}}}}
+                       "origins": {origin: {"watermark": 1, "counters": {"default": 4}}},
+                       "digest": {origin: 1}}
 
 
 @pytest.mark.parametrize("body", [{}, {"origins": "o"}, {"origins": ["bad origin"]},
@@ -310,11 +310,11 @@ def test_malformed_state_requests_are_400(node, body):
     assert_error(post(node, "/counter/state", body), 400)
 
 
-def show_lead(node, peer, digest):
-    """`peer` shows `digest` twice, a heartbeat interval apart: a lead that lasted is pulled."""
-    post(node, "/nodes/heartbeat", {"node_id": peer, "digest": digest})
+def show_lead(node, peer_id, digest):
+    """`peer_id` shows `digest` twice, a heartbeat interval apart: a lead that lasted is pulled."""
+    post(node, "/nodes/heartbeat", peer(peer_id, digest=digest))
     node.clock.advance(node.config.heartbeat_interval)
-    post(node, "/nodes/heartbeat", {"node_id": peer, "digest": digest})
+    post(node, "/nodes/heartbeat", peer(peer_id, digest=digest))
 
 
 @pytest.mark.parametrize("prefix", [
@@ -325,25 +325,25 @@ def show_lead(node, peer, digest):
     {"watermark": 3, "counters": {"c": True}},
 ])
 def test_a_state_reply_out_of_bounds_is_ignored_with_a_warning(node, prefix, caplog):
-    peer = "n9:7009"
-    reply = {"node_id": peer, "origins": {"o9": prefix}}
+    peer_id = "n9:7009"
+    reply = {"node_id": peer_id, "origins": {"o9": prefix}}
     routes = [Route("POST", "/counter/state", lambda _node, _request: (200, reply), "peer")]
-    node.transport.network.attach(SimpleNamespace(node_id=peer, app=App(None, routes)))
-    show_lead(node, peer, {"o9": 5})  # n9 is ahead
+    node.transport.network.attach(SimpleNamespace(node_id=peer_id, app=App(None, routes)))
+    show_lead(node, peer_id, {"o9": 5})  # n9 is ahead
     with caplog.at_level(logging.WARNING, logger="dcounter"):
         assert node.pull_once() == 0
-    assert f"ignoring malformed state from {peer}" in caplog.text
+    assert f"ignoring malformed state from {peer_id}" in caplog.text
     assert node.counter.counters() == {} and node.counter.digest() == {}
 
 
 def test_a_state_reply_at_the_bounds_is_adopted(node):
-    peer = "n9:7009"
+    peer_id = "n9:7009"
     big = 2 * MAX_DELTA  # two events of the largest delta
-    reply = {"node_id": peer, "origins": {"o9": {"watermark": 2, "counters": {"c": big}},
+    reply = {"node_id": peer_id, "origins": {"o9": {"watermark": 2, "counters": {"c": big}},
                                           "o8": {"watermark": INT64_MAX, "counters": {}}}}
     routes = [Route("POST", "/counter/state", lambda _node, _request: (200, reply), "peer")]
-    node.transport.network.attach(SimpleNamespace(node_id=peer, app=App(None, routes)))
-    show_lead(node, peer, {"o9": 2, "o8": INT64_MAX})
+    node.transport.network.attach(SimpleNamespace(node_id=peer_id, app=App(None, routes)))
+    show_lead(node, peer_id, {"o9": 2, "o8": INT64_MAX})
     assert node.pull_once() == 2
     assert node.counter.counters() == {"c": big}
     assert node.counter.digest() == {"o9": 2, "o8": INT64_MAX}
@@ -385,16 +385,70 @@ def test_a_payload_json_cannot_encode_is_a_500_json_error(node, caplog):
 
 def test_a_join_past_max_peers_is_503_and_lists_nothing(make_node):
     node = make_node(max_peers=2)
-    assert post(node, "/nodes/join", {"node_id": "n2:7002"})[0] == 200
-    assert post(node, "/nodes/join", {"node_id": "n3:7003"})[0] == 200
-    for body in ({"node_id": "n4:7004"}, {"node_id": "n4:7004", "peers": ["n5:7005"]}):
+    assert post(node, "/nodes/join", peer("n2:7002"))[0] == 200
+    assert post(node, "/nodes/join", peer("n3:7003"))[0] == 200
+    for body in (peer("n4:7004"), peer("n4:7004", peers=["n5:7005"])):
         status, payload, _ = post(node, "/nodes/join", body)
         assert_error((status, payload, {}), 503)
         assert "--max-peers" in payload["error"]
-    assert_error(post(node, "/nodes/heartbeat", {"node_id": "n4:7004"}), 503)
+    assert_error(post(node, "/nodes/heartbeat", peer("n4:7004")), 503)
     assert get(node, "/nodes")[1] == ["n2:7002", "n3:7003"]
     assert sorted(node.replicator.backlogs()) == ["n2:7002", "n3:7003"]
     assert "n5:7005" not in node.peers.candidates(0.0)
     # A listed peer's join and heartbeat still succeed.
-    assert post(node, "/nodes/heartbeat", {"node_id": "n3:7003"})[0] == 200
-    assert post(node, "/nodes/join", {"node_id": "n2:7002"})[0] == 200
+    assert post(node, "/nodes/heartbeat", peer("n3:7003"))[0] == 200
+    assert post(node, "/nodes/join", peer("n2:7002"))[0] == 200
+
+
+# -- the original system's nodes are refused --------------------------------------------------
+
+ORIGINAL_UUID = "8a3c6a2e-0f7b-4f59-9a4e-2d1c8f3b7e10"
+
+
+@pytest.mark.parametrize("path", ["/nodes/join", "/nodes/heartbeat"])
+@pytest.mark.parametrize("body", [
+    {"node_id": "n2:7002"},                                    # what the original nodes send
+    {"node_id": "n2:7002", "protocol": 1},                     # no origin
+    {"node_id": "n2:7002", "origin": "o2"},                    # no protocol
+    {"node_id": "n2:7002", "cluster": "default", "digest": {}, "peers": []},
+])
+def test_a_join_or_heartbeat_without_protocol_and_origin_is_refused(node, path, body, caplog):
+    with caplog.at_level(logging.WARNING, logger="dcounter"):
+        outcome = post(node, path, body)
+    assert_error(outcome, 400)
+    message = outcome[1]["error"]
+    assert "not a dcounter peer" in message and "Leaving the original system" in message
+    assert get(node, "/nodes")[1] == []
+    assert not node.peers.candidates(node.clock.monotonic())
+    assert "n2:7002" in caplog.text and "not a dcounter peer" in caplog.text
+
+
+def test_refusals_of_one_sender_are_logged_once_a_minute(node, caplog):
+    original = {"node_id": "n2:7002"}
+    with caplog.at_level(logging.WARNING, logger="dcounter"):
+        for _ in range(3):
+            assert_error(post(node, "/nodes/heartbeat", original), 400)
+            assert_error(post(node, "/counter/replicate",
+                              {"node_id": "n2:7002", "event_id": ORIGINAL_UUID}), 400)
+        assert_error(post(node, "/nodes/join", {"node_id": "n3:7003"}), 400)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert ["n2:7002" in r.getMessage() for r in warnings] == [True, False]
+    caplog.clear()
+    node.clock.advance(61)
+    with caplog.at_level(logging.WARNING, logger="dcounter"):
+        assert_error(post(node, "/nodes/heartbeat", original), 400)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_the_original_uuid_replicate_form_is_refused_and_counts_nothing(node, caplog):
+    body = {"node_id": "n2:7002", "event_id": ORIGINAL_UUID}
+    with caplog.at_level(logging.WARNING, logger="dcounter"):
+        for _ in range(2):
+            outcome = post(node, "/counter/replicate", body)
+            assert_error(outcome, 400)
+    assert "original system" in outcome[1]["error"]
+    assert "Leaving the original system" in outcome[1]["error"]
+    assert node.count("default") == 0 and node.counter.digest() == {}
+    assert get(node, "/nodes")[1] == []
+    assert "n2:7002" in caplog.text and "original system" in caplog.text
