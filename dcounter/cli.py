@@ -179,6 +179,9 @@ def _exit_fatal(reason: str) -> None:
 
 def main(argv: list[str] | None = None, *, stop_event: threading.Event | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("backup", "restore"):  # offline commands on a data directory
+        from dcounter import backup
+        return backup.main(argv)
     try:
         config = config_from_args(argv)
     except (_UsageError, ValueError) as exc:

@@ -6,6 +6,7 @@
     dcounter nodes                                   the peers a node considers alive
     dcounter status                                  every node side by side; 1 if they disagree
     dcounter wait-converged --timeout S              0 once every node agrees, 1 on timeout
+    dcounter backup --to FILE                        copy the node's database to a new file
 
 Every subcommand takes `--node` (host:port or a URL; default `$DCOUNTER_NODE`, else
 localhost:8080), `--json` and `--request-timeout`. `$DCOUNTER_CLIENT_TOKEN` is sent as
@@ -34,6 +35,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -50,6 +52,7 @@ INCR_RETRIES = 4          # retries of one increment (5 attempts)
 RETRY_BASE = 0.2          # seconds before the first retry; doubles, capped at RETRY_MAX
 RETRY_MAX = 2.0
 POLL_INTERVAL = 0.25      # seconds between surveys in wait-converged
+BACKUP_TIMEOUT = 60.0     # seconds `backup` waits for the copy unless --request-timeout
 SHOWN_COUNTER_COLUMNS = 4  # `status` shows up to this many counters as columns
 
 
@@ -117,6 +120,24 @@ class Client:
     def url(self, address: str, path: str) -> str:
         base = address if "://" in address else f"{self.scheme}://{address}"
         return base.rstrip("/") + path
+
+    def download(self, address: str, path: str, timeout: float | None = None) -> bytes:
+        """The raw body of a GET (a backup file); raises Unreachable or HTTPFailure."""
+        shown = address.split("://", 1)[-1].rstrip("/")
+        try:
+            response = self._session().get(
+                self.url(address, path), timeout=self.timeout if timeout is None else timeout,
+                verify=self.verify, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise Unreachable(f"{shown}: {_reason(exc)}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("error")
+            except (ValueError, AttributeError):
+                detail = None
+            raise HTTPFailure(response.status_code, f"{shown} answered {response.status_code}: "
+                                                    f"{detail or response.reason or 'error'}")
+        return response.content
 
     def call(self, method: str, address: str, path: str, **kwargs):
         """The decoded JSON answer; raises Unreachable or HTTPFailure."""
@@ -413,6 +434,43 @@ def cmd_wait_converged(client: Client, args) -> int:
     return 0
 
 
+def cmd_backup(client: Client, args) -> int:
+    """Fetch `GET /backup` into a new file: written beside it, fsynced, then linked into place,
+    so FILE is whole or absent and an existing file (perhaps a live database) is never
+    replaced. The path is checked before the node is asked."""
+    dest = args.to
+    directory = os.path.dirname(os.path.abspath(dest))
+    if os.path.lexists(dest):
+        raise ClientError(f"{dest} already exists; choose a new name")
+    if not os.path.isdir(directory):
+        raise ClientError(f"cannot write {dest}: directory {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(dest) + ".",
+                                   suffix=".partial")
+    except OSError as exc:
+        raise ClientError(f"cannot write in {directory}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            data = client.download(args.node, "/backup",
+                                   timeout=getattr(args, "request_timeout", BACKUP_TIMEOUT))
+            if not data.startswith(b"SQLite format 3\x00"):
+                raise ClientError(f"{args.node} answered something that is not a SQLite "
+                                  "database (is it a dcounter node?)")
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(tmp, dest)
+    except OSError as exc:
+        raise ClientError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    finally:
+        os.unlink(tmp)
+    if args.json:
+        _print_json({"file": dest, "bytes": len(data)})
+    else:
+        print(f"backup of {args.node} ({len(data)} bytes) written to {dest}")
+    return 0
+
+
 def _print_json(value) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
@@ -442,6 +500,12 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
                       help="seconds to wait (default 60)")
     wait.set_defaults(run=cmd_wait_converged)
+
+    backup = commands.add_parser("backup", parents=[common],
+                                 help="copy the node's database to a new file (hot backup)")
+    backup.add_argument("--to", required=True, type=_path, metavar="FILE",
+                        help="the new file; an existing one is never replaced")
+    backup.set_defaults(run=cmd_backup)
     return parser
 
 
@@ -527,7 +597,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "run", None) is None:
             raise _UsageError("a command is required: incr, get, counters, nodes, status or "
-                              "wait-converged (see --help)")
+                              "wait-converged or backup (see --help)")
         client = make_client(args, environ)
     except _UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
