@@ -93,7 +93,9 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Run a dcounter node.",
+    parser = _Parser(prog=PROG, description="Run a dcounter node. (`dcounter-node backup` and "
+                                            "`dcounter-node restore` copy and restore a data "
+                                            "directory; see their --help.)",
                      epilog="Every flag can also be set as an environment variable "
                             "DCOUNTER_<FLAG> (e.g. DCOUNTER_PEERS, DCOUNTER_IN_MEMORY=1); "
                             "flags win.")

@@ -34,10 +34,12 @@ import concurrent.futures
 import json
 import os
 import re
+import sqlite3
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 
@@ -459,6 +461,7 @@ def cmd_backup(client: Client, args) -> int:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        _check_backup(tmp, args.node)
         os.link(tmp, dest)
     except OSError as exc:
         raise ClientError(f"cannot write {dest}: {exc.strerror or exc}") from None
@@ -469,6 +472,22 @@ def cmd_backup(client: Client, args) -> int:
     else:
         print(f"backup of {args.node} ({len(data)} bytes) written to {dest}")
     return 0
+
+
+def _check_backup(path: str, node: str) -> None:
+    """The file as received opens and passes SQLite's quick check, or ClientError."""
+    conn = None
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        conn.execute("SELECT value FROM meta WHERE name='origin'").fetchone()
+    except sqlite3.Error as exc:
+        result = str(exc)
+    finally:
+        if conn is not None:
+            conn.close()
+    if result != "ok":
+        raise ClientError(f"the copy {node} sent does not check out ({result}); nothing written")
 
 
 def _print_json(value) -> None:

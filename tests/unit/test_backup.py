@@ -6,9 +6,11 @@ import os
 import sqlite3
 
 import pytest
+import responses
 
 from dcounter import backup
 from dcounter.backup import BackupError, backup_bytes, copy_database, restore
+from dcounter.client import main as client_main
 from dcounter.config import Config
 from dcounter.counter import Counter, Event
 from dcounter.node import Node
@@ -229,6 +231,18 @@ def test_command_exit_codes(opened, tmp_path, capsys):
     assert backup.main(["restore", "--from", str(out), "--data-dir", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already holds a database" in err
+
+
+def test_the_client_refuses_an_answer_that_is_not_a_database(tmp_path, capsys):
+    with responses.RequestsMock() as mock:
+        mock.get("http://vm1:8080/backup", body=b"SQLite format 3\x00" + b"\x00" * 200)
+        mock.get("http://vm1:8080/backup", body=b"<html>a proxy page</html>")
+        argv = ["backup", "--node", "vm1:8080", "--to"]
+        assert client_main(argv + [str(tmp_path / "a")], environ={}) == 1
+        assert "does not check out" in capsys.readouterr().err
+        assert client_main(argv + [str(tmp_path / "b")], environ={}) == 1
+        assert "not a SQLite database" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written, no partial file
 
 
 # -- the route ----------------------------------------------------------------------------------
