@@ -182,6 +182,7 @@ def restore(source: str, data_dir: str, now: float, *, force: bool = False) -> d
             os.unlink(staged)
         info = copy_database(source, staged, now)
         try:
+            _give_to_directory_owner(staged, data_dir)
             for path in present:
                 if path != target:
                     os.unlink(path)
@@ -196,6 +197,15 @@ def restore(source: str, data_dir: str, now: float, *, force: bool = False) -> d
         if lock is not None:
             lock.close()
     return info
+
+
+def _give_to_directory_owner(path: str, directory: str) -> None:
+    """Run as root (a restore usually is), hand the file to the data directory's owner: a node
+    running as its own user must be able to open it read-write."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(directory)
+    os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def _lock(data_dir: str):

@@ -163,6 +163,20 @@ def test_restore_marks_a_plain_copy_and_removes_stale_wal_files(opened, tmp_path
     assert node.origin != source.origin and node.counter.count("c") == 1
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can hand files to another user")
+def test_restore_as_root_gives_the_database_to_the_directory_owner(opened, tmp_path):
+    source = opened("source")
+    source.local()
+    copy = str(tmp_path / "copy.sqlite3")
+    copy_database(source.path, copy, NOW)
+    target = tmp_path / "owned"
+    target.mkdir()
+    os.chown(target, 65534, 65534)
+    restore(copy, str(target), NOW)
+    assert (os.stat(target / DB_NAME).st_uid, os.stat(target / DB_NAME).st_gid) == \
+        (65534, 65534)
+
+
 def test_restore_refuses_a_directory_a_node_holds_even_with_force(opened, tmp_path):
     source = opened("source")
     source.local()
