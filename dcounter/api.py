@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dcounter import PROTOCOL, clusterread, statuspage, validation
+from dcounter import backup as backup_copy
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
-                             NotFound)
+                             NotFound, Unavailable)
 from dcounter.http_types import Request, Response, error_response
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_event,
                            decode_peer_list)
@@ -245,6 +246,24 @@ def status_page(node, request: Request):
     return Response(200, body, "text/html; charset=utf-8", headers)
 
 
+def backup(node, request: Request):
+    """A consistent, marked copy of this node's database (see backup.py): the file itself.
+    Kind `write`: it exports the whole state, keys included, so with a client token it needs
+    the token even when reads are open. The copy is made from a connection of its own; the
+    writer goes on committing meanwhile."""
+    query_params(request)
+    if node.store is None:
+        raise Conflict("this node keeps its state in memory (--in-memory): there is no database "
+                       "to back up")
+    try:
+        data = backup_copy.backup_bytes(node.store.path, node.clock.time())
+    except backup_copy.BackupError as exc:  # e.g. no room for the copy in the temporary dir
+        raise Unavailable(f"backup failed: {exc}") from None
+    name = "dcounter-" + node.node_id.replace(":", "-") + ".sqlite3"
+    return Response(200, data, "application/vnd.sqlite3",
+                    {"Content-Disposition": f'attachment; filename="{name}"'})
+
+
 ROUTES = [
     Route("POST", "/counter/increment", increment, "write"),
     Route("POST", "/counter/replicate", replicate, "peer"),
@@ -260,6 +279,7 @@ ROUTES = [
     Route("GET", "/metrics", metrics, "read"),
     Route("GET", "/healthz", healthz, "open"),
     Route("GET", "/readyz", readyz, "open"),
+    Route("GET", "/backup", backup, "write"),
 ]
 
 

@@ -133,7 +133,9 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Run a dcounter node.",
+    parser = _Parser(prog=PROG, description="Run a dcounter node. (`dcounter-node backup` and "
+                                            "`dcounter-node restore` copy and restore a data "
+                                            "directory; see their --help.)",
                      epilog="Every flag can also be set as an environment variable "
                             "DCOUNTER_<FLAG> (e.g. DCOUNTER_PEERS, DCOUNTER_IN_MEMORY=1); "
                             "flags win. Other DCOUNTER_* names are refused.")
@@ -239,6 +241,9 @@ def _exit_fatal(reason: str) -> None:
 def main(argv: list[str] | None = None, *, environ=None,
          stop_event: threading.Event | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("backup", "restore"):  # offline commands on a data directory
+        from dcounter import backup
+        return backup.main(argv)
     try:
         config = config_from_args(argv, environ)
     except (_UsageError, ValueError) as exc:

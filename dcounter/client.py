@@ -7,6 +7,7 @@
     dcounter status                                  every node side by side; 1 if they disagree
     dcounter wait-converged --timeout S              0 once every node agrees, 1 on timeout
     dcounter import-original --from HOST:PORT        the original system's count, once
+    dcounter backup --to FILE                        copy the node's database to a new file
 
 Every subcommand takes `--node` (host:port or a URL; default `$DCOUNTER_NODE`, else
 localhost:8080), `--json` and `--request-timeout`. `$DCOUNTER_CLIENT_TOKEN` is sent as
@@ -38,9 +39,12 @@ import json
 import os
 import re
 import ssl
+import sqlite3
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 
@@ -56,6 +60,7 @@ INCR_RETRIES = 4          # retries of one increment (5 attempts)
 RETRY_BASE = 0.2          # seconds before the first retry; doubles, capped at RETRY_MAX
 RETRY_MAX = 2.0
 POLL_INTERVAL = 0.25      # seconds between surveys in wait-converged
+BACKUP_TIMEOUT = 60.0     # seconds `backup` waits for the copy unless --request-timeout
 SHOWN_COUNTER_COLUMNS = 4  # `status` shows up to this many counters as columns
 
 
@@ -178,6 +183,24 @@ class Client:
     def url(self, address: str, path: str) -> str:
         base = address if "://" in address else f"{self.scheme}://{address}"
         return base.rstrip("/") + path
+
+    def download(self, address: str, path: str, timeout: float | None = None) -> bytes:
+        """The raw body of a GET (a backup file); raises Unreachable or HTTPFailure."""
+        shown = address.split("://", 1)[-1].rstrip("/")
+        try:
+            response = self._session().get(
+                self.url(address, path), timeout=self.timeout if timeout is None else timeout,
+                verify=self.verify, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise Unreachable(f"{shown}: {_reason(exc)}") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("error")
+            except (ValueError, AttributeError):
+                detail = None
+            raise HTTPFailure(response.status_code, f"{shown} answered {response.status_code}: "
+                                                    f"{detail or response.reason or 'error'}")
+        return response.content
 
     def call(self, method: str, address: str, path: str, **kwargs):
         """The decoded JSON answer; raises Unreachable or HTTPFailure."""
@@ -494,6 +517,60 @@ def cmd_wait_converged(client: Client, args) -> int:
     return 0
 
 
+def cmd_backup(client: Client, args) -> int:
+    """Fetch `GET /backup` into a new file: written beside it, fsynced, then linked into place,
+    so FILE is whole or absent and an existing file (perhaps a live database) is never
+    replaced. The path is checked before the node is asked."""
+    dest = args.to
+    directory = os.path.dirname(os.path.abspath(dest))
+    if os.path.lexists(dest):
+        raise ClientError(f"{dest} already exists; choose a new name")
+    if not os.path.isdir(directory):
+        raise ClientError(f"cannot write {dest}: directory {directory} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(dest) + ".",
+                                   suffix=".partial")
+    except OSError as exc:
+        raise ClientError(f"cannot write in {directory}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            data = client.download(args.node, "/backup",
+                                   timeout=getattr(args, "request_timeout", BACKUP_TIMEOUT))
+            if not data.startswith(b"SQLite format 3\x00"):
+                raise ClientError(f"{args.node} answered something that is not a SQLite "
+                                  "database (is it a dcounter node?)")
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        _check_backup(tmp, args.node)
+        os.link(tmp, dest)
+    except OSError as exc:
+        raise ClientError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    finally:
+        os.unlink(tmp)
+    if args.json:
+        _print_json({"file": dest, "bytes": len(data)})
+    else:
+        print(f"backup of {args.node} ({len(data)} bytes) written to {dest}")
+    return 0
+
+
+def _check_backup(path: str, node: str) -> None:
+    """The file as received opens and passes SQLite's quick check, or ClientError."""
+    conn = None
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        conn.execute("SELECT value FROM meta WHERE name='origin'").fetchone()
+    except sqlite3.Error as exc:
+        result = str(exc)
+    finally:
+        if conn is not None:
+            conn.close()
+    if result != "ok":
+        raise ClientError(f"the copy {node} sent does not check out ({result}); nothing written")
+
+
 def _print_json(value) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
@@ -542,6 +619,12 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -607,6 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dcounter import cutover  # imports this module: only once it is loaded
     cutover.add_parser(commands, common)
+    backup = commands.add_parser("backup", parents=[common],
+                                 help="copy the node's database to a new file (hot backup)")
+    backup.add_argument("--to", required=True, type=_path, metavar="FILE",
+                        help="the new file; an existing one is never replaced")
+    backup.set_defaults(run=cmd_backup)
     return parser
 
 
@@ -637,7 +725,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "run", None) is None:
             raise _UsageError("a command is required: incr, get, counters, nodes, status or "
-                              "wait-converged (see --help)")
+                              "wait-converged or backup (see --help)")
         client = make_client(args, environ)
         if isinstance(client.verify, str) and not os.path.isfile(client.verify):
             raise _UsageError(f"DCOUNTER_TLS_CA: no such file {client.verify!r} (the PEM file "

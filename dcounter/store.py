@@ -20,6 +20,12 @@ leaves the state as it was.
 
 Only the writer calls `write`, one group at a time (see writer.py); `load` runs before the node
 serves.
+
+A database copied by `dcounter backup` carries a backup mark (meta rows `backup_of_origin` and
+`backup_taken_at`, see backup.py). `open` takes a fresh origin for a marked database and clears
+the mark in the same transaction: the node the copy came from may have gone on counting, and
+its later sequence numbers are already held by peers, so reusing its origin would lose new
+increments as duplicates. Peers bring the old origin's events up to date through anti-entropy.
 """
 
 import fcntl
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 DB_NAME = "dcounter.sqlite3"
 LOCK_NAME = "LOCK"
+BACKUP_OF = "backup_of_origin"    # meta row in a backup copy: the origin it was copied from
+BACKUP_TAKEN = "backup_taken_at"  # meta row in a backup copy: when (ISO 8601, UTC)
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -76,6 +84,7 @@ class Store:
                 self._create()
             self._connect()
             self._check()
+            self._leave_backup_origin()
         except sqlite3.Error as exc:
             self.close()
             raise StartupError(f"data directory {self.directory}: {DB_NAME} is unreadable or "
@@ -174,6 +183,30 @@ class Store:
             raise
         log.info("data directory %s: migrated %s from schema version 1 to %d", self.directory,
                  DB_NAME, SCHEMA_VERSION)
+
+    def _leave_backup_origin(self) -> None:
+        """A restored backup: take a fresh origin and clear the mark, in one transaction, so
+        this happens once and a crash in between leaves the mark to try again."""
+        conn = self._conn
+        meta = dict(conn.execute("SELECT name, value FROM meta WHERE name IN (?, ?)",
+                                 (BACKUP_OF, BACKUP_TAKEN)))
+        if BACKUP_OF not in meta:
+            return
+        fresh = new_origin_id()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE meta SET value=? WHERE name='origin'", (fresh,))
+            conn.execute("DELETE FROM meta WHERE name IN (?, ?)", (BACKUP_OF, BACKUP_TAKEN))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.warning("data directory %s holds a restored backup of origin %s (taken %s): new "
+                    "events use origin %s so they never collide with events the original node "
+                    "counted after the copy; peers bring this node up to date",
+                    self.directory, meta[BACKUP_OF], meta.get(BACKUP_TAKEN, "at an unknown time"),
+                    fresh)
 
     # -- reading ---------------------------------------------------------------------------------
     def load(self) -> tuple[str, dict[str, OriginState], dict[str, KeyRecord]]:
