@@ -4,6 +4,7 @@ size. Each test checks that the node keeps serving everybody else meanwhile."""
 import socket
 import threading
 
+from dcounter import PROTOCOL
 from tests.integration.harness import poll
 
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -154,7 +155,8 @@ def test_joins_with_made_up_ids_list_at_most_max_peers(cluster):
     node = cluster.node("a", in_memory=True).start()
     outcomes = {200: 0, 503: 0}
     for i in range(200):
-        response = node.post("/nodes/join", {"node_id": f"127.77.{i // 100}.{i % 100 + 1}:9"})
+        response = node.post("/nodes/join", {"node_id": f"127.77.{i // 100}.{i % 100 + 1}:9",
+                                             "protocol": PROTOCOL, "origin": f"made-up-{i}"})
         assert response.status_code in outcomes, response.text
         outcomes[response.status_code] += 1
         if response.status_code == 503:
