@@ -371,7 +371,7 @@ td.state.failed::before { content: "\\2716"; }
 td.state.left { color: var(--left); font-weight: 400; }
 td.state.left::before { content: "\\25cb"; }
 tr.empty td { color: var(--muted); font-style: italic; }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(22rem, 1fr));
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(22rem, 100%), 1fr));
   gap: 1rem; }
 figure { margin: 0; }
 figcaption { font-size: .9rem; margin-bottom: .25rem; }
