@@ -110,15 +110,17 @@ def _counts(members: list[dict]) -> dict[str, int]:
 
 def summary(status: dict, members: list[dict]) -> str:
     """The status' own summary line when it has one; else the same words derived here. The
-    node itself counts as a member that is up."""
+    node itself counts as a member that is up, and so does a suspect member (still listed,
+    only late)."""
     text = status.get("summary")
     if isinstance(text, str) and text:
         return text
     counts = _counts(members)
     total = 1 + len(members) - counts["left"]
-    parts = [f"{1 + counts['alive']} of {total} members up"]
+    parts = [f"{1 + counts['alive'] + counts['suspect']} of {total} members up"]
     parts += [f"{counts[state]} {state}" for state in ("suspect", "failed") if counts[state]]
-    behind = sum(1 for m in members if m["state"] == "alive" and m["caught_up"] is False)
+    behind = sum(1 for m in members
+                 if m["state"] in ("alive", "suspect") and m["caught_up"] is False)
     if behind:
         parts.append(f"{behind} behind")
     elif not counts["suspect"] and not counts["failed"]:

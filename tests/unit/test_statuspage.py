@@ -218,3 +218,11 @@ def test_the_newest_sample_is_at_the_right_edge_and_gaps_split_the_line():
     runs = chart.segments([1.0, None, 2.0, 2.0], size=120, top=2.0)
     assert len(runs) == 2 and len(runs[0]) == 1 and len(runs[1]) == 2
     assert runs[1][-1] == (chart.X1, chart.Y0)
+
+
+def test_a_derived_summary_counts_a_suspect_member_as_up_and_says_it_is_suspect():
+    view = [{"id": B, "state": "suspect", "last_heard": 4.0, "caught_up": True, "backlog": 0,
+             "error": ""},
+            {"id": C, "state": "left", "last_heard": 9.0, "caught_up": None, "backlog": 0,
+             "error": ""}]
+    assert health.summary({}, view) == "2 of 2 members up, 1 suspect"
