@@ -1,8 +1,8 @@
 """The status page (`GET /`): one self-contained HTML document showing the cluster as this node
 sees it.
 
-Top to bottom: the readiness badge, green only while every member is alive (amber when a member
-is suspect or failed, red when this node is not ready); one summary line ("3 of 3 members up, all
+Top to bottom: the readiness badge, green only while no member is suspect or failed (amber
+then, red when this node is not ready); one summary line ("3 of 3 members up, all
 caught up"); the members, each alive / suspect / failed / left with the time since it was last
 heard, whether it is caught up, its backlog and its last error in words; a chart of the last ten
 minutes (increments per second, replication delay); then the counters, the replication links,
