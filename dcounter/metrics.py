@@ -117,6 +117,14 @@ class Metrics:
         with self._lock:
             return self._values.get(name, {}).get(tuple(sorted(labels.items())), 0)
 
+    def histogram(self, name: str) -> tuple[tuple[float, ...], list[float]]:
+        """The histogram `name`'s bucket bounds and its count per bucket (not cumulative; one
+        more than the bounds, the last for +Inf)."""
+        bounds = _BUCKETS[name]
+        with self._lock:
+            series = self._values.get(name, {})
+            return bounds, [series.get(("bucket", i), 0) for i in range(len(bounds) + 1)]
+
     def total(self, name: str, **match) -> float:
         """Sum of every series of `name` whose labels include `match`."""
         with self._lock:

@@ -34,6 +34,7 @@ from dcounter.contacts import Contacts, Kind, run_within
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
 from dcounter.errors import (BadRequest, PeerRefused, PeerUnreachable, StartupError,
                              StorageFailure)
+from dcounter.history import History
 from dcounter.membership import (Contact, WarnEvery, contact_from, contact_to,
                                  join_reply_peers, link_changes)
 from dcounter.metrics import Metrics
@@ -48,6 +49,7 @@ from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
 
+DELAY = "dcounter_replication_delay_seconds"
 WRITER_GRACE = 1.0  # seconds the last commit may take at shutdown beyond --drain-timeout
 
 
@@ -113,6 +115,7 @@ class Node:
         self._links_lock = threading.Lock()  # serialises _sync_links
         self.contacts = Contacts(self._stop, config.request_timeout)
         self._refusals = WarnEvery(60.0)  # a peer refusing our signature: one line a minute
+        self.history = History(self.metrics.histogram(DELAY)[0])  # for the status page
         self.started = False
 
     # -- start and stop ---------------------------------------------------------------------------
@@ -472,6 +475,14 @@ class Node:
         self.writer.submit(lambda txn: txn.retire_origins(now, listed, live))
         return gone
 
+    def sample_history(self) -> int:
+        """The status page's recent past (history.py): a sample per interval that passed."""
+        m = self.metrics
+        return self.history.observe(self.clock.monotonic(),
+                                    m.value("dcounter_increments_local_total"),
+                                    m.value("dcounter_increments_replicated_total"),
+                                    m.histogram(DELAY)[1])
+
     def retry_once(self) -> list[str]:
         return self.replicator.retry_once(self.clock.monotonic())
 
@@ -546,6 +557,7 @@ class Node:
     def _cleanup_loop(self) -> None:
         while not self._stop.wait(self.config.cleanup_interval):
             self._guard(self.cleanup_once, "cleanup")
+            self._guard(self.sample_history, "history")
 
     def _retry_loop(self) -> None:
         while not self._stop.is_set():
@@ -636,4 +648,5 @@ class Node:
                 {"age_seconds": round(now - t, 3), "peer": p, "ok": ok, "detail": d}
                 for t, p, ok, d in self.peers.recent_attempts()],
             "digest": self.counter.digest(),
+            "history": self.history.to_dict(),
         }

@@ -228,8 +228,13 @@ class PeerStore:
         del self.attempt_log[:-20]
 
     def candidates(self, now: float) -> dict[str, dict]:
+        """Each candidate's failed attempts so far, whether one is under way (`trying`; a
+        contact with a peer that never answers lasts a whole request timeout) and, if not,
+        how long until the next one (`next_try_in`, None while trying)."""
         with self._lock:
-            return {nid: {"attempts": c.attempts, "next_try_in": max(0.0, c.next_try - now),
+            return {nid: {"attempts": c.attempts, "trying": nid in self._in_flight,
+                          "next_try_in": (None if nid in self._in_flight
+                                          else max(0.0, c.next_try - now)),
                           "last_error": c.last_error}
                     for nid, c in self._candidates.items()}
 

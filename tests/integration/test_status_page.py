@@ -5,11 +5,11 @@ import os
 import shutil
 import signal
 import subprocess
-from html.parser import HTMLParser
 
 import pytest
 
 from tests.integration.harness import poll
+from tests.page import Page
 
 CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(
@@ -34,50 +34,6 @@ def render_in_chromium(url: str, profile_dir) -> str:
         raise AssertionError(f"chromium did not finish rendering {url}")
     assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
     return out.decode()
-
-
-class Page(HTMLParser):
-    """What a reader sees: the text of each table's body rows, and elements by id."""
-
-    def __init__(self, markup: str):
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self.ids: dict[str, dict] = {}
-        self._table = None
-        self._in_body = False
-        self._cell = None
-        self._id_stack: list = []
-        self.feed(markup)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if "id" in attrs:
-            self.ids[attrs["id"]] = {"tag": tag, "class": attrs.get("class", ""), "text": ""}
-            self._id_stack.append((tag, attrs["id"]))
-        if tag == "table":
-            self._table = attrs.get("id")
-            self.tables[self._table] = []
-        elif tag == "tbody":
-            self._in_body = True
-        elif tag == "tr" and self._in_body:
-            self.tables[self._table].append([])
-        elif tag == "td" and self._in_body:
-            self._cell = ""
-
-    def handle_endtag(self, tag):
-        if self._id_stack and self._id_stack[-1][0] == tag:
-            self._id_stack.pop()
-        if tag == "td" and self._cell is not None:
-            self.tables[self._table][-1].append(self._cell.strip())
-            self._cell = None
-        elif tag == "tbody":
-            self._in_body = False
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell += data
-        for _tag, element_id in self._id_stack:
-            self.ids[element_id]["text"] += data
 
 
 @needs_chromium
@@ -142,3 +98,41 @@ def test_status_page_without_a_script(cluster):
     assert "src=" not in response.text.replace('href="data:,"', "")
     assert "http://" not in response.text and "https://" not in response.text
     assert a.get("/?x=1").status_code == 400
+
+
+def _member_down(node, member_id: str) -> bool:
+    """`member_id` is suspect or failed in `node`'s view (from its members view, or, in a
+    status without one, no longer listed and tried in vain)."""
+    status = node.get("/status").json()
+    if "members" in status:
+        return status["members"].get(member_id, {}).get("state") in ("suspect", "failed")
+    return (member_id not in status["peers"]
+            and status["candidates"].get(member_id, {}).get("attempts", 0) >= 1)
+
+
+@needs_chromium
+def test_status_page_shows_a_member_down_in_chromium(cluster, tmp_path):
+    # Heartbeats every second: a loaded machine must not make the healthy member look suspect.
+    slower = ["--heartbeat-interval", "1.0", "--peer-timeout", "4.0"]
+    a, b, c = cluster.start(3, in_memory=True, extra=slower)
+    assert a.incr("apples", 5).status_code == 200
+    cluster.wait_converged([a, b, c], 5, counter="apples")
+
+    c.kill()  # SIGKILL, by pid
+    poll(lambda: _member_down(a, c.node_id), 30, message=f"{c.node_id} down at {a.name}")
+
+    page = Page(render_in_chromium(f"{a.base}/", tmp_path / "profile"))
+    assert page.ids["refresh"]["class"] == "live", page.ids["refresh"]
+    members = {row[0]: row for row in page.tables["members"]}
+    assert set(members) == {b.node_id, c.node_id}
+    assert members[c.node_id][1] in ("suspect", "failed")
+    assert members[b.node_id][1] in ("alive", "suspect")
+    # Not green: ready (this node is fine) but saying what is wrong, in amber.
+    badge = page.ids["ready"]
+    assert badge["class"] == "badge warn", badge
+    assert badge["text"].startswith("ready, 1 member ")
+    summary = page.ids["summary"]["text"]
+    assert "of 3 members up" in summary and ("failed" in summary or "suspect" in summary), summary
+    assert page.ids["summary"]["class"] in ("summary warn", "summary bad")
+    # The chart of the last minutes is part of the page.
+    assert "history" in page.ids and "rate-now" in page.ids

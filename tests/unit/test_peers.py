@@ -225,3 +225,23 @@ def test_begin_contacts_claims_only_peers_without_a_contact_in_flight(clock):
     assert peers.begin_contacts(["a:1", "c:1"]) == ["c:1"]
     peers.contact_finished("a:1")
     assert peers.begin_contacts(["a:1"]) == ["a:1"]
+
+
+def test_a_candidate_being_tried_says_so_rather_than_next_try_in_zero(clock):
+    # A peer that hangs (or a dead host that never answers) keeps its join in flight for a
+    # whole request timeout: the listing must not read "0 attempts, next try in 0.0 s".
+    peers = make_store()
+    peers.heard_from("a:1", clock.monotonic())
+    clock.advance(7.0)
+    assert peers.expire(clock.monotonic()) == ["a:1"]
+    assert peers.candidates(clock.monotonic())["a:1"] == {
+        "attempts": 0, "trying": False, "next_try_in": 0.0, "last_error": None}
+    assert peers.claim_due_candidates(clock.monotonic()) == ["a:1"]
+    clock.advance(2.0)
+    view = peers.candidates(clock.monotonic())["a:1"]
+    assert view["trying"] is True and view["next_try_in"] is None and view["attempts"] == 0
+    peers.contact_failed("a:1", clock.monotonic(), "timed out")
+    peers.contact_finished("a:1")
+    view = peers.candidates(clock.monotonic())["a:1"]
+    assert view == {"attempts": 1, "trying": False, "next_try_in": pytest.approx(0.1),
+                    "last_error": "timed out"}
