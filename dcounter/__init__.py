@@ -7,9 +7,6 @@ asynchronously to every peer; every event has a unique id, so re-deliveries neve
 are imported on first use, so a node that imports this package does not load them.
 """
 
-__version__ = "0.1.0"
-PROTOCOL = 1
-
 _CLIENT_NAMES = frozenset({
     "Client", "Answer", "DcounterError", "Unreachable", "TLSFailure", "Refused",
     "InvalidRequest", "Unauthorized", "Conflict", "Unprocessable", "Unavailable"})
@@ -24,3 +21,7 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | _CLIENT_NAMES)
+
+
+__version__ = "0.1.0"
+PROTOCOL = 1
