@@ -127,11 +127,15 @@ class Connection:
         self.verify = verify
         self.timeout = timeout
         self._local = threading.local()
+        # Every thread's session, for close(); weak, so a finished thread's session goes away.
         self._sessions: weakref.WeakSet[requests.Session] = weakref.WeakSet()
+        self._sessions_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the kept-alive connections (a later call opens new ones)."""
-        for session in list(self._sessions):
+        with self._sessions_lock:
+            sessions = list(self._sessions)
+        for session in sessions:
             session.close()
 
     def __enter__(self):
@@ -149,7 +153,8 @@ class Connection:
             if self.token:
                 session.headers["Authorization"] = f"Bearer {self.token}"
             self._local.session = session
-            self._sessions.add(session)
+            with self._sessions_lock:
+                self._sessions.add(session)
         return session
 
     def url(self, address: str, path: str) -> str:
