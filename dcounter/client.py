@@ -14,6 +14,7 @@ localhost:8080), `--json` and `--request-timeout`. `$DCOUNTER_CLIENT_TOKEN` is s
 `Authorization: Bearer ...`; https is used when `--node` says `https://` or `$DCOUNTER_TLS_CA`
 names the CA file that node certificates are verified with.
 
+The command is built on the Python client, `dcounter.library.Client` (one node: `--node`).
 `incr` without `--key` makes a random idempotency key and retries timeouts, connection errors
 and 503s with that same key, so a retry of a request that did arrive counts once. A TLS failure
 is not retried: it is explained in words with its fix (https://, DCOUNTER_TLS_CA).
@@ -27,8 +28,8 @@ for good) is shown but not counted.
 `main(argv) -> int` is what `bin/dcounter` and the console script call; tests call it
 in-process. Exit codes: 0 success, 1 failure or disagreement, 2 invalid usage. Every error is
 one line on stderr. What a node would refuse as malformed (a delta of 0, a counter name of another
-shape) is invalid usage, refused before anything is sent. This module is a client of the HTTP
-API: it imports nothing from the node (only `validation`'s pure checks of the API's shapes).
+shape) is invalid usage, refused before anything is sent. Like the library, this module imports
+nothing from the node (only `validation`'s pure checks of the API's shapes).
 """
 
 from __future__ import annotations
@@ -37,206 +38,37 @@ import argparse
 import concurrent.futures
 import json
 import os
-import re
-import ssl
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
-import uuid
 from dataclasses import dataclass, field
-
-import requests
 
 from dcounter import __version__, validation
 from dcounter.errors import BadRequest
+from dcounter.library import (RETRY_BASE, RETRY_MAX, Client, DcounterError, Refused,  # noqa: F401
+                              TLSFailure, Unavailable, Unreachable)  # (re-exported: cutover.py)
 
 PROG = "dcounter"
 DEFAULT_NODE = "localhost:8080"
 MAX_NODES = 64            # nodes a survey asks at most
 INCR_RETRIES = 4          # retries of one increment (5 attempts)
-RETRY_BASE = 0.2          # seconds before the first retry; doubles, capped at RETRY_MAX
-RETRY_MAX = 2.0
 POLL_INTERVAL = 0.25      # seconds between surveys in wait-converged
 BACKUP_TIMEOUT = 60.0     # seconds `backup` waits for the copy unless --request-timeout
 SHOWN_COUNTER_COLUMNS = 4  # `status` shows up to this many counters as columns
 
 
-class ClientError(Exception):
-    """Anything that ends the command: the message is one line for the user."""
+# The library's names under the ones this command and its neighbours have always used.
+ClientError = DcounterError
+HTTPFailure = Refused
 
-
-class Unreachable(ClientError):
-    """No answer: connection refused or reset, a timeout, a TLS failure."""
-
-
-class TLSFailure(Unreachable):
-    """The node answered, but not in TLS we can trust: asking again will not help."""
-
-
-class HTTPFailure(ClientError):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+# What the command says where the library would say `ca=`.
+COMMAND_HINTS = {"ca": "DCOUNTER_TLS_CA", "address": "--node", "use": "--node "}
 
 
 class _UsageError(Exception):
     pass
-
-
-# -- talking to nodes ---------------------------------------------------------------------------
-
-def _reason(exc: requests.RequestException) -> str:
-    """A short reason from requests' long exception text (TLS failures: `_explain_tls`)."""
-    if isinstance(exc, requests.Timeout):
-        return "no answer in time"
-    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
-    if match:
-        return match.group(1).strip().lower()
-    if isinstance(exc, requests.ConnectionError):
-        return "connection failed: " + _last_clause(str(exc))
-    return _last_clause(str(exc)) or type(exc).__name__
-
-
-def _last_clause(text: str) -> str:
-    text = text.splitlines()[0] if text else ""
-    return text[-200:]
-
-
-def _ssl_detail(exc: BaseException) -> str:
-    """The ssl module's own words from under requests' and urllib3's wrappers, without the
-    `[SSL: CODE]` prefix and the `(_ssl.c:NNN)` suffix."""
-    found = _find_ssl_error(exc, depth=0)
-    text = found.verify_message if isinstance(found, ssl.SSLCertVerificationError) and \
-        found.verify_message else (found.reason or str(found)) if found else str(exc)
-    text = re.sub(r"^\[[A-Z]+: [A-Z_]+\]\s*", "", str(text))
-    text = re.sub(r"\s*\(_ssl\.c:\d+\)", "", text)
-    return text.replace("_", " ").lower().rstrip(".") if text.isupper() else text.rstrip(".")
-
-
-def _find_ssl_error(exc, depth: int):
-    if isinstance(exc, ssl.SSLError):
-        return exc
-    if depth > 6 or not isinstance(exc, BaseException):
-        return None
-    for inner in (*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__):
-        if isinstance(inner, BaseException):
-            found = _find_ssl_error(inner, depth + 1)
-            if found is not None:
-                return found
-    return None
-
-
-def _explain_tls(exc: requests.RequestException, url: str, shown: str, verify) -> str | None:
-    """What went wrong with TLS, in words and with the fix; None when TLS is not the cause."""
-    https = url.lower().startswith("https://")
-    if isinstance(exc, requests.exceptions.SSLError):
-        found = _find_ssl_error(exc, depth=0)
-        detail = _ssl_detail(exc)
-        if isinstance(found, ssl.SSLCertVerificationError):
-            if "hostname mismatch" in detail.lower() or "ip address mismatch" in detail.lower():
-                return (f"{shown}: its TLS certificate is not valid for that name ({detail}); "
-                        f"use --node with a name the certificate lists")
-            if isinstance(verify, str):
-                return (f"{shown}: its TLS certificate is not trusted by DCOUNTER_TLS_CA="
-                        f"{verify} ({detail}); point DCOUNTER_TLS_CA at the CA file that "
-                        f"signed the nodes' certificates")
-            return (f"{shown}: its TLS certificate is not trusted ({detail}); set "
-                    f"DCOUNTER_TLS_CA to the CA file that signed the nodes' certificates")
-        if "wrong version number" in detail.lower() or "record layer" in detail.lower() \
-                or "http request" in detail.lower():
-            return (f"{shown} does not speak TLS ({detail}): it serves plain http; use --node "
-                    f"http://{shown}")
-        return f"{shown}: TLS handshake failed ({detail})"
-    if not https and isinstance(exc, requests.ConnectionError) and re.search(
-            r"Connection aborted|RemoteDisconnected|reset by peer", str(exc)):
-        # A node that serves TLS drops a plain-http request without a word.
-        return (f"{shown} closed the connection without an answer; if it serves TLS, use "
-                f"--node https://{shown} and set DCOUNTER_TLS_CA to the nodes' CA file")
-    return None
-
-
-class Client:
-    """HTTP calls to nodes. `address` is a node id (host:port) or a base URL."""
-
-    def __init__(self, *, scheme: str = "http", token: str | None = None, verify=True,
-                 timeout: float = 5.0):
-        self.scheme = scheme
-        self.token = token
-        self.verify = verify
-        self.timeout = timeout
-        self._local = threading.local()  # one Session per thread (surveys ask in parallel)
-
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers["User-Agent"] = f"dcounter/{__version__}"
-            session.headers["Accept"] = "application/json"
-            if self.token:
-                session.headers["Authorization"] = f"Bearer {self.token}"
-            self._local.session = session
-        return session
-
-    def url(self, address: str, path: str) -> str:
-        base = address if "://" in address else f"{self.scheme}://{address}"
-        return base.rstrip("/") + path
-
-    def download(self, address: str, path: str, timeout: float | None = None) -> bytes:
-        """The raw body of a GET (a backup file); raises Unreachable or HTTPFailure."""
-        shown = address.split("://", 1)[-1].rstrip("/")
-        try:
-            response = self._session().get(
-                self.url(address, path), timeout=self.timeout if timeout is None else timeout,
-                verify=self.verify, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise Unreachable(f"{shown}: {_reason(exc)}") from None
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("error")
-            except (ValueError, AttributeError):
-                detail = None
-            raise HTTPFailure(response.status_code, f"{shown} answered {response.status_code}: "
-                                                    f"{detail or response.reason or 'error'}")
-        return response.content
-
-    def call(self, method: str, address: str, path: str, **kwargs):
-        """The decoded JSON answer; raises Unreachable or HTTPFailure."""
-        return self.exchange(method, address, path, **kwargs)[0]
-
-    def exchange(self, method: str, address: str, path: str, *, params=None, body=None,
-                 headers=None, timeout: float | None = None):
-        """(decoded JSON answer, response headers); raises Unreachable or HTTPFailure."""
-        shown = address.split("://", 1)[-1].rstrip("/")
-        try:
-            response = self._session().request(
-                method, self.url(address, path), params=params,
-                data=None if body is None else json.dumps(body),
-                headers={"Content-Type": "application/json", **(headers or {})}
-                if body is not None else headers,
-                timeout=self.timeout if timeout is None else timeout, verify=self.verify,
-                allow_redirects=False)
-        except requests.RequestException as exc:
-            url = self.url(address, path)
-            explained = _explain_tls(exc, url, shown, self.verify)
-            if isinstance(exc, requests.exceptions.SSLError):
-                raise TLSFailure(explained) from None
-            raise Unreachable(explained or f"{shown}: {_reason(exc)}") from None
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if response.status_code >= 400:
-            detail = payload.get("error") if isinstance(payload, dict) else None
-            detail = detail or response.reason or "error"
-            raise HTTPFailure(response.status_code,
-                              f"{shown} answered {response.status_code}: {detail}")
-        if payload is None:
-            raise ClientError(f"{shown} answered {response.status_code} without JSON "
-                              f"(is it a dcounter node?)")
-        return payload, response.headers
 
 
 # -- the cluster survey (status, wait-converged) ------------------------------------------------
@@ -415,27 +247,14 @@ def format_survey(result: Survey, counter: str | None) -> str:
 # -- commands -----------------------------------------------------------------------------------
 
 def cmd_incr(client: Client, args) -> int:
-    key = args.key or uuid.uuid4().hex
-    body = {"counter": args.counter, "delta": args.by}
-    attempt = 0
-    while True:
-        try:
-            result, headers = client.exchange("POST", args.node, "/counter/increment",
-                                              body=body, headers={"Idempotency-Key": key})
-            break
-        except (Unreachable, HTTPFailure) as exc:
-            retriable = isinstance(exc, Unreachable) and not isinstance(exc, TLSFailure) \
-                or isinstance(exc, HTTPFailure) and exc.status == 503
-            if not retriable or attempt >= args.retries:
-                raise
-            delay = min(RETRY_BASE * 2 ** attempt, RETRY_MAX)
-            attempt += 1
-            print(f"{PROG}: {exc}; retrying with the same key in {delay:.1f} s",
-                  file=sys.stderr)
-            time.sleep(delay)
-    replayed = headers.get("Idempotent-Replayed", "").lower() == "true"
+    def say(error, node, delay):
+        print(f"{PROG}: {error}; retrying with the same key in {delay:.1f} s", file=sys.stderr)
+
+    answer = client.post("/counter/increment", {"counter": args.counter, "delta": args.by},
+                         key=args.key, retries=args.retries, on_retry=say)
+    result = answer.payload
     if args.json:
-        _print_json({**result, "key": key, "replayed": replayed})
+        _print_json({**result, "key": answer.key, "replayed": answer.replayed})
     else:
         print(f"{result['counter']} {result['count']}")
     return 0
@@ -707,15 +526,21 @@ def make_client(args, environ) -> Client:
         if scheme not in ("http", "https"):
             raise _UsageError(f"--node: unsupported scheme {scheme!r} (http or https)")
         node = scheme + "://" + node.split("://", 1)[1]
-    else:
-        scheme = "https" if ca else "http"
     if not node.split("://", 1)[-1].rstrip("/"):
         raise _UsageError("--node: empty address")
+    if ca is not None and not os.path.isfile(ca):
+        raise _UsageError(f"DCOUNTER_TLS_CA: no such file {ca!r} (the PEM file of the CA that "
+                          "signed the nodes' certificates)")
     args.node = node
     args.json = getattr(args, "json", False)
     token = environ.get("DCOUNTER_CLIENT_TOKEN") or None
-    return Client(scheme=scheme, token=token, verify=ca if ca else True,
-                  timeout=getattr(args, "request_timeout", 5.0))
+    try:
+        client = Client([node], token=token, ca=ca,
+                        timeout=getattr(args, "request_timeout", 5.0))
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    client.hints = COMMAND_HINTS
+    return client
 
 
 def main(argv: list[str] | None = None, environ=None) -> int:
@@ -727,9 +552,6 @@ def main(argv: list[str] | None = None, environ=None) -> int:
             raise _UsageError("a command is required: incr, get, counters, nodes, status or "
                               "wait-converged or backup (see --help)")
         client = make_client(args, environ)
-        if isinstance(client.verify, str) and not os.path.isfile(client.verify):
-            raise _UsageError(f"DCOUNTER_TLS_CA: no such file {client.verify!r} (the PEM file "
-                              "of the CA that signed the nodes' certificates)")
     except _UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -28,13 +28,14 @@ def test_the_node_comes_from_the_flag_the_environment_or_the_default():
     assert args.node == "b:2" and args.json is True
 
 
-def test_https_with_a_ca_file_or_an_https_url_and_the_token_as_bearer():
+def test_https_with_a_ca_file_or_an_https_url_and_the_token_as_bearer(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
     client, args = client_for(["get", "--node", "vm1:8080"],
-                              {"DCOUNTER_TLS_CA": "/etc/dcounter/ca.pem",
-                               "DCOUNTER_CLIENT_TOKEN": "tok"})
+                              {"DCOUNTER_TLS_CA": str(ca), "DCOUNTER_CLIENT_TOKEN": "tok"})
     assert client.url(args.node, "/status") == "https://vm1:8080/status"
     assert client.url("vm2:8080", "/status") == "https://vm2:8080/status"
-    assert client.verify == "/etc/dcounter/ca.pem"
+    assert client.verify == str(ca)
     assert client._session().headers["Authorization"] == "Bearer tok"
     client, args = client_for(["get", "--node", "https://vm1:8080/"], {})
     assert client.url(args.node, "/status") == "https://vm1:8080/status"
