@@ -289,7 +289,8 @@ class NodeView:
     def to_json(self) -> dict:
         s = self.status or {}
         return {"node": self.node, "reachable": self.reachable, "member": self.listed_alive,
-                "state": self.state, "failed_at": self.failed_at, "error": self.error, "cluster": s.get("cluster"),
+                "state": self.state, "failed_at": self.failed_at, "error": self.error,
+                "cluster": s.get("cluster"),
                 "counters": s.get("counters"), "peers": sorted(s.get("peers", {})),
                 "candidates": sorted(s.get("candidates", {})),
                 "backlog": self.backlog() if self.reachable else None,

@@ -76,7 +76,8 @@ class Config:
 
     def __post_init__(self):
         positive = ("heartbeat_interval", "cleanup_interval", "peer_timeout", "retry_base",
-                    "retry_max", "request_timeout", "idempotency_ttl", "origin_retire_after", "reap_after")
+                    "retry_max", "request_timeout", "idempotency_ttl", "origin_retire_after",
+                    "reap_after")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:

@@ -353,18 +353,19 @@ class Node:
         return True
 
     def forget(self, member: str, forwarded: bool) -> dict:
-        """An operator removes `member` for good (`POST /nodes/forget`). Asked directly, the
-        node refuses a member it lists (a running node would only join again) or does not know,
-        applies the rest, and tells each peer it lists once (`forwarded`: not passed on)."""
+        """An operator removes `member` for good (`POST /nodes/forget`). The node refuses a
+        member it lists (a running node would only join again) and, asked directly, one it does
+        not know; it applies the rest, and when asked directly tells each peer it lists once
+        (`forwarded`: not passed on again)."""
         if member == self.node_id or self.peers.is_self(member):
             raise BadRequest(f"{member} is the node asked; stop it, or ask another node to "
                              "forget it once it is down")
-        if not forwarded:
-            if self.peers.is_alive(member):
-                raise Conflict(f"{member} is a live member (heard from within --peer-timeout); "
-                               "stop it first, or let it leave")
-            if not self.peers.knows(member) and not self.peers.is_forgotten(member):
-                raise NotFound(f"{member} is not a member this node knows")
+        if self.peers.is_alive(member):  # passed on too: a partition may hide it elsewhere
+            raise Conflict(f"{member} is a live member of {self.node_id} (heard from within "
+                           "--peer-timeout); stop it first, or let it leave")
+        if not forwarded and not self.peers.knows(member) \
+                and not self.peers.is_forgotten(member):
+            raise NotFound(f"{member} is not a member this node knows")
         known = self.peers.forget(member, self.clock.monotonic())
         self._sync_links()
         self._retain_digests()

@@ -5,6 +5,8 @@ is back, has left, or is forgotten; `--expect`; `dcounter forget`."""
 import json
 import signal
 
+import pytest
+
 from dcounter.client import main
 from tests.integration.harness import poll
 
@@ -67,10 +69,11 @@ def test_a_lone_node_whose_only_seed_is_down_is_not_converged(cluster, capsys):
     assert code == 1
     row = next(line.split() for line in out.splitlines() if line.startswith(seed_id))
     assert row[1] == "failed"
-    assert "DISAGREE:" in out and f"not ready" in out
-    assert lone.get("/status").json()["members"][seed_id] == {
-        "state": "failed", "last_heard_seconds": None, "caught_up": None, "backlog": 0,
-        "error": lone.get("/status").json()["members"][seed_id]["error"]}
+    assert "DISAGREE:" in out and "not ready" in out
+    seen = lone.get("/status").json()["members"][seed_id]
+    assert {k: v for k, v in seen.items() if k != "error"} == {
+        "state": "failed", "last_heard_seconds": None, "caught_up": None, "backlog": 0}
+    assert seen["error"] is None or "Error" not in seen["error"]  # words, not a class name
 
 
 def test_expect_fails_with_fewer_members(cluster, capsys):
@@ -146,4 +149,24 @@ def test_forget_names_the_peers_that_did_not_confirm_and_may_be_run_again(cluste
     # Run again: a has forgotten c already, and tells b.
     code, out, err = run(capsys, "forget", c.node_id, "--node", a.node_id)
     assert (code, err) == (0, "")
+    assert c.node_id not in b.get("/status").json()["members"]
+
+
+@pytest.mark.parametrize("with_secret", [True, False], ids=["signed", "token"])
+def test_forget_needs_the_client_token_and_is_passed_on(cluster, capsys, with_secret):
+    # Passed on signed with the cluster secret, or with the client token when there is none.
+    secret, token = "cluster-secret-for-tests-0123", "client-token-for-tests-0123"
+    extra = ["--client-token", token] + (["--cluster-secret", secret] if with_secret else [])
+    a, b, c = cluster.start(3, extra=extra)
+    c.kill()
+    poll(lambda: member_state(a, c.node_id) == "failed" and
+         member_state(b, c.node_id) == "failed", 30, message="c to be failed at a and b")
+    code, _, err = run(capsys, "forget", c.node_id, "--node", a.node_id)
+    assert code == 1 and "answered 401" in err
+    assert member_state(a, c.node_id) == "failed"
+    code = main(["forget", c.node_id, "--node", a.node_id],
+                environ={"DCOUNTER_CLIENT_TOKEN": token})
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, ""), err
+    assert out == f"forgot {c.node_id} at {a.node_id} and {b.node_id}\n"
     assert c.node_id not in b.get("/status").json()["members"]

@@ -167,3 +167,19 @@ def test_forget_refuses_a_live_member_an_unknown_one_and_bad_input(cluster_of):
         assert response.status == 400, body
     assert c[n1].status()["members"].keys() == before.keys()
     assert states(c[n1]) == {n2: "alive"}
+
+
+def test_a_forwarded_forget_of_a_member_alive_here_is_refused(cluster_of):
+    # n1 and n2 are cut off from each other; n3 still hears n2. n1 forgets n2: n3 refuses.
+    c = cluster_of(3)
+    n1, n2, n3 = c.ids
+    c.form()
+    c.net.partition(n1, n2)
+    c.clock.advance(BASE.peer_timeout + 0.1)
+    heartbeats(c)
+    c[n1].cleanup_once()
+    assert states(c[n1])[n2] == "failed" and states(c[n3])[n2] == "alive"
+    status, reply = forget(c[n1], n2)
+    assert status == 200 and reply["told"] == []
+    assert "live member of n3:7003" in reply["not_told"][n3]
+    assert states(c[n3])[n2] == "alive"
