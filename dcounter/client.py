@@ -256,6 +256,7 @@ class NodeView:
     error: str | None = None
     failed_at: list[str] = field(default_factory=list)  # nodes that hold it as failed
     behind: bool = False           # answered, but has not seen every event another one has
+    left: bool = False             # every node that answered and knows it holds it as left
 
     @property
     def ready(self) -> bool:
@@ -267,6 +268,8 @@ class NodeView:
         if self.failed_at:
             return "failed"
         if not self.reachable:
+            if self.left and not self.listed_alive:
+                return "left"
             return "unreachable" if self.listed_alive else "unreachable-candidate"
         if not self.ready:
             return "not-ready"
@@ -384,8 +387,10 @@ def _judge_members(result: Survey) -> None:
         failed = sorted(node for node, state in held.items() if state == "failed")
         if failed and peer in views:
             views[peer].failed_at = failed
-        if all(state == "left" for state in held.values()) and peer not in views:
+        if all(state == "left" for state in held.values()):
             result.left.append(peer)
+            if peer in views:  # asked as a seed's rejoin candidate
+                views[peer].left = True
 
 
 def _disagreements(nodes: list[NodeView]) -> list[str]:
@@ -479,8 +484,10 @@ def format_survey(result: Survey, counter: str | None) -> str:
                          str(len(s.get("peers", {}))), str(view.backlog())])
         else:
             rows.append([view.node, view.state] + ["-"] * (len(header) - 2))
+    asked = {view.node for view in result.nodes}
     for member in result.left:
-        rows.append([member, "left"] + ["-"] * (len(header) - 2))
+        if member not in asked:
+            rows.append([member, "left"] + ["-"] * (len(header) - 2))
     right = set(range(2, len(header)))
     text = _table(rows, right)
     if not columns and names:

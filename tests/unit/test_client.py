@@ -183,3 +183,12 @@ def test_expect_counts_the_members_that_answer():
     with pytest.raises(_UsageError):
         build_parser().parse_args(["forget", "not a node id"])
     assert build_parser().parse_args(["forget", "vm3:8080"]).member == "vm3:8080"
+
+
+def test_a_seed_that_left_is_shown_as_left():
+    a = with_members(view("a:1", {"x": 1}), {"c:1": {"state": "left"}})
+    seed = NodeView("c:1", "c:1", False, error="c:1: connection refused")  # a candidate
+    survey = judged([a, seed])
+    assert survey.agree and survey.left == ["c:1"]
+    lines = format_survey(survey, None).splitlines()
+    assert lines[2].split() == ["c:1", "left", "-", "-", "-"] and len(lines) == 4
