@@ -89,10 +89,11 @@ def test_expect_fails_with_fewer_members(cluster, capsys):
 
 
 def test_a_member_that_leaves_is_left_not_missing(cluster, capsys):
-    a, b, c = cluster.start(3)
+    # A goodbye that timed out would rightly leave c failed: give it time on a loaded machine.
+    a, b, c = cluster.start(3, extra=["--request-timeout", "4"])
     assert c.terminate() == 0  # SIGTERM: a graceful stop says goodbye
     poll(lambda: member_state(a, c.node_id) == "left" and member_state(b, c.node_id) == "left",
-         message="c to be left at a and b")
+         30, message="c to be left at a and b")
     code, out, err = run(capsys, "wait-converged", "--node", a.node_id, "--expect", "2",
                          "--timeout", "30")
     assert code == 0, err
