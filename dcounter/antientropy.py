@@ -20,6 +20,8 @@ Rules kept here:
 * Each origin is pulled from one peer at a time: the one showing the highest watermark.
 * After a pull (whatever its outcome) the origin's wait starts again, so a failing peer is
   asked at most once per `settle` seconds.
+* The last digest each peer showed is kept (`covers`: does it cover this node's own digest?),
+  also after the peer is no longer listed, until `retain_digests` drops it with the member.
 * Caught up (readiness): at least one comparison with a peer ended with nothing to pull, either
   because its digest showed no lead or because every lead it showed was reached or pulled.
 """
@@ -41,12 +43,14 @@ class AntiEntropy:
         self.settle = settle
         self._lock = threading.Lock()
         self._leads: dict[str, dict[str, Lead]] = {}  # peer -> origin -> lead
+        self._seen: dict[str, dict[str, int]] = {}  # peer -> the last digest it showed
         self.rounds = 0  # comparisons with a peer that ended with nothing to pull
 
     def observe(self, peer: str, digest: Mapping[str, int], own: Mapping[str, int],
                 now: float) -> list[str]:
         """`peer` showed `digest`; `own` is this node's digest. Returns the origins it leads on."""
         with self._lock:
+            self._seen[peer] = dict(digest)
             known = self._leads.get(peer, {})
             leads = {}
             for origin, theirs in digest.items():
@@ -130,6 +134,22 @@ class AntiEntropy:
         """`peer` is no longer listed: nothing is pulled from it."""
         with self._lock:
             self._leads.pop(peer, None)
+
+    def covers(self, peer: str, own: Mapping[str, int]) -> bool | None:
+        """Whether the last digest `peer` showed has every event of `own` (this node's digest):
+        the peer is caught up with this node. None when it has shown none."""
+        with self._lock:
+            seen = self._seen.get(peer)
+            if seen is None:
+                return None
+            return all(seen.get(origin, 0) >= mark for origin, mark in own.items())
+
+    def retain_digests(self, peers) -> None:
+        """Keep the last digests of `peers` only (the members still known)."""
+        keep = set(peers)
+        with self._lock:
+            for peer in [p for p in self._seen if p not in keep]:
+                del self._seen[peer]
 
     def caught_up(self) -> bool:
         with self._lock:

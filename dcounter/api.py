@@ -3,7 +3,8 @@
 Each route validates its whole input before it asks the node to change anything, so a refused
 request changes nothing. Errors are raised as `DcounterError`s and turned into JSON responses in
 one place, `App.handle`. Routes carry a kind - `peer` (inter-node), `write`, `read` or `open` -
-which the authentication policy (`auth.py`) checks before the route runs.
+which the authentication policy (`auth.py`) checks before the route runs; `admin` (forgetting a
+member) takes a peer's signature or the client token.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Route:
     method: str
     path: str
     fn: Callable
-    kind: str  # "peer", "write", "read" or "open"
+    kind: str  # "peer", "admin", "write", "read" or "open"
 
 
 # -- decoding helpers ---------------------------------------------------------------------------
@@ -214,6 +215,18 @@ def leave(node, request: Request):
     return 200, {"left": node.on_leave(sender, data.get("origin"))}
 
 
+def forget(node, request: Request):
+    """An operator removes a member for good; a node that applied it tells its peers once, with
+    `forwarded` set, which they do not pass on."""
+    data = json_body(request)
+    check_fields(data, required=("node_id",), optional=("forwarded",))
+    member = validation.node_id(data["node_id"])
+    forwarded = data.get("forwarded", False)
+    if not isinstance(forwarded, bool):
+        raise BadRequest("forwarded must be true or false")
+    return 200, node.forget(member, forwarded)
+
+
 def nodes(node, request: Request):
     query_params(request)
     return 200, node.peers.alive()
@@ -273,6 +286,7 @@ ROUTES = [
     Route("POST", "/nodes/join", join, "peer"),
     Route("POST", "/nodes/heartbeat", heartbeat, "peer"),
     Route("POST", "/nodes/leave", leave, "peer"),
+    Route("POST", "/nodes/forget", forget, "admin"),
     Route("GET", "/nodes", nodes, "read"),
     Route("GET", "/", status_page, "read"),
     Route("GET", "/status", status, "read"),

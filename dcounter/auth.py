@@ -5,7 +5,10 @@ about it before the route runs, so a refused request changes nothing:
 
     peer   join, heartbeat, leave, replicate, state. With a cluster secret they must carry a
            valid signature; the client token is not accepted in its place.
-    write  increments. With a client token they need `Authorization: Bearer <token>`.
+    admin  forgetting a member (`POST /nodes/forget`): sent by an operator or passed on by a
+           node. A request that carries a signature must carry a valid one; otherwise the
+           rules of `write` apply (the client token when there is one, else open).
+    write  increments, backups. With a client token they need `Authorization: Bearer <token>`.
     read   counts, counters, nodes, status, metrics. Open, unless `protect_reads`.
     open   /healthz and /readyz: always open.
 
@@ -150,6 +153,11 @@ class Auth:
         if kind == "peer":
             if self._secrets:
                 self._check_signature(request)
+        elif kind == "admin":
+            if self._secrets and request.headers.get_all(SIGNATURE_HEADER):
+                self._check_signature(request)
+            elif self._token_digest is not None:
+                self._check_token(request)
         elif kind == "write":
             if self._token_digest is not None:
                 self._check_token(request)

@@ -62,6 +62,8 @@ _FLAGS = [
     ("--origin-retire-after", "origin_retire_after", float, "seconds an origin may stay idle, "
                                                             "its node unlisted, before it is "
                                                             "retired"),
+    ("--reap-after", "reap_after", float, "seconds a failed or left member is kept before it "
+                                          "is forgotten"),
     ("--max-connections", "max_connections", int, "concurrent connections served"),
     ("--max-peers", "max_peers", int, "peers listed at once; a join past it gets 503 "
                                       "(rejoin candidates are capped at 4x this)"),

@@ -4,8 +4,9 @@
     dcounter get [--counter N] [--consistency all]   one counter's value
     dcounter counters                                every counter and its value
     dcounter nodes                                   the peers a node considers alive
-    dcounter status                                  every node side by side; 1 if they disagree
-    dcounter wait-converged --timeout S              0 once every node agrees, 1 on timeout
+    dcounter status [--expect N]                     every node side by side; 1 if they disagree
+    dcounter wait-converged --timeout S [--expect N] 0 once every node agrees, 1 on timeout
+    dcounter forget NODE                             remove a member for good, on every node
     dcounter import-original --from HOST:PORT        the original system's count, once
     dcounter backup --to FILE                        copy the node's database to a new file
 
@@ -19,11 +20,15 @@ The command is built on the Python client, `dcounter.library.Client` (one node: 
 and 503s with that same key, so a retry of a request that did arrive counts once. A TLS failure
 is not retried: it is explained in words with its fix (https://, DCOUNTER_TLS_CA).
 
-`status` asks `--node` for its view, then every node it lists (alive peers and rejoin
+`status` asks `--node` for its view, then every node it lists (alive peers, members and rejoin
 candidates), then every node those list, and compares what they answer: the same counters and
-the same digest (which events each has seen) means they agree. A listed peer that does not
-answer is a disagreement; a rejoin candidate that does not answer (a node that is down, or gone
-for good) is shown but not counted.
+the same digest (which events each has seen) means they agree. A member is missing, and so a
+disagreement, when it does not answer, when a node holds it as failed, when it is not ready, or
+when it has not seen every event another node has (behind); a member that left is shown, not
+counted. A rejoin candidate that no node holds as a member (an id heard second-hand) and that
+does not answer is shown but not counted. `--expect N` makes fewer than N members that answer
+(the node asked included) a disagreement too, so a script never passes with a member missing
+that no node knows of yet.
 
 `main(argv) -> int` is what `bin/dcounter` and the console script call; tests call it
 in-process. Exit codes: 0 success, 1 failure or disagreement, 2 invalid usage. Every error is
@@ -77,9 +82,30 @@ class _UsageError(Exception):
 class NodeView:
     node: str                      # its id, or the address asked when it did not answer
     address: str
-    listed_alive: bool             # the start node, or listed alive by a node that answered
+    listed_alive: bool             # a member: the start node, or listed alive or as a (not
+                                   # left) member by a node that answered; it counts
     status: dict | None = None
     error: str | None = None
+    failed_at: list[str] = field(default_factory=list)  # nodes that hold it as failed
+    behind: bool = False           # answered, but has not seen every event another one has
+    left: bool = False             # every node that answered and knows it holds it as left
+
+    @property
+    def ready(self) -> bool:
+        return bool(((self.status or {}).get("ready") or {}).get("ready", True))
+
+    @property
+    def state(self) -> str:
+        """What the table's STATE column says."""
+        if self.failed_at:
+            return "failed"
+        if not self.reachable:
+            if self.left and not self.listed_alive:
+                return "left"
+            return "unreachable" if self.listed_alive else "unreachable-candidate"
+        if not self.ready:
+            return "not-ready"
+        return "behind" if self.behind else "ok"
 
     @property
     def reachable(self) -> bool:
@@ -98,7 +124,8 @@ class NodeView:
     def to_json(self) -> dict:
         s = self.status or {}
         return {"node": self.node, "reachable": self.reachable, "member": self.listed_alive,
-                "error": self.error, "cluster": s.get("cluster"),
+                "state": self.state, "failed_at": self.failed_at, "error": self.error,
+                "cluster": s.get("cluster"),
                 "counters": s.get("counters"), "peers": sorted(s.get("peers", {})),
                 "candidates": sorted(s.get("candidates", {})),
                 "backlog": self.backlog() if self.reachable else None,
@@ -109,14 +136,23 @@ class NodeView:
 class Survey:
     nodes: list[NodeView] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)  # members that said goodbye: not missing
 
     @property
     def agree(self) -> bool:
         return not self.problems
 
     def to_json(self) -> dict:
-        return {"agree": self.agree, "problems": self.problems,
+        return {"agree": self.agree, "problems": self.problems, "left": self.left,
                 "nodes": [n.to_json() for n in self.nodes]}
+
+
+def _members(status: dict) -> dict[str, dict]:
+    """A node's members view (GET /status "members"); {} from a node without one."""
+    members = status.get("members")
+    if not isinstance(members, dict):
+        return {}
+    return {peer: m for peer, m in members.items() if isinstance(m, dict)}
 
 
 def survey(client: Client, start: str, timeout: float | None = None) -> Survey:
@@ -150,6 +186,10 @@ def survey(client: Client, start: str, timeout: float | None = None) -> Survey:
             for status in answered:
                 for peer in status.get("peers", {}):
                     listed[peer] = True
+                # A failed member is missing: asked, and counted, like a listed peer.
+                for peer, member in _members(status).items():
+                    if member.get("state") != "left":
+                        listed[peer] = True
                 for peer in status.get("candidates", {}):
                     listed.setdefault(peer, False)
             for view in views.values():  # a node asked as a candidate but listed alive later
@@ -161,15 +201,42 @@ def survey(client: Client, start: str, timeout: float | None = None) -> Survey:
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     result = Survey(nodes=sorted(views.values(), key=lambda v: v.node))
+    _judge_members(result)
     result.problems = _disagreements(result.nodes)
     return result
+
+
+def _judge_members(result: Survey) -> None:
+    """Which members the nodes that answered hold as failed, and which as left (and by no one
+    as alive or failed)."""
+    reachable = [v for v in result.nodes if v.reachable]
+    views = {v.node: v for v in result.nodes}
+    states: dict[str, dict[str, str]] = {}  # member -> {node that holds it: its state}
+    for view in reachable:
+        for peer, member in _members(view.status).items():
+            states.setdefault(peer, {})[view.node] = str(member.get("state"))
+    for peer, held in sorted(states.items()):
+        failed = sorted(node for node, state in held.items() if state == "failed")
+        if failed and peer in views:
+            views[peer].failed_at = failed
+        if all(state == "left" for state in held.values()):
+            result.left.append(peer)
+            if peer in views:  # asked as a seed's rejoin candidate
+                views[peer].left = True
 
 
 def _disagreements(nodes: list[NodeView]) -> list[str]:
     problems = []
     for view in nodes:
-        if not view.reachable and view.listed_alive:
-            problems.append(f"{view.error}")
+        failed = f" (failed at {', '.join(view.failed_at)})" if view.failed_at else ""
+        if not view.reachable and (view.listed_alive or view.failed_at):
+            problems.append(f"{view.error}{failed}")
+        elif view.reachable and view.failed_at:
+            problems.append(f"{view.node}: answers, but is failed at "
+                            f"{', '.join(view.failed_at)}")
+        elif view.reachable and not view.ready:
+            reason = (view.status.get("ready") or {}).get("reason") or "no reason given"
+            problems.append(f"{view.node}: not ready ({reason})")
     reachable = [v for v in nodes if v.reachable]
     if not reachable:
         return problems or ["no node answered"]
@@ -182,11 +249,29 @@ def _disagreements(nodes: list[NodeView]) -> list[str]:
         values = {v.node: v.counters().get(name, 0) for v in reachable}
         if len(set(values.values())) > 1:
             problems.append(f"{name}: " + ", ".join(f"{n}={c}" for n, c in values.items()))
-    if not problems:
-        digests = {json.dumps(v.digest(), sort_keys=True) for v in reachable}
-        if len(digests) > 1:
-            problems.append("the same counts, but not every node has seen the same events yet")
+    newest: dict[str, int] = {}
+    for view in reachable:
+        for origin, mark in view.digest().items():
+            newest[origin] = max(newest.get(origin, 0), mark)
+    for view in reachable:
+        digest = view.digest()
+        view.behind = any(digest.get(origin, 0) < mark for origin, mark in newest.items())
+    behind = [v.node for v in reachable if v.behind]
+    if behind:
+        problems.append(f"not every node has seen the same events yet: {', '.join(behind)} "
+                        f"behind")
     return problems
+
+
+def _expected(result: Survey, expect: int | None) -> None:
+    """`--expect N`: fewer than N members (the node asked included) that answer and agree is a
+    disagreement too."""
+    if expect is None:
+        return
+    answered = sum(1 for v in result.nodes if v.reachable)
+    if answered < expect:
+        result.problems.append(f"expected {expect} member{'s' if expect != 1 else ''} to agree, "
+                               f"{answered} answered")
 
 
 def _table(rows: list[list[str]], right: set[int]) -> str:
@@ -227,18 +312,22 @@ def format_survey(result: Survey, counter: str | None) -> str:
             counts = [str(s.get("counters", {}).get(name, 0)) for name in columns]
             if not columns:
                 counts.append(str(len(s.get("counters", {}))))
-            ready = (s.get("ready") or {}).get("ready", True)
-            rows.append([view.node, "ok" if ready else "not-ready", *counts,
+            rows.append([view.node, view.state, *counts,
                          str(len(s.get("peers", {}))), str(view.backlog())])
         else:
-            state = "unreachable" if view.listed_alive else "unreachable-candidate"
-            rows.append([view.node, state] + ["-"] * (len(header) - 2))
+            rows.append([view.node, view.state] + ["-"] * (len(header) - 2))
+    asked = {view.node for view in result.nodes}
+    for member in result.left:
+        if member not in asked:
+            rows.append([member, "left"] + ["-"] * (len(header) - 2))
     right = set(range(2, len(header)))
     text = _table(rows, right)
     if not columns and names:
         text += "\n\n" + _counter_values(reachable, names)
     if result.agree:
         text += f"\nagree: {len(reachable)} node{'s' if len(reachable) != 1 else ''}"
+        if result.left:
+            text += f" ({len(result.left)} left)"
     else:
         text += "\nDISAGREE:\n" + "\n".join(f"  {p}" for p in result.problems)
     return text
@@ -299,6 +388,7 @@ def cmd_nodes(client: Client, args) -> int:
 
 def cmd_status(client: Client, args) -> int:
     result = survey(client, args.node)
+    _expected(result, args.expect)
     if not any(v.reachable for v in result.nodes):
         raise ClientError(result.nodes[0].error if result.nodes else "no node answered")
     if args.json:
@@ -313,26 +403,50 @@ def cmd_wait_converged(client: Client, args) -> int:
     while True:
         remaining = deadline - time.monotonic()
         result = survey(client, args.node, timeout=max(0.1, min(client.timeout, remaining)))
+        _expected(result, args.expect)
         if result.agree:
             break
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             if args.json:
                 _print_json({"converged": False, **result.to_json()})
-            print(f"{PROG}: not converged after {args.timeout:g} s: {result.problems[0]}",
-                  file=sys.stderr)
+            print(f"{PROG}: not converged after {args.timeout:g} s: "
+                  + "; ".join(result.problems), file=sys.stderr)
             return 1
         time.sleep(min(POLL_INTERVAL, remaining))
     if args.json:
         _print_json({"converged": True, **result.to_json()})
     else:
-        count = len(result.nodes)
+        # Agreement means every member answered: unreachable rows left are rejoin candidates
+        # that no node holds as a member (ids heard second-hand), not counted.
         reachable = [v for v in result.nodes if v.reachable]
+        count = len(reachable)
         counters = reachable[0].counters()
         shown = ", ".join(f"{k}={counters[k]}" for k in sorted(counters)[:5])
         more = " ..." if len(counters) > 5 else ""
-        print(f"converged: {len(reachable)} of {count} node{'s' if count != 1 else ''} agree"
-              + (f" ({shown}{more})" if shown else ""))
+        left = f"; {len(result.left)} left" if result.left else ""
+        print(f"converged: {count} of {count} node{'s' if count != 1 else ''} agree"
+              + (f" ({shown}{more})" if shown else "") + left)
+    return 0
+
+
+def cmd_forget(client: Client, args) -> int:
+    """Ask the node to forget a member; it passes it on to its peers. Exit 1 when a peer did
+    not confirm (run it again once that peer is back: it is passed on again)."""
+    result = client.call("POST", args.node, "/nodes/forget", body={"node_id": args.member})
+    if args.json:
+        _print_json(result)
+    told = result.get("told") or []
+    not_told = result.get("not_told") or {}
+    asked = args.node.split("://", 1)[-1].rstrip("/")
+    if not args.json:
+        print(f"forgot {args.member} at {asked}"
+              + (f" and {', '.join(told)}" if told else ""))
+    if not_told:
+        print(f"{PROG}: error: not confirmed by " + "; ".join(
+            f"{peer} ({why})" for peer, why in sorted(not_told.items()))
+            + "; run forget again once they answer", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -440,6 +554,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _path(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -499,13 +620,25 @@ def build_parser() -> argparse.ArgumentParser:
                                       "they disagree")
     status.add_argument("--counter", metavar="N", type=_checked(validation.counter_name),
                         help="show only this counter's column")
+    status.add_argument("--expect", type=_at_least_one, metavar="N",
+                        help="exit 1 unless at least N members (the node asked included) "
+                             "answer and agree")
     status.set_defaults(run=cmd_status)
 
     wait = commands.add_parser("wait-converged", parents=[common],
                                help="wait until every node agrees; exit 1 on timeout")
     wait.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
                       help="seconds to wait (default 60)")
+    wait.add_argument("--expect", type=_at_least_one, metavar="N",
+                      help="wait until at least N members (the node asked included) answer "
+                           "and agree")
     wait.set_defaults(run=cmd_wait_converged)
+
+    forget = commands.add_parser("forget", parents=[common],
+                                 help="remove a member that is down for good, on every node")
+    forget.add_argument("member", metavar="NODE", type=_checked(validation.node_id),
+                        help="the member's node id (host:port), as `status` shows it")
+    forget.set_defaults(run=cmd_forget)
 
     from dcounter import cutover  # imports this module: only once it is loaded
     cutover.add_parser(commands, common)
@@ -549,8 +682,8 @@ def main(argv: list[str] | None = None, environ=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "run", None) is None:
-            raise _UsageError("a command is required: incr, get, counters, nodes, status or "
-                              "wait-converged or backup (see --help)")
+            raise _UsageError("a command is required: incr, get, counters, nodes, status, "
+                              "wait-converged, forget, import-original or backup (see --help)")
         client = make_client(args, environ)
     except _UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

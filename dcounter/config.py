@@ -49,6 +49,9 @@ class Config:
                                        # seconds (wall clock) an origin may stay idle, its node
                                        # unlisted, before it is folded into the base; its later
                                        # events are refused
+    reap_after: float = 86_400.0       # seconds a failed or left member is kept (and shown)
+                                       # before it is forgotten; also how long a forgotten id is
+                                       # not taken back from gossip
     max_connections: int = 256         # concurrent client connections; more get 503
     max_peers: int = 64                # peers listed at once; a join past it gets 503 (rejoin
                                        # candidates are capped at 4x this)
@@ -73,7 +76,8 @@ class Config:
 
     def __post_init__(self):
         positive = ("heartbeat_interval", "cleanup_interval", "peer_timeout", "retry_base",
-                    "retry_max", "request_timeout", "idempotency_ttl", "origin_retire_after")
+                    "retry_max", "request_timeout", "idempotency_ttl", "origin_retire_after",
+                    "reap_after")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:

@@ -11,11 +11,14 @@ Rules kept here:
   listing, serialised, so the last call always sees the last change.
 * A join reply lists the responder and the peers it lists, but not the joiner itself.
 * A peer that keeps refusing our signature is logged once per `every` seconds.
+* The members view (`members_view`, `summary`) says each member's state, and its last contact
+  failure in words, never an exception class name.
 """
 
 import enum
+import re
 
-from dcounter.peers import PeerStore
+from dcounter.peers import Member, PeerStore, State
 
 
 class Contact(enum.Enum):
@@ -67,3 +70,75 @@ class WarnEvery:
             return False
         self._last[key] = now
         return True
+
+
+# Exception class names a contact failure may be reported by, and what they mean to an operator.
+_FAILURE_WORDS = {
+    "ConnectTimeout": "no answer in time (connecting)",
+    "ReadTimeout": "no answer in time",
+    "Timeout": "no answer in time",
+    "SSLError": "TLS failure: its certificate is not trusted here (set --tls-ca?)",
+    "ProxyError": "could not connect through a proxy",
+    "ConnectionError": "could not connect (refused, or the host is unreachable)",
+    "ChunkedEncodingError": "the connection broke mid-answer",
+    "ContentDecodingError": "an answer that could not be decoded",
+}
+_NODE_PREFIX = re.compile(r"^\[?[A-Za-z0-9.:_-]+\]?:\d+: ")
+
+
+def in_words(detail: str | None) -> str | None:
+    """A contact failure as an operator reads it: the peer's id (shown beside it anyway) and any
+    exception class name turned into words; other text passes through."""
+    if not detail:
+        return None
+    text = _NODE_PREFIX.sub("", detail.strip())
+    return _FAILURE_WORDS.get(text, text)
+
+
+def members_view(members: dict[str, Member], covers, backlogs: dict[str, dict]) -> dict:
+    """The "members" of GET /status: `covers(peer)` is whether its last digest covers this
+    node's (None: none seen), `backlogs` the replicator's per-link status."""
+    view = {}
+    for peer in sorted(members):
+        member = members[peer]
+        link = backlogs.get(peer, {})
+        error = in_words(member.error)
+        if error is None and link.get("attempts"):
+            error = f"replication failed {link['attempts']} time(s) in a row"
+        view[peer] = {
+            "state": member.state.value,
+            "last_heard_seconds": None if member.last_heard is None
+            else round(member.last_heard, 3),
+            "caught_up": covers(peer),
+            "backlog": int(link.get("backlog", 0)),
+            "error": error,
+        }
+    return view
+
+
+def summary(view: dict) -> str:
+    """One line over the members view, counting this node: "3 of 3 members up, all caught up"."""
+    states = [m["state"] for m in view.values()]
+    up_members = [m for m in view.values() if m["state"] in (State.ALIVE.value,
+                                                             State.SUSPECT.value)]
+    total = 1 + sum(1 for s in states if s != State.LEFT.value)
+    text = f"{1 + len(up_members)} of {total} member{'s' if total != 1 else ''} up"
+    failed = sorted(p for p, m in view.items() if m["state"] == State.FAILED.value)
+    if failed:
+        text += f" ({', '.join(failed)} failed)"
+    behind = sum(1 for m in up_members if m["caught_up"] is False)
+    unknown = sum(1 for m in up_members if m["caught_up"] is None)
+    if not behind and not unknown:
+        text += ", all caught up"
+    else:
+        if behind:
+            text += f", {behind} behind"
+        if unknown:
+            text += f", {unknown} not compared yet"
+    suspect = states.count(State.SUSPECT.value)
+    if suspect:
+        text += f", {suspect} suspect"
+    left = states.count(State.LEFT.value)
+    if left:
+        text += f", {left} left"
+    return text

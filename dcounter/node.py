@@ -32,11 +32,12 @@ from dcounter.clusterread import ClusterCount, ClusterReader
 from dcounter.config import Config
 from dcounter.contacts import Contacts, Kind, run_within
 from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
-from dcounter.errors import (BadRequest, PeerRefused, PeerUnreachable, StartupError,
-                             StorageFailure)
+from dcounter.errors import (BadRequest, Conflict, NotFound, PeerRefused, PeerUnreachable,
+                             StartupError, StorageFailure)
 from dcounter.history import History
 from dcounter.membership import (Contact, WarnEvery, contact_from, contact_to,
-                                 join_reply_peers, link_changes)
+                                 in_words, join_reply_peers, link_changes, members_view,
+                                 summary)
 from dcounter.metrics import Metrics
 from dcounter.peers import PeerStore
 from dcounter.replication import Replicator
@@ -158,7 +159,8 @@ class Node:
         if warning:
             log.warning("%s", warning)
         self.peers = PeerStore(self.node_id, peer_timeout=cfg.peer_timeout, policy=self.policy,
-                               seeds=cfg.peers, max_peers=cfg.max_peers)
+                               seeds=cfg.peers, max_peers=cfg.max_peers,
+                               reap_after=cfg.reap_after, now=self.clock.monotonic())
         self.replicator = Replicator(self.node_id, self.transport, RetrySchedule(self.policy),
                                      self.clock, max_backlog=cfg.max_backlog,
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,
@@ -348,10 +350,66 @@ class Node:
         return self._membership_payload()
 
     def on_leave(self, sender, origin) -> bool:
-        if self.peers.leave(sender):
+        if self.peers.left(sender, self.clock.monotonic()):
             log.info("peer %s left", sender)
         self._sync_links()
         return True
+
+    def forget(self, member: str, forwarded: bool) -> dict:
+        """An operator removes `member` for good (`POST /nodes/forget`). The node refuses a
+        member it lists (a running node would only join again) and, asked directly, one it does
+        not know; it applies the rest, and when asked directly tells each peer it lists once
+        (`forwarded`: not passed on again)."""
+        if member == self.node_id or self.peers.is_self(member):
+            raise BadRequest(f"{member} is the node asked; stop it, or ask another node to "
+                             "forget it once it is down")
+        if self.peers.is_alive(member):  # passed on too: a partition may hide it elsewhere
+            raise Conflict(f"{member} is a live member of {self.node_id} (heard from within "
+                           "--peer-timeout); stop it first, or let it leave")
+        if not forwarded and not self.peers.knows(member) \
+                and not self.peers.is_forgotten(member):
+            raise NotFound(f"{member} is not a member this node knows")
+        known = self.peers.forget(member, self.clock.monotonic())
+        self._sync_links()
+        self._retain_digests()
+        if known:
+            log.info("forgot member %s (%s)", member,
+                     "told by a peer" if forwarded else "asked by an operator")
+        told, not_told = [], {}
+        if not forwarded:
+            told, not_told = self._forward_forget(member)
+        return {"forgotten": member, "known": known, "told": told, "not_told": not_told}
+
+    def _forward_forget(self, member: str) -> tuple[list[str], dict[str, str]]:
+        peers = [p for p in self.peers.alive() if p != member]
+        if not peers:
+            return [], {}
+        payload = {"node_id": member, "forwarded": True}
+        # Without a cluster secret the request is not signed; the client token, when there is
+        # one, lets the peer accept it like an operator's request.
+        headers = ({"Authorization": f"Bearer {self.config.client_token}"}
+                   if self.config.client_token and not self.config.cluster_secret else None)
+        results: dict[str, str | None] = {}
+
+        def tell(peer):
+            try:
+                self.transport.post(peer, "/nodes/forget", payload,
+                                    **({"headers": headers} if headers else {}))
+                results[peer] = None
+            except PeerUnreachable as exc:
+                results[peer] = in_words(str(exc))
+            except PeerRefused as exc:
+                results[peer] = f"refused ({exc.status}): {exc.message}"
+
+        threads = [threading.Thread(target=tell, args=(peer,), name="forget", daemon=True)
+                   for peer in peers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(self.config.request_timeout + 1)
+        told = sorted(p for p in peers if p in results and results[p] is None)
+        not_told = {p: results.get(p) or "no answer in time" for p in peers if p not in told}
+        return told, not_told
 
     def _learn(self, source: str, digest: dict[str, int], peers: list[str]) -> list[str]:
         """Peers and digest heard from `source`: second-hand ids become candidates; origins
@@ -463,8 +521,12 @@ class Node:
     def cleanup_once(self) -> list[str]:
         gone = self.peers.expire(self.clock.monotonic())
         for peer in gone:
-            log.info("removed peer %s (silent for more than %.1fs)", peer,
+            log.info("removed peer %s (silent for more than %.1fs); it counts as failed until "
+                     "it answers again, leaves, is forgotten or --reap-after passes", peer,
                      self.config.peer_timeout)
+        for peer in self.peers.reap(self.clock.monotonic()):
+            log.info("forgot member %s (failed or left more than --reap-after ago)", peer)
+        self._retain_digests()
         self._sync_links()  # also after no change: the listing rules, whatever happened
         if gone:
             self._kick.set()
@@ -482,6 +544,11 @@ class Node:
                                     m.value("dcounter_increments_local_total"),
                                     m.value("dcounter_increments_replicated_total"),
                                     m.histogram(DELAY)[1])
+
+    def _retain_digests(self) -> None:
+        """The last digest of a member is kept while the member is known, no longer."""
+        now = self.clock.monotonic()
+        self.anti_entropy.retain_digests(self.peers.members(now, 0.0))
 
     def retry_once(self) -> list[str]:
         return self.replicator.retry_once(self.clock.monotonic())
@@ -630,9 +697,17 @@ class Node:
             return True, "no peers known"
         return False, "no anti-entropy round with a peer yet"
 
+    def suspect_after(self) -> float:
+        """Seconds of silence after which a listed member shows as suspect."""
+        return 1.5 * self.config.heartbeat_interval
+
     def status(self) -> dict:
         now = self.clock.monotonic()
         ready, reason = self.readiness()
+        own = self.counter.digest()
+        members = members_view(self.peers.members(now, self.suspect_after()),
+                               lambda peer: self.anti_entropy.covers(peer, own),
+                               self.replicator.backlogs())
         return {
             "node_id": self.node_id,
             "cluster": self.config.cluster,
@@ -649,4 +724,6 @@ class Node:
                 for t, p, ok, d in self.peers.recent_attempts()],
             "digest": self.counter.digest(),
             "history": self.history.to_dict(),
+            "members": members,
+            "summary": summary(members),
         }

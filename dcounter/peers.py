@@ -8,6 +8,13 @@ Rules kept here:
 * `expire(now)` removes peers silent for longer than the timeout; removed peers and the seeds
   stay candidates, retried with backoff, so membership heals after a partition by itself.
 * A peer that leaves is dropped at once and is not retried unless it is a seed.
+* Members that are not listed are remembered in a state of their own until they answer again
+  (a direct contact lists them once more), are forgotten, or `reap_after` seconds pass: a peer
+  removed for silence is *failed* (and stays a rejoin candidate), one that said goodbye is
+  *left*. A seed that never answered counts as failed from the start: the node was told to
+  expect it. `leave()` (a refusal: another cluster) drops a peer without any record.
+* A forgotten id (`forget`) leaves every table and is not taken back from second-hand gossip
+  for `reap_after` seconds (a bounded tombstone); a direct contact from it lists it again.
 * This node's own ids (its advertised id and any alias that turned out to be itself) are never
   listed.
 * Both tables are bounded, since without a cluster secret anyone can send a join with a made-up
@@ -20,6 +27,7 @@ Rules kept here:
   per loop turn, and the contacts would pile up in the pool they share.
 """
 
+import enum
 import threading
 from dataclasses import dataclass, field
 
@@ -33,6 +41,29 @@ class PeerInfo:
     origin: str | None = None
 
 
+class State(enum.Enum):
+    ALIVE = "alive"      # heard from within the suspect threshold
+    SUSPECT = "suspect"  # listed, but silent for longer than the suspect threshold
+    FAILED = "failed"    # removed for silence (or a seed never reached): missing
+    LEFT = "left"        # said goodbye: not missing
+
+
+@dataclass
+class Gone:
+    """A member that is not listed: failed or left."""
+    state: State
+    since: float              # monotonic seconds: when it entered the state (reaped from here)
+    last_seen: float | None   # monotonic seconds of the last direct contact; None if never
+
+
+@dataclass
+class Member:
+    """One row of the members view: `last_heard` in seconds ago (None: never)."""
+    state: State
+    last_heard: float | None
+    error: str | None
+
+
 @dataclass
 class Candidate:
     next_try: float           # monotonic seconds
@@ -44,8 +75,10 @@ class Candidate:
 class PeerStore:
     def __init__(self, self_id: str, *, peer_timeout: float, policy: RetryPolicy,
                  seeds: tuple[str, ...] = (), max_peers: int = 64,
-                 max_candidates: int | None = None):
+                 max_candidates: int | None = None, reap_after: float = 86_400.0,
+                 now: float = 0.0):
         self.self_id = self_id
+        self.reap_after = reap_after
         self.peer_timeout = peer_timeout
         self.policy = policy
         self.max_peers = max_peers
@@ -57,9 +90,12 @@ class PeerStore:
         self._candidates: dict[str, Candidate] = {}
         self._self_ids = {self_id}
         self._in_flight: set[str] = set()  # peers with a contact under way
+        self._gone: dict[str, Gone] = {}     # failed and left members, until reaped
+        self._forgotten: dict[str, float] = {}  # id -> when forgotten (monotonic)
         self.seeds = tuple(s for s in seeds if s != self_id)
         for seed in self.seeds:
             self._candidates[seed] = Candidate(next_try=float("-inf"))
+            self._gone[seed] = Gone(State.FAILED, since=now, last_seen=None)
         self.attempt_log: list[tuple[float, str, bool, str]] = []  # (now, id, ok, detail)
 
     # -- identity ------------------------------------------------------------------------------
@@ -69,6 +105,7 @@ class PeerStore:
             self._self_ids.add(node_id)
             self._alive.pop(node_id, None)
             self._candidates.pop(node_id, None)
+            self._gone.pop(node_id, None)
 
     def is_self(self, node_id: str) -> bool:
         with self._lock:
@@ -90,6 +127,8 @@ class PeerStore:
                         f"{node_id} is not listed (raise --max-peers on every node for a larger "
                         f"cluster)")
                 self._candidates.pop(node_id, None)
+                self._gone.pop(node_id, None)
+                self._forgotten.pop(node_id, None)
                 self._alive[node_id] = PeerInfo(last_seen=now, origin=origin)
                 return True
             self._candidates.pop(node_id, None)
@@ -128,19 +167,99 @@ class PeerStore:
             gone = [nid for nid, info in self._alive.items()
                     if now - info.last_seen > self.peer_timeout]
             for nid in gone:
-                del self._alive[nid]
+                info = self._alive.pop(nid)
+                self._remember_locked(nid, Gone(State.FAILED, since=now,
+                                                last_seen=info.last_seen))
                 self._add_candidate_locked(nid, now)
             return sorted(gone)
 
     def leave(self, node_id: str) -> bool:
-        """The peer said it is leaving: drop it now; keep it as a candidate only if a seed."""
+        """Drop the peer now, with no record of it (it refused us: another cluster); keep it as
+        a candidate only if a seed."""
         with self._lock:
-            was_alive = self._alive.pop(node_id, None) is not None
-            if node_id in self.seeds:
-                self._candidates[node_id] = Candidate(next_try=float("-inf"))
-            else:
-                self._candidates.pop(node_id, None)
+            return self._drop_locked(node_id)
+
+    def _drop_locked(self, node_id: str) -> bool:
+        was_alive = self._alive.pop(node_id, None) is not None
+        if node_id in self.seeds:
+            self._candidates[node_id] = Candidate(next_try=float("-inf"))
+        else:
+            self._candidates.pop(node_id, None)
+        return was_alive
+
+    def left(self, node_id: str, now: float) -> bool:
+        """The peer said goodbye: drop it now (a candidate only if a seed) and keep it as *left*
+        until reaped. Returns whether it was listed."""
+        with self._lock:
+            if node_id in self._self_ids:
+                return False
+            was_alive = self._drop_locked(node_id)
+            if was_alive or node_id in self._gone:
+                self._remember_locked(node_id, Gone(State.LEFT, since=now, last_seen=now))
             return was_alive
+
+    def forget(self, node_id: str, now: float) -> bool:
+        """An operator removed `node_id` for good: out of every table (a seed too), and not
+        taken back from gossip for `reap_after` seconds. Returns whether it was known."""
+        with self._lock:
+            known = (node_id in self._alive or node_id in self._candidates
+                     or node_id in self._gone)
+            self._alive.pop(node_id, None)
+            self._candidates.pop(node_id, None)
+            self._gone.pop(node_id, None)
+            if node_id not in self._self_ids:
+                if len(self._forgotten) >= self.max_candidates:
+                    del self._forgotten[min(self._forgotten, key=self._forgotten.get)]
+                self._forgotten[node_id] = now
+            return known
+
+    def is_forgotten(self, node_id: str) -> bool:
+        with self._lock:
+            return node_id in self._forgotten
+
+    def knows(self, node_id: str) -> bool:
+        """Listed, remembered as failed or left, or a rejoin candidate."""
+        with self._lock:
+            return (node_id in self._alive or node_id in self._gone
+                    or node_id in self._candidates)
+
+    def _remember_locked(self, node_id: str, gone: Gone) -> None:
+        if node_id not in self._gone and len(self._gone) >= self.max_candidates:
+            # Bounded like the candidates: the record that has waited longest goes first.
+            del self._gone[min(self._gone, key=lambda nid: self._gone[nid].since)]
+        self._gone[node_id] = gone
+
+    def reap(self, now: float) -> list[str]:
+        """Forget failed and left members, and tombstones, older than `reap_after`. A reaped
+        member stops being a rejoin candidate unless it is a seed."""
+        with self._lock:
+            reaped = sorted(nid for nid, gone in self._gone.items()
+                            if now - gone.since > self.reap_after)
+            for nid in reaped:
+                del self._gone[nid]
+                if nid not in self.seeds:
+                    self._candidates.pop(nid, None)
+            for nid in [nid for nid, at in self._forgotten.items()
+                        if now - at > self.reap_after]:
+                del self._forgotten[nid]
+            return reaped
+
+    def members(self, now: float, suspect_after: float) -> dict[str, Member]:
+        """Every member but this node: listed ones alive or suspect (silent for longer than
+        `suspect_after`), the others failed or left. The error is a candidate's last failure."""
+        with self._lock:
+            view = {}
+            for nid, info in self._alive.items():
+                age = max(0.0, now - info.last_seen)
+                view[nid] = Member(State.SUSPECT if age > suspect_after else State.ALIVE,
+                                   age, None)
+            for nid, gone in self._gone.items():
+                candidate = self._candidates.get(nid)
+                view[nid] = Member(gone.state,
+                                   None if gone.last_seen is None
+                                   else max(0.0, now - gone.last_seen),
+                                   candidate.last_error if candidate else None)
+            return view
 
     def last_seen_ages(self, now: float) -> dict[str, float]:
         with self._lock:
@@ -149,6 +268,8 @@ class PeerStore:
     # -- candidates ----------------------------------------------------------------------------
     def _add_candidate_locked(self, node_id: str, now: float) -> bool:
         if node_id in self._self_ids or node_id in self._alive or node_id in self._candidates:
+            return False
+        if node_id in self._forgotten:  # an operator said it is gone for good
             return False
         if len(self._candidates) >= self.max_candidates:
             # Forget the non-seed candidate that has failed the longest.

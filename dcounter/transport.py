@@ -58,13 +58,17 @@ class Transport:
         prepared.prepare_body(body, None)
         return prepared
 
-    def post(self, node_id: str, path: str, payload: dict, timeout: float | None = None) -> dict:
+    def post(self, node_id: str, path: str, payload: dict, timeout: float | None = None,
+             headers: dict | None = None) -> dict:
+        """`headers` go with the request as given (a signature covers method, path and body)."""
         body = json.dumps(payload, separators=(",", ":")).encode()
-        headers = self.signer("POST", path, body) if self.signer else None
+        signed = self.signer("POST", path, body) if self.signer else None
         try:
             prepared = self._prepare(node_id, path, body)
             if headers:
                 prepared.headers.update(headers)
+            if signed:
+                prepared.headers.update(signed)
             response = self._session.send(prepared, timeout=timeout or self.timeout,
                                           allow_redirects=False)
         except requests.RequestException as exc:

@@ -108,3 +108,17 @@ def test_a_lead_on_our_own_origin_is_pulled_at_once_even_while_we_write():
     ae, clock = make()
     ae.observe("p", {"mine": 10, "o1": 5}, {"mine": 5}, clock.monotonic())
     assert ae.due_pulls({"mine": 6}, clock.monotonic(), local_origin="mine") == {"p": ["mine"]}
+
+
+def test_covers_says_whether_a_peers_last_digest_has_every_event_of_ours():
+    ae = AntiEntropy(settle=1.0)
+    assert ae.covers("b", {"o1": 3}) is None
+    ae.observe("b", {"o1": 2}, {"o1": 3}, 0.0)
+    assert ae.covers("b", {"o1": 3}) is False
+    ae.observe("b", {"o1": 3, "o2": 1}, {"o1": 3}, 1.0)
+    assert ae.covers("b", {"o1": 3}) is True
+    assert ae.covers("b", {"o1": 3, "o3": 1}) is False
+    ae.forget("b")  # no longer listed: its last digest stays...
+    assert ae.covers("b", {"o1": 3}) is True
+    ae.retain_digests(["c"])  # ...until the member is dropped
+    assert ae.covers("b", {"o1": 3}) is None

@@ -217,7 +217,7 @@ def test_reads_are_open_unless_protected(clock, token_policy):
 
 def test_unknown_route_kind_fails_closed(token_policy):
     with pytest.raises(ValueError):
-        token_policy.check(request(), "admin")
+        token_policy.check(request(), "superuser")
 
 
 def test_protect_reads_needs_a_token(clock):
@@ -257,3 +257,22 @@ def test_exposure_warning(host, warns):
     if warns:
         assert "--cluster-secret" in text
     assert auth.exposure_warning(Config(host=host, cluster_secret=(SECRET,))) is None
+
+
+def test_forgetting_a_member_takes_a_peer_signature_or_the_client_token(clock):
+    both = Auth(clock=clock, cluster_secrets=(SECRET,), client_token=TOKEN)
+    forget = "/nodes/forget"
+    both.check(signed(clock, path=forget), "admin")  # passed on by a node
+    both.check(request(path=forget, Authorization=f"Bearer {TOKEN}"), "admin")  # an operator
+    assert "missing" in refused(both, request(path=forget), "admin")
+    assert "wrong request signature" in refused(both, signed(clock, secret=OLD, path=forget),
+                                                "admin")
+    # Without a client token it is open to clients like an increment; a signature, if any,
+    # must still be right.
+    secret_only = Auth(clock=clock, cluster_secrets=(SECRET,))
+    secret_only.check(request(path=forget), "admin")
+    assert "wrong request signature" in refused(
+        secret_only, signed(clock, secret=OLD, path=forget), "admin")
+    token_only = Auth(clock=clock, client_token=TOKEN)
+    token_only.check(request(path=forget, Authorization=f"Bearer {TOKEN}"), "admin")
+    assert "missing" in refused(token_only, request(path=forget), "admin")

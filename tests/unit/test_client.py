@@ -117,3 +117,79 @@ def test_numeric_options_take_ascii_digits_only():
         with pytest.raises(_UsageError, match="not a number|not an integer"):
             build_parser().parse_args(argv)
     assert build_parser().parse_args(["incr", "--retries", "3"]).retries == 3
+
+
+def with_members(node_view, members=None, ready=True, reason=""):
+    node_view.status["members"] = members or {}
+    node_view.status["ready"] = {"ready": ready, "reason": reason}
+    return node_view
+
+
+def judged(nodes, expect=None) -> Survey:
+    from dcounter.client import _expected, _judge_members
+    survey = Survey(nodes=nodes)
+    _judge_members(survey)
+    survey.problems = _disagreements(survey.nodes)
+    _expected(survey, expect)
+    return survey
+
+
+def test_a_member_failed_at_a_node_is_missing_even_as_a_rejoin_candidate():
+    a = with_members(view("a:1", {"x": 1}), {"c:1": {"state": "failed"}})
+    down = NodeView("c:1", "c:1", False, error="c:1: connection refused")
+    survey = judged([a, down])
+    assert survey.problems == ["c:1: connection refused (failed at a:1)"]
+    assert format_survey(survey, None).splitlines()[2].split() == ["c:1", "failed", "-", "-",
+                                                                   "-"]
+    # Reachable from here, but failed at a node: still missing.
+    c = with_members(view("c:1", {"x": 1}))
+    assert judged([a, c]).problems == ["c:1: answers, but is failed at a:1"]
+
+
+def test_a_member_that_left_is_shown_not_counted():
+    a = with_members(view("a:1", {"x": 1}), {"b:1": {"state": "alive"}, "c:1": {"state": "left"}})
+    b = with_members(view("b:1", {"x": 1}), {"a:1": {"state": "alive"}, "c:1": {"state": "left"}})
+    survey = judged([a, b])
+    assert survey.agree and survey.left == ["c:1"]
+    lines = format_survey(survey, None).splitlines()
+    assert lines[3].split() == ["c:1", "left", "-", "-", "-"]
+    assert lines[-1] == "agree: 2 nodes (1 left)"
+
+
+def test_a_member_not_ready_or_behind_is_a_disagreement():
+    a = with_members(view("a:1", {"x": 1}, {"o1": 2}))
+    b = with_members(view("b:1", {"x": 1}, {"o1": 2}), ready=False,
+                     reason="no anti-entropy round with a peer yet")
+    assert judged([a, b]).problems == [
+        "b:1: not ready (no anti-entropy round with a peer yet)"]
+    c = with_members(view("c:1", {"x": 1}, {"o1": 1}))
+    survey = judged([a, c])
+    assert survey.problems == ["not every node has seen the same events yet: c:1 behind"]
+    assert format_survey(survey, None).splitlines()[2].split()[:2] == ["c:1", "behind"]
+
+
+def test_expect_counts_the_members_that_answer():
+    a = with_members(view("a:1", {"x": 1}))
+    assert judged([a], expect=1).agree
+    survey = judged([a], expect=3)
+    assert survey.problems == ["expected 3 members to agree, 1 answered"]
+    assert build_parser().parse_args(["status", "--expect", "3"]).expect == 3
+    assert build_parser().parse_args(["wait-converged", "--expect", "2"]).expect == 2
+    import pytest
+
+    from dcounter.client import _UsageError
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(_UsageError):
+            build_parser().parse_args(["status", "--expect", bad])
+    with pytest.raises(_UsageError):
+        build_parser().parse_args(["forget", "not a node id"])
+    assert build_parser().parse_args(["forget", "vm3:8080"]).member == "vm3:8080"
+
+
+def test_a_seed_that_left_is_shown_as_left():
+    a = with_members(view("a:1", {"x": 1}), {"c:1": {"state": "left"}})
+    seed = NodeView("c:1", "c:1", False, error="c:1: connection refused")  # a candidate
+    survey = judged([a, seed])
+    assert survey.agree and survey.left == ["c:1"]
+    lines = format_survey(survey, None).splitlines()
+    assert lines[2].split() == ["c:1", "left", "-", "-", "-"] and len(lines) == 4

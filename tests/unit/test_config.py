@@ -47,6 +47,9 @@ def test_variants_come_from_dataclasses_replace():
     ({"max_keys": True}, "--max-keys"),
     ({"origin_retire_after": 0}, "--origin-retire-after"),
     ({"origin_retire_after": float("nan")}, "--origin-retire-after"),
+    ({"reap_after": 0}, "--reap-after"),
+    ({"reap_after": -5}, "--reap-after"),
+    ({"reap_after": float("nan")}, "--reap-after"),
     ({"sync": "sometimes"}, "--sync"),
     ({"cluster": ""}, "--cluster"),
     ({"cluster": "a\nb"}, "--cluster"),
@@ -104,6 +107,7 @@ def test_numeric_values_may_carry_ascii_white_space_from_an_environment_file():
 @pytest.mark.parametrize("flag,raw,field,expected", [
     ("--max-keys", "5000", "max_keys", 5000),
     ("--origin-retire-after", "3600", "origin_retire_after", 3600.0),
+    ("--reap-after", "600", "reap_after", 600.0),
 ])
 def test_bound_flags_and_their_environment_variables(flag, raw, field, expected):
     assert getattr(config_from_args([flag, raw], environ={}), field) == expected

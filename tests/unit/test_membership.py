@@ -54,3 +54,28 @@ def test_a_repeated_warning_is_due_once_per_period_and_key():
     assert not warn.due("a", clock.monotonic())
     clock.advance(1.0)
     assert warn.due("a", clock.monotonic())
+
+
+def test_contact_failures_are_shown_in_words():
+    from dcounter.membership import in_words
+    assert in_words("localhost:9: ConnectionError") == \
+        "could not connect (refused, or the host is unreachable)"
+    assert in_words("vm2:8080: ReadTimeout") == "no answer in time"
+    assert "set --tls-ca" in in_words("[::1]:8080: SSLError")
+    # Words already pass through, without the peer's id (shown beside it).
+    assert in_words("refused: this node belongs to cluster 'blue', not 'green'") == \
+        "refused: this node belongs to cluster 'blue', not 'green'"
+    assert in_words("vm2:8080: connection refused") == "connection refused"
+    assert in_words(None) is None and in_words("") is None
+
+
+def test_summary_counts_this_node_and_names_the_failed():
+    from dcounter.membership import summary
+    member = {"state": "alive", "caught_up": True}
+    assert summary({}) == "1 of 1 member up, all caught up"
+    assert summary({"b": member, "c": member}) == "3 of 3 members up, all caught up"
+    assert summary({"b": {**member, "caught_up": False}, "c": {"state": "failed",
+                                                                "caught_up": None},
+                    "d": {"state": "left", "caught_up": None},
+                    "e": {"state": "suspect", "caught_up": None}}) == \
+        "3 of 4 members up (c failed), 1 behind, 1 not compared yet, 1 suspect, 1 left"
