@@ -170,6 +170,17 @@ def _wait_listening(proc, out_path: str, marker: str, timeout: float = 20.0) -> 
     raise RuntimeError(f"process not listening after {timeout}s (see {out_path})")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process so far (its threads included), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -603,6 +614,7 @@ class RunResult:
     replication_missed: int
     delivery_p99_ms: float | None  # the nodes' histogram: commit -> acknowledged by a peer
     delivered_within_100ms: float | None
+    cpu_us_per_increment: float | None = None  # µs of CPU, all node processes, per acked inc
     rep: int = 0
 
 
@@ -798,6 +810,7 @@ class Bench:
         rss_warm = [rss_kib(pid) for pid in target.pids]
         dcounter = target.kind == "dcounter"
         before = scrape(target.ports) if dcounter else Scrape()
+        cpu_before = [cpu_seconds(pid) for pid in target.pids]
         start = time.monotonic() + 0.3
         stop = start + args.duration
         load = Load(self, target.ports, args.connections, start, stop)
@@ -809,6 +822,11 @@ class Bench:
         converge_s = converge.finish(expected)
         if probe is not None:
             probe.join(10.0)
+        # From before the load to every node showing the total: replication's cost included.
+        cpu_after = [cpu_seconds(pid) for pid in target.pids]
+        cpu_us = None
+        if None not in cpu_before + cpu_after and result.acknowledged:
+            cpu_us = 1e6 * (sum(cpu_after) - sum(cpu_before)) / result.acknowledged
         clients = target.clients()
         try:
             finals = [c.count(BENCH_COUNTER) for c in clients]
@@ -835,7 +853,7 @@ class Bench:
             replication_ms=[s * 1000 for s in probe.samples] if probe else [],
             replication_missed=probe.missed if probe else 0,
             delivery_p99_ms=None if delay_p99 is None else delay_p99 * 1000,
-            delivered_within_100ms=within)
+            delivered_within_100ms=within, cpu_us_per_increment=cpu_us)
 
     # -- the memory check ---------------------------------------------------------------------
     def memory_check(self) -> dict:
@@ -911,11 +929,43 @@ def paired_ratios(runs: list[RunResult]) -> tuple[dict[int, float], dict[int, fl
     return to_bare, to_one
 
 
+def paired_cpu(runs: list[RunResult]) -> tuple[dict[int, float], dict[int, float],
+                                                dict[int, float]]:
+    """Per dcounter run (by index), from its CPU per increment: over the bare runs' just before
+    and after it; and (clusters) against the one-node run of the same mode and repetition, the
+    capacity of N separate machines (N x one-node cost / N-node cost, 1 per node is linear) and
+    what one replicated event costs, sender and receiver together ((N-node - one-node) / (N-1))."""
+    def cpu(run):
+        return run.cpu_us_per_increment
+
+    bare = [i for i, run in enumerate(runs) if run.kind == "bare" and cpu(run)]
+    to_bare, capacity, per_event = {}, {}, {}
+    for i, run in enumerate(runs):
+        if run.kind == "bare" or not cpu(run):
+            continue
+        around = [j for j in bare if j < i][-1:] + [j for j in bare if j > i][:1]
+        if around:
+            to_bare[i] = cpu(run) / statistics.mean(cpu(runs[j]) for j in around)
+        single = [r for r in runs if r.kind == "dcounter" and r.nodes == 1 and cpu(r)
+                  and r.durable == run.durable and r.rep == run.rep]
+        if single:
+            capacity[i] = run.nodes * cpu(single[0]) / cpu(run)
+            if run.nodes > 1:
+                per_event[i] = (cpu(run) - cpu(single[0])) / (run.nodes - 1)
+    return to_bare, capacity, per_event
+
+
+def _spread(values) -> list[float] | None:
+    values = [v for v in values if v is not None]
+    return [min(values), max(values)] if values else None
+
+
 def summarise(runs: list[RunResult]) -> list[dict]:
     configs: dict[str, list[int]] = {}
     for index, run in enumerate(runs):
         configs.setdefault(run.config, []).append(index)
     to_bare, to_one = paired_ratios(runs)
+    cpu_to_bare, capacity, per_event = paired_cpu(runs)
     rows = []
     for name, indices in configs.items():
         group = [runs[i] for i in indices]
@@ -947,6 +997,14 @@ def summarise(runs: list[RunResult]) -> list[dict]:
             "rss_warm_mib": [None if v is None else v / 1024 for v in last.rss_warm_kib],
             "rss_after_mib": [None if v is None else v / 1024 for v in last.rss_after_kib],
             "counts_match": all(r.counts_match for r in group),
+            "cpu_us_per_increment": _median([r.cpu_us_per_increment for r in group]),
+            "cpu_us_per_increment_spread": _spread([r.cpu_us_per_increment for r in group]),
+            "cpu_vs_bare": _median([cpu_to_bare.get(i) for i in indices]),
+            "cpu_vs_bare_spread": _spread([cpu_to_bare.get(i) for i in indices]),
+            "capacity_of_n_machines": _median([capacity.get(i) for i in indices]),
+            "capacity_of_n_machines_spread": _spread([capacity.get(i) for i in indices]),
+            "cpu_us_per_replicated_event": _median([per_event.get(i) for i in indices]),
+            "cpu_us_per_replicated_event_spread": _spread([per_event.get(i) for i in indices]),
             "non2xx": sum(r.non2xx for r in group), "errors": sum(r.errors for r in group),
         })
     return rows
@@ -961,10 +1019,20 @@ def _span(values: list[float]) -> str:
     return f"{low:.1f}" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f}"
 
 
+def _with_spread(row: dict, name: str, spec: str) -> str:
+    """A median with the range of its repetitions, e.g. `240 (231–262)`."""
+    text = _fmt(row.get(name), spec)
+    spread = row.get(name + "_spread")
+    if row.get(name) is not None and spread and row["runs"] > 1:
+        text += f" ({format(spread[0], spec)}–{format(spread[1], spec)})"
+    return text
+
+
 def render_table(rows: list[dict], memory: dict | None) -> str:
     header = ("| config | inc/s | vs bare | vs 1 node | p50 ms | p99 ms | converge ms | "
               "internal req/inc | replication p99 ms: delivered (≤100 ms) / visible | "
-              "RSS MB warm → after | final = acked |")
+              "RSS MB warm → after | final = acked | CPU µs/inc | CPU vs bare | "
+              "capacity of N machines | CPU µs per replicated event |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         rss = "-"
@@ -992,7 +1060,11 @@ def render_table(rows: list[dict], memory: dict | None) -> str:
             f"| {row['config']} | {_fmt(row['increments_per_s'])} | "
             f"{_fmt(row['ratio_to_bare'], '.2f')} | {_fmt(row['ratio_to_one_node'], '.2f')} | "
             f"{_fmt(row['p50_ms'], '.1f')} | {_fmt(row['p99_ms'], '.1f')} | {converge} | "
-            f"{_fmt(row['internal_per_increment'], '.3f')} | {repl} | {rss} | {match} |")
+            f"{_fmt(row['internal_per_increment'], '.3f')} | {repl} | {rss} | {match} | "
+            f"{_with_spread(row, 'cpu_us_per_increment', '.0f')} | "
+            f"{_with_spread(row, 'cpu_vs_bare', '.2f')} | "
+            f"{_with_spread(row, 'capacity_of_n_machines', '.2f')} | "
+            f"{_with_spread(row, 'cpu_us_per_replicated_event', '.0f')} |")
     if memory:
         growth = ", ".join(f"{g / 1024:+.2f}" for g in memory["growth_second_kib"])
         lines.append("")
