@@ -22,8 +22,13 @@ until every node shows the final total, internal HTTP requests per increment (fr
 node's `dcounter_http_requests_total`), each node's resident memory after a warm-up and after
 the run, the replication latency (a probe increments counter `probe` at one node every
 `probe_interval` alongside the load and polls the other nodes until all show it; measured from
-sending the increment to receiving the read that shows it, so it is an upper bound), and
-whether every node's final count equals the acknowledged increments. A separate memory check
+sending the increment to receiving the read that shows it, so it is an upper bound),
+whether every node's final count equals the acknowledged increments, and the CPU time (user +
+system, `/proc/PID/stat`) of every node process from just before the load until every node
+shows the total, per acknowledged increment. From the CPU per increment, against the one-node
+run of the same mode and repetition: the projected capacity of N separate machines (N x
+one-node cost / N-node cost; N would be linear) and what one replicated event costs, sender and
+receiver together ((N-node cost - one-node cost) / (N - 1)). A separate memory check
 drives a three-node durable cluster with a fixed number of increments and compares resident
 memory after a warm-up and after 100 000 and 200 000 more.
 
