@@ -328,11 +328,16 @@ class Scrape:
     """What the benchmark reads from the nodes' /metrics, summed over the nodes."""
     internal: float = 0.0  # dcounter_http_requests_total over INTERNAL_ROUTES
     delay_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    commits: float = 0.0  # dcounter_commit_seconds_count: groups committed
+    commit_seconds: float = 0.0  # dcounter_commit_seconds_sum
+    committed_jobs: float = 0.0  # dcounter_commit_group_size_sum: requests in those groups
 
     def __sub__(self, other: "Scrape") -> "Scrape":
         return Scrape(self.internal - other.internal,
                       {le: n - other.delay_buckets.get(le, 0)
-                       for le, n in self.delay_buckets.items()})
+                       for le, n in self.delay_buckets.items()},
+                      self.commits - other.commits, self.commit_seconds - other.commit_seconds,
+                      self.committed_jobs - other.committed_jobs)
 
 
 def scrape(ports: list[int]) -> Scrape:
@@ -353,6 +358,12 @@ def scrape(ports: list[int]) -> Scrape:
             elif name.startswith(DELAY + "_bucket{"):
                 le = float(name.split('le="', 1)[1].split('"', 1)[0])
                 result.delay_buckets[le] = result.delay_buckets.get(le, 0) + float(value)
+            elif name == "dcounter_commit_seconds_count":
+                result.commits += float(value)
+            elif name == "dcounter_commit_seconds_sum":
+                result.commit_seconds += float(value)
+            elif name == "dcounter_commit_group_size_sum":
+                result.committed_jobs += float(value)
     return result
 
 
@@ -620,6 +631,8 @@ class RunResult:
     delivery_p99_ms: float | None  # the nodes' histogram: commit -> acknowledged by a peer
     delivered_within_100ms: float | None
     cpu_us_per_increment: float | None = None  # µs of CPU, all node processes, per acked inc
+    commit_ms_mean: float | None = None  # durable: mean time of a group commit, all nodes
+    commit_group_mean: float | None = None  # durable: mean requests per group commit
     rep: int = 0
 
 
@@ -842,9 +855,13 @@ class Bench:
             for client in clients:
                 client.close()
         internal, delay_p99, within = None, None, None
+        commit_ms = group = None
         if dcounter:
             moved = scrape(target.ports) - before
             internal = moved.internal / max(1, result.acknowledged)
+            if moved.commits > 0:
+                commit_ms = 1000 * moved.commit_seconds / moved.commits
+                group = moved.committed_jobs / moved.commits
             if size > 1:
                 delay_p99 = histogram_quantile(moved.delay_buckets, 0.99)
                 total = moved.delay_buckets.get(math.inf, 0)
@@ -861,7 +878,8 @@ class Bench:
             replication_ms=[s * 1000 for s in probe.samples] if probe else [],
             replication_missed=probe.missed if probe else 0,
             delivery_p99_ms=None if delay_p99 is None else delay_p99 * 1000,
-            delivered_within_100ms=within, cpu_us_per_increment=cpu_us)
+            delivered_within_100ms=within, cpu_us_per_increment=cpu_us,
+            commit_ms_mean=commit_ms, commit_group_mean=group)
 
     # -- the memory check ---------------------------------------------------------------------
     def memory_check(self) -> dict:
@@ -1013,6 +1031,9 @@ def summarise(runs: list[RunResult]) -> list[dict]:
             "capacity_of_n_machines_spread": _spread([capacity.get(i) for i in indices]),
             "cpu_us_per_replicated_event": _median([per_event.get(i) for i in indices]),
             "cpu_us_per_replicated_event_spread": _spread([per_event.get(i) for i in indices]),
+            "commit_ms_mean": _median([r.commit_ms_mean for r in group]),
+            "commit_ms_mean_spread": _spread([r.commit_ms_mean for r in group]),
+            "commit_group_mean": _median([r.commit_group_mean for r in group]),
             "non2xx": sum(r.non2xx for r in group), "errors": sum(r.errors for r in group),
         })
     return rows
@@ -1040,7 +1061,7 @@ def render_table(rows: list[dict], memory: dict | None) -> str:
     header = ("| config | inc/s | vs bare | vs 1 node | p50 ms | p99 ms | converge ms | "
               "internal req/inc | replication p99 ms: delivered (≤100 ms) / visible | "
               "RSS MB warm → after | final = acked | CPU µs/inc | CPU vs bare | "
-              "capacity of N machines | CPU µs per replicated event |")
+              "capacity of N machines | CPU µs per replicated event | commit ms (group) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         rss = "-"
@@ -1061,6 +1082,9 @@ def render_table(rows: list[dict], memory: dict | None) -> str:
             repl += f" / {row['replication_p99_ms']:.0f} (n={row['replication_samples']})"
         if row["replication_missed"]:
             repl += f", {row['replication_missed']} over 5 s"
+        commit = _with_spread(row, "commit_ms_mean", ".1f")
+        if row["commit_group_mean"] is not None:
+            commit += f" ({row['commit_group_mean']:.1f})"
         match = "yes" if row["counts_match"] else "NO"
         if row["non2xx"] or row["errors"]:
             match += f" ({row['non2xx']} non-2xx, {row['errors']} errors)"
@@ -1072,7 +1096,7 @@ def render_table(rows: list[dict], memory: dict | None) -> str:
             f"{_with_spread(row, 'cpu_us_per_increment', '.0f')} | "
             f"{_with_spread(row, 'cpu_vs_bare', '.2f')} | "
             f"{_with_spread(row, 'capacity_of_n_machines', '.2f')} | "
-            f"{_with_spread(row, 'cpu_us_per_replicated_event', '.0f')} |")
+            f"{_with_spread(row, 'cpu_us_per_replicated_event', '.0f')} | {commit} |")
     if memory:
         growth = ", ".join(f"{g / 1024:+.2f}" for g in memory["growth_second_kib"])
         lines.append("")
