@@ -21,7 +21,7 @@ from dcounter import backup as backup_copy
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
                              NotFound, Unavailable)
 from dcounter.http_types import Request, Response, error_response
-from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_event,
+from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_events,
                            decode_peer_list)
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def replicate(node, request: Request):
     sender = validation.node_id(data["node_id"])
     if not isinstance(data["events"], list):
         raise BadRequest("events must be a list")
-    events = [decode_event(event) for event in data["events"]]
+    events = decode_events(data["events"])
     result = node.replicate(sender, events)
     return 200, {"applied": len(result.applied), "duplicates": result.duplicates,
                  "deferred": result.deferred}

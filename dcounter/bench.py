@@ -22,8 +22,13 @@ until every node shows the final total, internal HTTP requests per increment (fr
 node's `dcounter_http_requests_total`), each node's resident memory after a warm-up and after
 the run, the replication latency (a probe increments counter `probe` at one node every
 `probe_interval` alongside the load and polls the other nodes until all show it; measured from
-sending the increment to receiving the read that shows it, so it is an upper bound), and
-whether every node's final count equals the acknowledged increments. A separate memory check
+sending the increment to receiving the read that shows it, so it is an upper bound),
+whether every node's final count equals the acknowledged increments, and the CPU time (user +
+system, `/proc/PID/stat`) of every node process from just before the load until every node
+shows the total, per acknowledged increment. From the CPU per increment, against the one-node
+run of the same mode and repetition: the projected capacity of N separate machines (N x
+one-node cost / N-node cost; N would be linear) and what one replicated event costs, sender and
+receiver together ((N-node cost - one-node cost) / (N - 1)). A separate memory check
 drives a three-node durable cluster with a fixed number of increments and compares resident
 memory after a warm-up and after 100 000 and 200 000 more.
 
@@ -171,6 +176,17 @@ def _wait_listening(proc, out_path: str, marker: str, timeout: float = 20.0) -> 
     raise RuntimeError(f"process not listening after {timeout}s (see {out_path})")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process so far (its threads included), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -313,11 +329,16 @@ class Scrape:
     """What the benchmark reads from the nodes' /metrics, summed over the nodes."""
     internal: float = 0.0  # dcounter_http_requests_total over INTERNAL_ROUTES
     delay_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+    commits: float = 0.0  # dcounter_commit_seconds_count: groups committed
+    commit_seconds: float = 0.0  # dcounter_commit_seconds_sum
+    committed_jobs: float = 0.0  # dcounter_commit_group_size_sum: requests in those groups
 
     def __sub__(self, other: "Scrape") -> "Scrape":
         return Scrape(self.internal - other.internal,
                       {le: n - other.delay_buckets.get(le, 0)
-                       for le, n in self.delay_buckets.items()})
+                       for le, n in self.delay_buckets.items()},
+                      self.commits - other.commits, self.commit_seconds - other.commit_seconds,
+                      self.committed_jobs - other.committed_jobs)
 
 
 def scrape(ports: list[int]) -> Scrape:
@@ -338,6 +359,12 @@ def scrape(ports: list[int]) -> Scrape:
             elif name.startswith(DELAY + "_bucket{"):
                 le = float(name.split('le="', 1)[1].split('"', 1)[0])
                 result.delay_buckets[le] = result.delay_buckets.get(le, 0) + float(value)
+            elif name == "dcounter_commit_seconds_count":
+                result.commits += float(value)
+            elif name == "dcounter_commit_seconds_sum":
+                result.commit_seconds += float(value)
+            elif name == "dcounter_commit_group_size_sum":
+                result.committed_jobs += float(value)
     return result
 
 
@@ -604,6 +631,9 @@ class RunResult:
     replication_missed: int
     delivery_p99_ms: float | None  # the nodes' histogram: commit -> acknowledged by a peer
     delivered_within_100ms: float | None
+    cpu_us_per_increment: float | None = None  # µs of CPU, all node processes, per acked inc
+    commit_ms_mean: float | None = None  # durable: mean time of a group commit, all nodes
+    commit_group_mean: float | None = None  # durable: mean requests per group commit
     rep: int = 0
 
 
@@ -711,13 +741,16 @@ class Probe:
                 client.close()
 
     def _poll(self, client: Client, expected: int, began: float) -> float | None:
-        while time.monotonic() < began + self.give_up:
+        while (now := time.monotonic()) < began + self.give_up:
             try:
                 if client.count(PROBE_COUNTER) >= expected:
                     return time.monotonic()
             except (OSError, RuntimeError, http.client.HTTPException, ValueError):
                 pass
-            time.sleep(0.001)
+            # Reads every millisecond for a 100 ms delay are thousands of requests a second on
+            # a five-node cluster, which would show in its rate and CPU per increment: poll
+            # at a fifth of the time waited so far (1 to 10 ms), about 20 reads a probe.
+            time.sleep(min(0.01, max(0.001, (now - began) / 5)))
         return None
 
     def join(self, timeout: float) -> None:
@@ -799,6 +832,7 @@ class Bench:
         rss_warm = [rss_kib(pid) for pid in target.pids]
         dcounter = target.kind == "dcounter"
         before = scrape(target.ports) if dcounter else Scrape()
+        cpu_before = [cpu_seconds(pid) for pid in target.pids]
         start = time.monotonic() + 0.3
         stop = start + args.duration
         load = Load(self, target.ports, args.connections, start, stop)
@@ -810,6 +844,11 @@ class Bench:
         converge_s = converge.finish(expected)
         if probe is not None:
             probe.join(10.0)
+        # From before the load to every node showing the total: replication's cost included.
+        cpu_after = [cpu_seconds(pid) for pid in target.pids]
+        cpu_us = None
+        if None not in cpu_before + cpu_after and result.acknowledged:
+            cpu_us = 1e6 * (sum(cpu_after) - sum(cpu_before)) / result.acknowledged
         clients = target.clients()
         try:
             finals = [c.count(BENCH_COUNTER) for c in clients]
@@ -817,9 +856,13 @@ class Bench:
             for client in clients:
                 client.close()
         internal, delay_p99, within = None, None, None
+        commit_ms = group = None
         if dcounter:
             moved = scrape(target.ports) - before
             internal = moved.internal / max(1, result.acknowledged)
+            if moved.commits > 0:
+                commit_ms = 1000 * moved.commit_seconds / moved.commits
+                group = moved.committed_jobs / moved.commits
             if size > 1:
                 delay_p99 = histogram_quantile(moved.delay_buckets, 0.99)
                 total = moved.delay_buckets.get(math.inf, 0)
@@ -836,7 +879,8 @@ class Bench:
             replication_ms=[s * 1000 for s in probe.samples] if probe else [],
             replication_missed=probe.missed if probe else 0,
             delivery_p99_ms=None if delay_p99 is None else delay_p99 * 1000,
-            delivered_within_100ms=within)
+            delivered_within_100ms=within, cpu_us_per_increment=cpu_us,
+            commit_ms_mean=commit_ms, commit_group_mean=group)
 
     # -- the memory check ---------------------------------------------------------------------
     def memory_check(self) -> dict:
@@ -912,11 +956,43 @@ def paired_ratios(runs: list[RunResult]) -> tuple[dict[int, float], dict[int, fl
     return to_bare, to_one
 
 
+def paired_cpu(runs: list[RunResult]) -> tuple[dict[int, float], dict[int, float],
+                                                dict[int, float]]:
+    """Per dcounter run (by index), from its CPU per increment: over the bare runs' just before
+    and after it; and (clusters) against the one-node run of the same mode and repetition, the
+    capacity of N separate machines (N x one-node cost / N-node cost, 1 per node is linear) and
+    what one replicated event costs, sender and receiver together ((N-node - one-node) / (N-1))."""
+    def cpu(run):
+        return run.cpu_us_per_increment
+
+    bare = [i for i, run in enumerate(runs) if run.kind == "bare" and cpu(run)]
+    to_bare, capacity, per_event = {}, {}, {}
+    for i, run in enumerate(runs):
+        if run.kind == "bare" or not cpu(run):
+            continue
+        around = [j for j in bare if j < i][-1:] + [j for j in bare if j > i][:1]
+        if around:
+            to_bare[i] = cpu(run) / statistics.mean(cpu(runs[j]) for j in around)
+        single = [r for r in runs if r.kind == "dcounter" and r.nodes == 1 and cpu(r)
+                  and r.durable == run.durable and r.rep == run.rep]
+        if single:
+            capacity[i] = run.nodes * cpu(single[0]) / cpu(run)
+            if run.nodes > 1:
+                per_event[i] = (cpu(run) - cpu(single[0])) / (run.nodes - 1)
+    return to_bare, capacity, per_event
+
+
+def _spread(values) -> list[float] | None:
+    values = [v for v in values if v is not None]
+    return [min(values), max(values)] if values else None
+
+
 def summarise(runs: list[RunResult]) -> list[dict]:
     configs: dict[str, list[int]] = {}
     for index, run in enumerate(runs):
         configs.setdefault(run.config, []).append(index)
     to_bare, to_one = paired_ratios(runs)
+    cpu_to_bare, capacity, per_event = paired_cpu(runs)
     rows = []
     for name, indices in configs.items():
         group = [runs[i] for i in indices]
@@ -948,6 +1024,17 @@ def summarise(runs: list[RunResult]) -> list[dict]:
             "rss_warm_mib": [None if v is None else v / 1024 for v in last.rss_warm_kib],
             "rss_after_mib": [None if v is None else v / 1024 for v in last.rss_after_kib],
             "counts_match": all(r.counts_match for r in group),
+            "cpu_us_per_increment": _median([r.cpu_us_per_increment for r in group]),
+            "cpu_us_per_increment_spread": _spread([r.cpu_us_per_increment for r in group]),
+            "cpu_vs_bare": _median([cpu_to_bare.get(i) for i in indices]),
+            "cpu_vs_bare_spread": _spread([cpu_to_bare.get(i) for i in indices]),
+            "capacity_of_n_machines": _median([capacity.get(i) for i in indices]),
+            "capacity_of_n_machines_spread": _spread([capacity.get(i) for i in indices]),
+            "cpu_us_per_replicated_event": _median([per_event.get(i) for i in indices]),
+            "cpu_us_per_replicated_event_spread": _spread([per_event.get(i) for i in indices]),
+            "commit_ms_mean": _median([r.commit_ms_mean for r in group]),
+            "commit_ms_mean_spread": _spread([r.commit_ms_mean for r in group]),
+            "commit_group_mean": _median([r.commit_group_mean for r in group]),
             "non2xx": sum(r.non2xx for r in group), "errors": sum(r.errors for r in group),
         })
     return rows
@@ -994,10 +1081,20 @@ def render_compact(rows: list[dict], memory: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _with_spread(row: dict, name: str, spec: str) -> str:
+    """A median with the range of its repetitions, e.g. `240 (231–262)`."""
+    text = _fmt(row.get(name), spec)
+    spread = row.get(name + "_spread")
+    if row.get(name) is not None and spread and row["runs"] > 1:
+        text += f" ({format(spread[0], spec)}–{format(spread[1], spec)})"
+    return text
+
+
 def render_table(rows: list[dict], memory: dict | None) -> str:
     header = ("| config | inc/s | vs bare | vs 1 node | p50 ms | p99 ms | converge ms | "
               "internal req/inc | replication p99 ms: delivered (≤100 ms) / visible | "
-              "RSS MB warm → after | final = acked |")
+              "RSS MB warm → after | final = acked | CPU µs/inc | CPU vs bare | "
+              "capacity of N machines | CPU µs per replicated event | commit ms (group) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         rss = "-"
@@ -1018,6 +1115,9 @@ def render_table(rows: list[dict], memory: dict | None) -> str:
             repl += f" / {row['replication_p99_ms']:.0f} (n={row['replication_samples']})"
         if row["replication_missed"]:
             repl += f", {row['replication_missed']} over 5 s"
+        commit = _with_spread(row, "commit_ms_mean", ".1f")
+        if row.get("commit_group_mean") is not None:
+            commit += f" ({row['commit_group_mean']:.1f})"
         match = "yes" if row["counts_match"] else "NO"
         if row["non2xx"] or row["errors"]:
             match += f" ({row['non2xx']} non-2xx, {row['errors']} errors)"
@@ -1025,7 +1125,11 @@ def render_table(rows: list[dict], memory: dict | None) -> str:
             f"| {row['config']} | {_fmt(row['increments_per_s'])} | "
             f"{_fmt(row['ratio_to_bare'], '.2f')} | {_fmt(row['ratio_to_one_node'], '.2f')} | "
             f"{_fmt(row['p50_ms'], '.1f')} | {_fmt(row['p99_ms'], '.1f')} | {converge} | "
-            f"{_fmt(row['internal_per_increment'], '.3f')} | {repl} | {rss} | {match} |")
+            f"{_fmt(row['internal_per_increment'], '.3f')} | {repl} | {rss} | {match} | "
+            f"{_with_spread(row, 'cpu_us_per_increment', '.0f')} | "
+            f"{_with_spread(row, 'cpu_vs_bare', '.2f')} | "
+            f"{_with_spread(row, 'capacity_of_n_machines', '.2f')} | "
+            f"{_with_spread(row, 'cpu_us_per_replicated_event', '.0f')} | {commit} |")
     if memory:
         growth = ", ".join(f"{g / 1024:+.2f}" for g in memory["growth_second_kib"])
         lines.append("")

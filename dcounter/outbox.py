@@ -81,17 +81,21 @@ class Outbox:
 
     # -- input ----------------------------------------------------------------------------------
     def enqueue(self, events: list[Event], now: float) -> bool:
-        """Queue events; True when the sender should look again (`take_batch`) now."""
+        """Queue events; True when the sender should look again (`take_batch`) now: an idle
+        link has work, or a lingering batch just became ripe. A batch that reaches its goal
+        within the linger wakes nobody: the sender is already due at the end of the linger."""
         before = len(self.backlog)
         self.backlog.extend((event, now) for event in events)
         if len(self.backlog) > self.max_backlog:
             self.drop("backlog over its bound")
-        if not self.backlog:
+        size = len(self.backlog)
+        if not size:
             return False
         if self.state is LinkState.IDLE:
             self.state = LinkState.READY
             return True
-        return self.state is LinkState.READY and before < self.goal <= len(self.backlog)
+        return self.state is LinkState.READY and \
+            (before < self.goal <= size or before < self.batch_max <= size) and self._ripe(now)
 
     def drop(self, why: str) -> int:
         """Give up what waits (not what is in flight); returns how many events."""

@@ -24,6 +24,8 @@ This module imports nothing of the node: only `validation`, `errors` and the `Ev
 
 from __future__ import annotations
 
+import re
+
 from dcounter import validation
 from dcounter.counter import Event
 from dcounter.errors import BadRequest
@@ -79,6 +81,38 @@ def decode_event(value) -> Event:
         validation.idempotency_key(key, "event key")
     return Event(parts[0], parts[1], validation.counter_name(value["counter"], "event counter"),
                  validation.delta(value["delta"], "event delta"), key)
+
+
+# The common event, `{"id", "counter", "delta"}` with an ordinary id, checked in one match: an
+# origin (validation's own pattern, which has no ":", so this is the id's last ":"), then a seq
+# of at most 19 digits without a leading zero. Anything else takes `decode_event`, which
+# accepts or refuses it; tests/unit/test_wire.py compares the two on random input.
+_PLAIN_EVENT_ID = re.compile(f"({validation._ORIGIN_RE.pattern}):([1-9][0-9]{{0,18}})")
+_COUNTER_NAME = validation._COUNTER_RE
+
+
+def decode_events(values: list) -> list[Event]:
+    """`[decode_event(v) for v in values]`, with the same results and the same errors, faster
+    for a replicate batch: an event of the common shape is checked inline and a counter name
+    already seen in the batch is not matched again (every event of a busy node's batch usually
+    names the same few counters)."""
+    events = []
+    names: set[str] = set()
+    plain_id = _PLAIN_EVENT_ID.fullmatch
+    for value in values:
+        if type(value) is dict and len(value) == 3:
+            ident, name, delta = value.get("id"), value.get("counter"), value.get("delta")
+            if type(ident) is str and type(name) is str and type(delta) is int \
+                    and delta != 0 and -MAX_DELTA <= delta <= MAX_DELTA:
+                match = plain_id(ident)
+                if match is not None:
+                    seq = int(match[2])
+                    if seq <= MAX_SEQ and (name in names or _COUNTER_NAME.fullmatch(name)):
+                        names.add(name)
+                        events.append(Event(match[1], seq, name, delta, None))
+                        continue
+        events.append(decode_event(value))
+    return events
 
 
 def decode_snapshot(value) -> dict[str, dict]:

@@ -35,7 +35,7 @@ import threading
 from typing import Callable
 
 from dcounter.counter import Counter, Event, Txn
-from dcounter.errors import DcounterError, StorageFailure, Unavailable
+from dcounter.errors import StorageFailure, Unavailable
 
 log = logging.getLogger(__name__)
 

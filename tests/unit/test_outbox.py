@@ -79,6 +79,28 @@ def test_a_lingering_batch_goes_once_it_reaches_its_goal():
     assert len(box.take_batch(clock.monotonic())) == 12
 
 
+def test_a_goal_reached_within_the_linger_wakes_the_sender_only_when_ripe():
+    box, clock = make(batch_linger=LINGER, goal=4, batch_max=10)
+    t0, tick = clock.monotonic(), 1 / 1024  # exact in binary
+    box.enqueue(events(1, 1), t0)
+    box.sent_ok(box.take_batch(t0), t0)
+    assert box.enqueue(events(2, 1), t0 + tick) is True  # idle -> ready: the sender looks
+    assert box.next_wakeup(t0 + tick) == t0 + LINGER      # and sleeps until the linger ends
+    # The goal within the linger wakes nobody: the sender is due at the linger's end anyway.
+    assert box.enqueue(events(3, 3), t0 + 2 * tick) is False
+    assert box.take_batch(t0 + 2 * tick) is None
+    # A full batch goes at once, so it wakes the sender.
+    assert box.enqueue(events(6, 6), t0 + 3 * tick) is True
+    assert ids(box.take_batch(t0 + 3 * tick)) == [f"o:{seq}" for seq in range(2, 12)]
+    box.sent_ok([], t0 + 4 * tick)
+    box.enqueue(events(12, 3), t0 + 4 * tick)
+    after = t0 + 3 * tick + LINGER
+    assert box.take_batch(after) is None  # one event short of the goal: on to the cap
+    # The goal reached past the linger makes the batch ripe: the sender is woken for it.
+    assert box.enqueue(events(15, 1), after) is True
+    assert len(box.take_batch(after)) == 4
+
+
 def test_the_goal_does_not_beat_the_linger():
     box, clock = make(batch_linger=LINGER, goal=2)
     t0 = clock.monotonic()

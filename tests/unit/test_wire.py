@@ -1,12 +1,14 @@
 """The decoders of messages between nodes, at and just past their bounds."""
 
+import random
+
 import pytest
 
 from dcounter.counter import Event
 from dcounter.errors import BadRequest
 from dcounter.validation import INT64_MAX, MAX_DELTA
-from dcounter.wire import (MAX_ORIGINS_PER_PULL, MAX_PEER_LIST, decode_digest,
-                           decode_event, decode_peer_list, decode_snapshot)
+from dcounter.wire import (MAX_ORIGINS_PER_PULL, MAX_PEER_LIST, MAX_SEQ, decode_digest,
+                           decode_event, decode_events, decode_peer_list, decode_snapshot)
 
 
 # -- digests --------------------------------------------------------------------------------------
@@ -66,6 +68,60 @@ def test_events_within_bounds(wire, event):
 def test_events_out_of_bounds(wire):
     with pytest.raises(BadRequest):
         decode_event(wire)
+
+
+# Pieces of events, most of them valid, some just past a bound, some of another type.
+_ORIGINS = ["o", "a1b2c3d4e5f60718", "A_-z", "o" * 64, "o" * 65, "", "o:p", "o p", "ö", "o\n",
+            None, 1]
+_SEQS = ["1", "7", "10", str(MAX_SEQ), str(MAX_SEQ + 1), "9" * 19, "9" * 20, "0", "01", "-1",
+         "+1", " 1", "1 ", "١", "1.0", "", "1e3"]
+_COUNTERS = ["c", "bench", "a.b:c-d_e", "c" * 128, "c" * 129, "", "c d", "ç", "c\n", None, 1,
+             ["c"]]
+_DELTAS = [1, -1, 2, MAX_DELTA, -MAX_DELTA, MAX_DELTA + 1, -MAX_DELTA - 1, 0, 1.0, True, False,
+           "1", None, 2**70]
+_KEYS = ["k", "a key", " k", "k ", "k" * 255, "k" * 256, "", "ké", None, 1]
+
+
+def _pick(rng: random.Random, pieces: list, valid: int):
+    """Mostly one of the first `valid` pieces (valid ones), else any."""
+    return rng.choice(pieces[:valid] if rng.random() < 0.85 else pieces)
+
+
+def _random_event(rng: random.Random):
+    if rng.random() < 0.03:
+        return rng.choice([None, [], "o:1", 1, ["o:1", "c", 1]])
+    origin, seq = _pick(rng, _ORIGINS, 4), _pick(rng, _SEQS, 4)
+    ident = f"{origin}:{seq}" if isinstance(origin, str) else origin
+    if rng.random() < 0.05:
+        ident = rng.choice(["o1", "o::1", ":1", "o:1:2", 1, None])
+    event = {"id": ident, "counter": _pick(rng, _COUNTERS, 4), "delta": _pick(rng, _DELTAS, 5)}
+    if rng.random() < 0.2:
+        event["key"] = _pick(rng, _KEYS, 5)
+    if rng.random() < 0.05:
+        del event[rng.choice(list(event))]
+    if rng.random() < 0.05:
+        event[rng.choice(["other", "ID", "keys"])] = 1
+    return event
+
+
+def _outcome(decode, value):
+    try:
+        return decode(value)
+    except BadRequest as exc:
+        return ("refused", exc.message)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_batch_decoder_agrees_with_the_event_decoder(seed):
+    """The replicate route's fast decoder accepts exactly what `decode_event` accepts, decodes
+    it to the same events, and refuses the rest with the same message."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        batch = [_random_event(rng) for _ in range(rng.randint(0, 8))]
+        if rng.random() < 0.5:  # the common case: a whole batch of valid events
+            batch = [e for e in batch if not isinstance(_outcome(decode_event, e), tuple)]
+        expected = _outcome(lambda b: [decode_event(e) for e in b], batch)
+        assert _outcome(decode_events, batch) == expected, batch
 
 
 # -- snapshots ------------------------------------------------------------------------------------
