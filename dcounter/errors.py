@@ -47,6 +47,16 @@ class NotAPeer(BadRequest):
         self.sender = sender
 
 
+class OtherCluster(Conflict):
+    """A join, heartbeat or leave from a node of another cluster or protocol: refused, and
+    logged on the refusing node with backoff per sender (by `api.App`). `sender` is who sent
+    it."""
+
+    def __init__(self, message: str, sender: str):
+        super().__init__(message)
+        self.sender = sender
+
+
 class Unprocessable(DcounterError):
     status = 422
 

@@ -27,6 +27,7 @@ class Contact(enum.Enum):
     SELF = "self"    # this node under another id: not listed
     NEW = "new"      # listed now (for the first time, or again)
     KNOWN = "known"  # listed already; its last-seen time moved
+    FULL = "full"    # reached, but not listed: --max-peers peers are listed already
 
 
 def contact_from(peers: PeerStore, self_id: str, local_origin: str, sender: str,
@@ -46,7 +47,11 @@ def contact_to(peers: PeerStore, local_origin: str, peer: str, origin: str | Non
     if origin is not None and origin == local_origin:
         peers.mark_self(peer)
         return Contact.SELF
-    return Contact.NEW if peers.contact_succeeded(peer, now, origin) else Contact.KNOWN
+    if peers.contact_succeeded(peer, now, origin):
+        return Contact.NEW
+    if not peers.is_alive(peer) and len(peers.alive()) >= peers.max_peers:
+        return Contact.FULL
+    return Contact.KNOWN
 
 
 def link_changes(listed, linked) -> tuple[list[str], list[str]]:

@@ -212,10 +212,14 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, PeerRefused):
         said = " ".join(str(exc.message).split())[:200]
         if kind == "signature":
-            return _PHRASES["signature"] + (f" (it answered: {said})" if said else "")
+            # "wrong request signature" adds nothing to the hint; "stale ... +45s" does.
+            plain = not said or said.startswith("wrong request signature")
+            return _PHRASES["signature"] + ("" if plain else f" (it answered: {said})")
         if kind == "cluster":
-            hint = " (is --cluster the same on every node?)" if "cluster" in said else ""
-            return f"refused us: {said or 'another cluster or protocol'}{hint}"
+            if "cluster" in said:
+                return (f"refused us as another cluster (it answered: {said}): is --cluster the "
+                        f"same on every node?")
+            return f"refused us as another protocol or cluster (it answered: {said})"
         if kind == "busy":
             return f"turned us away for now: {said or 'busy'}"
         return f"refused our request ({exc.status}): {said or 'no reason given'}"

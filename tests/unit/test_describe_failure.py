@@ -123,14 +123,19 @@ def test_a_reply_that_is_not_json_is_named():
 
 
 @pytest.mark.parametrize("status,message,expected", [
-    (401, "wrong request signature", "refused our signature: do the nodes share "
-                                     "--cluster-secret and a clock within --max-clock-skew? "
-                                     "(it answered: wrong request signature)"),
+    (401, "wrong request signature (do the nodes share a cluster secret?)",
+     "refused our signature: do the nodes share --cluster-secret and a clock within "
+     "--max-clock-skew?"),
+    (401, "request signature is stale: its timestamp is +45.0s from this node's clock",
+     "refused our signature: do the nodes share --cluster-secret and a clock within "
+     "--max-clock-skew? (it answered: request signature is stale: its timestamp is +45.0s from "
+     "this node's clock)"),
     (409, "this node belongs to cluster 'alpha', not 'beta'",
-     "refused us: this node belongs to cluster 'alpha', not 'beta' (is --cluster the same on "
-     "every node?)"),
+     "refused us as another cluster (it answered: this node belongs to cluster 'alpha', not "
+     "'beta'): is --cluster the same on every node?"),
     (409, "protocol 9 is not supported (this node speaks 1)",
-     "refused us: protocol 9 is not supported (this node speaks 1)"),
+     "refused us as another protocol or cluster (it answered: protocol 9 is not supported "
+     "(this node speaks 1))"),
     (503, "this node lists 2 peers, the most --max-peers allows",
      "turned us away for now: this node lists 2 peers, the most --max-peers allows"),
     (400, "not a dcounter peer", "refused our request (400): not a dcounter peer"),
