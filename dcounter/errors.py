@@ -40,7 +40,8 @@ class Conflict(DcounterError):
 
 class NotAPeer(BadRequest):
     """A message that only the original system's nodes send: refused, and logged on the
-    refusing node (at most once a minute per sender, by `api.App`). `sender` is who sent it."""
+    refusing node (at once, then with backoff per sender, by `api.App`). `sender` is who sent
+    it."""
 
     def __init__(self, message: str, sender: str):
         super().__init__(message)

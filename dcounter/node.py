@@ -394,7 +394,7 @@ class Node:
             return
         except PeerRefused as exc:
             if exc.status == 409:
-                self._warn_failure(peer, exc, "; not listing it")
+                self._warn_failure(peer, exc)  # and it is listed no more
                 self.peers.leave(peer)
                 self._sync_links()
             elif exc.status == 401:
@@ -406,7 +406,7 @@ class Node:
             return
         self._handle_reply(peer, reply)
 
-    def _warn_failure(self, peer: str, exc: Exception, then: str = "") -> None:
+    def _warn_failure(self, peer: str, exc: Exception) -> None:
         """A WARNING naming `peer` and the cause of `exc` in words, at once and then with
         backoff per (peer, cause)."""
         skipped = self._warnings.check((peer, failure_kind(exc)), self.clock.monotonic())
@@ -414,11 +414,10 @@ class Node:
             return
         since = f" ({skipped} more failure(s) like it since the last warning)" if skipped else ""
         if isinstance(exc, PeerRefused):
-            log.warning("peer %s %s%s%s", peer, describe_failure(exc), then, since)
+            log.warning("peer %s %s%s", peer, describe_failure(exc), since)
         else:
             role = "seed" if peer in self.peers.seeds else "peer"
-            log.warning("%s %s unreachable: %s%s%s", role, peer, describe_failure(exc), then,
-                        since)
+            log.warning("%s %s unreachable: %s%s", role, peer, describe_failure(exc), since)
 
     def _handle_reply(self, peer: str, reply: dict) -> bool:
         """A successful direct contact with `peer`; `reply` is its membership payload."""
@@ -442,10 +441,10 @@ class Node:
                 log.warning("not listing %s: this node lists %d peers, the most --max-peers "
                             "allows (raise --max-peers on every node for a larger cluster)",
                             peer, len(self.peers.alive()))
-            return False
-        self._warnings.clear(lambda key: key[0] == peer)  # whatever was wrong, it is not now
+        else:
+            self._warnings.clear(lambda key: key[0] == peer)  # whatever was wrong, is not now
         self._learn(peer, digest, peers)
-        return True
+        return contact is not Contact.FULL
 
     def rejoin_once(self) -> list[str]:
         """Contact the due candidates; one whose contact is still in flight is not due."""
