@@ -14,6 +14,7 @@ urllib3 wrap, so they take our exceptions and theirs alike.
 
 import json
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -231,5 +232,5 @@ def describe_failure(exc: BaseException) -> str:
                 reason = getattr(cause, "reason", None) or str(cause)
                 return f"TLS handshake failed ({str(reason).lower().replace('_', ' ')})"
     innermost = _causes(exc)[-1]
-    text = str(innermost) or type(innermost).__name__
-    return f"unreachable: {text[:200]}"
+    text = re.sub(r"^\S+:[0-9]+: ", "", str(innermost))  # our own "host:port: ..." prefix
+    return text[:200] or type(innermost).__name__

@@ -146,5 +146,5 @@ def test_refusals_are_said_with_their_cause(status, message, expected):
 
 def test_anything_else_still_gives_words_not_a_class_name():
     assert describe_failure(PeerUnreachable("p:1: reply is not a JSON object")) == \
-        "unreachable: p:1: reply is not a JSON object"
+        "reply is not a JSON object"
     assert describe_failure(PeerRefused(500, "")) == "refused our request (500): no reason given"
