@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from dcounter import PROTOCOL, clusterread, statuspage, validation
 from dcounter import backup as backup_copy
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
-                             NotFound, Unavailable)
+                             NotFound, OtherCluster, Unavailable)
 from dcounter.http_types import Request, Response, error_response
+from dcounter.membership import backoff_warnings
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_events,
                            decode_peer_list)
 
@@ -66,7 +66,6 @@ def query_params(request: Request, allowed=()) -> dict:
 
 
 SEE_CUTOVER = "see README 'Leaving the original system'"
-REFUSAL_LOG_INTERVAL = 60.0  # seconds between two warnings about one refused sender
 
 
 def _sender(data: dict, request: Request) -> str:
@@ -87,20 +86,20 @@ def refuse_non_peers(data: dict, request: Request) -> None:
                        _sender(data, request))
 
 
-def check_membership_fields(node, data: dict) -> None:
+def check_membership_fields(node, data: dict, sender: str) -> None:
     """cluster and protocol, when present, must match ours (409 otherwise)."""
     if "cluster" in data:
         if not isinstance(data["cluster"], str):
             raise BadRequest("cluster must be a string")
         if data["cluster"] != node.config.cluster:
-            raise Conflict(f"this node belongs to cluster {node.config.cluster!r}, "
-                           f"not {data['cluster']!r}")
+            raise OtherCluster(f"this node belongs to cluster {node.config.cluster!r}, "
+                               f"not {data['cluster']!r}", sender)
     if "protocol" in data:
         if isinstance(data["protocol"], bool) or not isinstance(data["protocol"], int):
             raise BadRequest("protocol must be an integer")
         if data["protocol"] != PROTOCOL:
-            raise Conflict(f"protocol {data['protocol']} is not supported (this node speaks "
-                           f"{PROTOCOL})")
+            raise OtherCluster(f"protocol {data['protocol']} is not supported (this node "
+                               f"speaks {PROTOCOL})", sender)
     if "origin" in data:
         validation.origin(data["origin"])
 
@@ -193,7 +192,7 @@ def _membership_request(request: Request, node) -> tuple:
     check_fields(data, required=("node_id",),
                  optional=("cluster", "protocol", "origin", "digest", "peers"))
     sender = validation.node_id(data["node_id"])
-    check_membership_fields(node, data)
+    check_membership_fields(node, data, sender)
     digest = decode_digest(data["digest"]) if "digest" in data else {}
     peers = decode_peer_list(data["peers"]) if "peers" in data else []
     return sender, data.get("origin"), digest, peers
@@ -211,7 +210,7 @@ def leave(node, request: Request):
     data = json_body(request)
     check_fields(data, required=("node_id",), optional=("cluster", "protocol", "origin"))
     sender = validation.node_id(data["node_id"])
-    check_membership_fields(node, data)
+    check_membership_fields(node, data, sender)
     return 200, {"left": node.on_leave(sender, data.get("origin"))}
 
 
@@ -305,8 +304,7 @@ class App:
         self.auth = auth
         self.metrics = metrics
         self._table: dict[str, dict[str, Route]] = {}
-        self._refusals_logged: dict[str, float] = {}  # sender -> when its refusal was logged
-        self._refusals_lock = threading.Lock()  # request threads refuse concurrently
+        self._refusals = backoff_warnings()  # per (sender, kind of refusal)
         for route in routes:
             self._table.setdefault(route.path, {})[route.method] = route
 
@@ -340,7 +338,7 @@ class App:
             return Response.json(status, payload, rest[0] if rest else None)
         except MethodNotAllowed as exc:
             return error_response(exc.status, exc.message, {"Allow": ", ".join(exc.allow)})
-        except NotAPeer as exc:
+        except (NotAPeer, OtherCluster) as exc:
             self._log_refusal(exc)
             return error_response(exc.status, exc.message)
         except DcounterError as exc:
@@ -350,16 +348,13 @@ class App:
             log.exception("internal error on %s %s", request.method, request.path)
             return error_response(500, "internal error")
 
-    def _log_refusal(self, exc: NotAPeer) -> None:
-        """A WARNING per sender at most once every REFUSAL_LOG_INTERVAL: an original node
-        pointed at this one retries every second, and its operator needs one clear line, not
-        a flood."""
-        now = self.node.clock.monotonic()
-        with self._refusals_lock:
-            last = self._refusals_logged.get(exc.sender)
-            if last is not None and now - last < REFUSAL_LOG_INTERVAL:
-                return
-            if len(self._refusals_logged) >= 1024:  # many senders: forget the old ones
-                self._refusals_logged.clear()
-            self._refusals_logged[exc.sender] = now
-        log.warning("refused %s: %s", exc.sender, exc.message)
+    def _log_refusal(self, exc: NotAPeer | OtherCluster) -> None:
+        """A WARNING per sender and kind, at once and then 1, 2, 4 ... minutes apart (at most
+        10): a misconfigured node retries every second or so, and its operator needs one clear
+        line, not a flood."""
+        if not self._refusals.due((exc.sender, type(exc).__name__),
+                                  self.node.clock.monotonic()):
+            return
+        hint = (" (is --cluster the same on every node?)"
+                if isinstance(exc, OtherCluster) and "cluster" in exc.message else "")
+        log.warning("refused %s: %s%s", exc.sender, exc.message, hint)

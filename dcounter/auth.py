@@ -27,6 +27,11 @@ secret and accept any, which lets a cluster rotate its secret without downtime.
 The path is signed without a query string; peer routes take none, and a signed request that
 carries one is refused.
 
+A refused peer request is also a WARNING on this node that names the sender (the node id its
+body claims, and its address) and the cause in words: unsigned, signed with another secret,
+stale (clocks apart), replayed. It is logged per sender and cause at once, then 1, 2, 4 ...
+minutes apart (at most 10), since a misconfigured peer retries every second or so.
+
 Pure: the wall clock is injected, nothing here touches sockets or threads beyond one lock that
 guards the replay cache. Secrets and tokens are compared with `hmac.compare_digest`.
 """
@@ -36,11 +41,16 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import json
+import logging
 import re
 import secrets as _secrets
 import threading
 
 from dcounter.errors import Unauthorized, Unavailable
+from dcounter.membership import backoff_warnings
+
+log = logging.getLogger(__name__)
 
 TIMESTAMP_HEADER = "X-Dcounter-Timestamp"
 NONCE_HEADER = "X-Dcounter-Nonce"
@@ -50,6 +60,21 @@ NONCE_CAPACITY = 250_000  # accepted nonces remembered at once; beyond it signed
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+
+# What the refusing node's warning says after "refused <sender>: ", per cause.
+_CAUSES = {
+    "unsigned": "its request carries no valid signature ({detail}); start it with this node's "
+                "--cluster-secret",
+    "secret": "its request is signed with another secret: do the nodes share --cluster-secret?",
+    "stale": "{detail}: are the two machines' clocks within --max-clock-skew?",
+    "replay": "{detail}",
+}
+
+
+class _SignatureRefused(Unauthorized):
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
 
 
 def message(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -129,6 +154,7 @@ class Auth:
         self._nonces = NonceCache(nonce_capacity)
         self._lock = threading.Lock()
         self.signer = Signer(self._secrets[0], clock) if self._secrets else None
+        self._warnings = backoff_warnings()  # per (sender, cause); guards itself
 
     @classmethod
     def from_config(cls, config, clock) -> "Auth | None":
@@ -152,10 +178,18 @@ class Auth:
         """Raise `Unauthorized` unless `request` may call a route of `kind`."""
         if kind == "peer":
             if self._secrets:
-                self._check_signature(request)
+                try:
+                    self._check_signature(request)
+                except _SignatureRefused as exc:
+                    self._warn_refused(request, exc)
+                    raise
         elif kind == "admin":
             if self._secrets and request.headers.get_all(SIGNATURE_HEADER):
-                self._check_signature(request)
+                try:
+                    self._check_signature(request)
+                except _SignatureRefused as exc:
+                    self._warn_refused(request, exc)
+                    raise
             elif self._token_digest is not None:
                 self._check_token(request)
         elif kind == "write":
@@ -178,6 +212,25 @@ class Auth:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, self._token_digest):
             raise Unauthorized("wrong bearer token")
 
+    def _warn_refused(self, request, exc: "_SignatureRefused") -> None:
+        """Say who was refused and why, with backoff per (sender, cause). The sender is the
+        node id the body claims (unauthenticated, so its address goes with it)."""
+        address = request.client or "unknown address"
+        claimed = None
+        try:
+            data = json.loads(request.body) if request.body else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("node_id"), str):
+            node_id = data["node_id"]
+            if node_id.isprintable() and len(node_id) <= 261:
+                claimed = node_id
+        if not self._warnings.due((claimed or address, exc.cause), self._clock.monotonic()):
+            return
+        who = f"{claimed} (from {address})" if claimed else address
+        log.warning("refused %s on %s: %s", who, request.path,
+                    _CAUSES[exc.cause].format(detail=exc.message))
+
     def _check_signature(self, request) -> None:
         headers = request.headers
         fields = []
@@ -185,29 +238,31 @@ class Auth:
                             (SIGNATURE_HEADER, _SIGNATURE_RE)):
             values = headers.get_all(name) or []
             if len(values) != 1:
-                raise Unauthorized(f"missing request signature ({name})" if not values
-                                   else f"more than one {name} header")
+                raise _SignatureRefused(f"missing request signature ({name})" if not values
+                                        else f"more than one {name} header", "unsigned")
             if not shape.fullmatch(values[0]):
-                raise Unauthorized(f"malformed {name} header")
+                raise _SignatureRefused(f"malformed {name} header", "unsigned")
             fields.append(values[0])
         timestamp, nonce, signature = fields
         if request.query:
-            raise Unauthorized("a signed request carries no query string")
+            raise _SignatureRefused("a signed request carries no query string", "unsigned")
         now = self._clock.time()
         sent = float(timestamp)
         if abs(now - sent) > self.max_clock_skew:
-            raise Unauthorized(f"request signature is stale: its timestamp is {now - sent:+.1f}s "
-                               f"from this node's clock (allowed {self.max_clock_skew:g}s)")
+            raise _SignatureRefused(
+                f"request signature is stale: its timestamp is {now - sent:+.1f}s from this "
+                f"node's clock (allowed {self.max_clock_skew:g}s)", "stale")
         data = message(request.method, request.path, timestamp, nonce, request.body)
         matched = False
         for secret in self._secrets:  # every secret, so the time taken shows nothing
             matched |= hmac.compare_digest(mac(secret, data), signature)
         if not matched:
-            raise Unauthorized("wrong request signature (do the nodes share a cluster secret?)")
+            raise _SignatureRefused("wrong request signature (do the nodes share a cluster "
+                                    "secret?)", "secret")
         with self._lock:
             fresh = self._nonces.add(nonce, sent + self.max_clock_skew, now)
         if not fresh:
-            raise Unauthorized("replayed request (nonce already seen)")
+            raise _SignatureRefused("replayed request (nonce already seen)", "replay")
 
 
 def exposure_warning(config) -> str | None:

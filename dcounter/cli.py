@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import json
 import logging
 import os
 import re
@@ -83,6 +85,8 @@ _FLAGS = [
     ("--tls-ca", "tls_ca", str, "PEM CA bundle peer certificates are verified against "
                                 "(default: the public CAs)"),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("--log-format", "log_format", str, "'text', or 'json': one JSON object a line (time, "
+                                        "level, logger, message, exc_info) for log shippers"),
 ]
 _BOOL_FLAGS = [
     ("--in-memory", "in_memory", "keep nothing on disk: events acknowledged but not yet "
@@ -195,6 +199,11 @@ def config_from_args(argv: list[str], environ=None) -> Config:
             if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                 raise _UsageError(f"{source}: must be DEBUG, INFO, WARNING or ERROR")
             values[field] = level
+        elif field == "log_format":
+            word = raw.strip().lower()
+            if word not in ("text", "json"):
+                raise _UsageError(f"{source}: must be 'text' or 'json'")
+            values[field] = word
         else:
             values[field] = _convert(source, kind, raw)
     for _flag, field, _help in _BOOL_FLAGS:
@@ -224,9 +233,45 @@ def config_from_args(argv: list[str], environ=None) -> Config:
     return config
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (UTC, ISO 8601), level, logger, message, and exc_info (the
+    traceback's text) when there is one. A message's own line breaks stay inside the string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": _utc(record.created), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _utc(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+        timespec="milliseconds")
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler],
+                        force=True)
+    # urllib3 logs every connection it opens at DEBUG: noise in --log-level debug. Its warnings
+    # still show; our own transport says what failed, in words.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _say(line: str, log_format: str, stream, level: str = "INFO") -> None:
+    """A line the command prints itself (the listening line, an error at start), as a JSON
+    object when the logs are JSON, so that every line a log shipper reads parses."""
+    if log_format == "json":
+        line = json.dumps({"time": _utc(datetime.datetime.now().timestamp()), "level": level,
+                           "logger": "dcounter.cli", "message": line}, ensure_ascii=False)
+    print(line, file=stream, flush=True)
 
 
 def _exit_fatal(reason: str) -> None:
@@ -251,7 +296,7 @@ def main(argv: list[str] | None = None, *, environ=None,
     except (_UsageError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
 
     from dcounter.node import Node  # imported late: keeps `--help` fast
 
@@ -259,7 +304,7 @@ def main(argv: list[str] | None = None, *, environ=None,
     try:
         node.open()
     except StartupError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        _say(f"{PROG}: error: {exc}", config.log_format, sys.stderr, "ERROR")
         return 1
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -267,8 +312,8 @@ def main(argv: list[str] | None = None, *, environ=None,
             signal.signal(sig, lambda *_: stop.set())
     node.start()
     where = "in memory" if node.store is None else f"data in {os.path.abspath(node.store.directory)}"
-    print(f"dcounter {node.node_id} listening on {config.host}:{node.port} "
-          f"(cluster {config.cluster!r}, {where})", flush=True)
+    _say(f"dcounter {node.node_id} listening on {config.host}:{node.port} "
+         f"(cluster {config.cluster!r}, {where})", config.log_format, sys.stdout)
     while not stop.wait(0.5):
         pass
     logging.getLogger("dcounter").info("shutting down")

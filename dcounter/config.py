@@ -73,6 +73,7 @@ class Config:
     tls_ca: str | None = None          # PEM CA bundle peer certificates are verified against;
                                        # None = the public CA bundle (certifi, via requests)
     log_level: str = "INFO"
+    log_format: str = "text"           # "text", or "json": one object a line for log shippers
 
     def __post_init__(self):
         positive = ("heartbeat_interval", "cleanup_interval", "peer_timeout", "retry_base",
@@ -98,6 +99,8 @@ class Config:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
         self._check_trust()
+        if self.log_format not in ("text", "json"):
+            raise ValueError("--log-format must be 'text' or 'json'")
         if self.sync not in ("full", "normal"):
             raise ValueError("--sync must be 'full' or 'normal'")
         if not self.cluster or len(self.cluster) > 128 or not self.cluster.isprintable():

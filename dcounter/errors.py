@@ -40,7 +40,18 @@ class Conflict(DcounterError):
 
 class NotAPeer(BadRequest):
     """A message that only the original system's nodes send: refused, and logged on the
-    refusing node (at most once a minute per sender, by `api.App`). `sender` is who sent it."""
+    refusing node (at once, then with backoff per sender, by `api.App`). `sender` is who sent
+    it."""
+
+    def __init__(self, message: str, sender: str):
+        super().__init__(message)
+        self.sender = sender
+
+
+class OtherCluster(Conflict):
+    """A join, heartbeat or leave from a node of another cluster or protocol: refused, and
+    logged on the refusing node with backoff per sender (by `api.App`). `sender` is who sent
+    it."""
 
     def __init__(self, message: str, sender: str):
         super().__init__(message)

@@ -10,13 +10,18 @@ Rules kept here:
   `link_changes` says which to add and remove; the node calls it after every change to the
   listing, serialised, so the last call always sees the last change.
 * A join reply lists the responder and the peers it lists, but not the joiner itself.
-* A peer that keeps refusing our signature is logged once per `every` seconds.
+* A failure that repeats (a peer refusing our signature, a seed that cannot be reached, a
+  certificate not trusted, another cluster) is logged with backoff per key, usually
+  (peer, cause): at once, then after `first` seconds, then after twice as long each time, at
+  most `cap` apart (`WarnEvery`). The key is cleared when the contact succeeds, so a problem
+  that comes back is logged at once again.
 * The members view (`members_view`, `summary`) says each member's state, and its last contact
   failure in words, never an exception class name.
 """
 
 import enum
 import re
+import threading
 
 from dcounter.peers import Member, PeerStore, State
 
@@ -25,6 +30,7 @@ class Contact(enum.Enum):
     SELF = "self"    # this node under another id: not listed
     NEW = "new"      # listed now (for the first time, or again)
     KNOWN = "known"  # listed already; its last-seen time moved
+    FULL = "full"    # reached, but not listed: --max-peers peers are listed already
 
 
 def contact_from(peers: PeerStore, self_id: str, local_origin: str, sender: str,
@@ -44,7 +50,11 @@ def contact_to(peers: PeerStore, local_origin: str, peer: str, origin: str | Non
     if origin is not None and origin == local_origin:
         peers.mark_self(peer)
         return Contact.SELF
-    return Contact.NEW if peers.contact_succeeded(peer, now, origin) else Contact.KNOWN
+    if peers.contact_succeeded(peer, now, origin):
+        return Contact.NEW
+    if not peers.is_alive(peer) and len(peers.alive()) >= peers.max_peers:
+        return Contact.FULL
+    return Contact.KNOWN
 
 
 def link_changes(listed, linked) -> tuple[list[str], list[str]]:
@@ -58,18 +68,61 @@ def join_reply_peers(self_id: str, alive: list[str], joiner: str) -> list[str]:
 
 
 class WarnEvery:
-    """Rate limit for a repeated warning, per key."""
+    """Rate limit for a repeated warning, per key: due at the first occurrence, then after
+    `every` seconds, then after `every * factor`, `every * factor**2` ... at most `cap`
+    apart (`factor=1` keeps the period fixed). `due` also says how many occurrences were
+    passed over since the last warning, so the line can say so. Pure: `now` comes in.
 
-    def __init__(self, every: float):
+    Keys may come from the network (a sender's address), so at most `max_keys` are held; past
+    it the table starts afresh, which at worst logs a warning early."""
+
+    def __init__(self, every: float, *, factor: float = 1.0, cap: float | None = None,
+                 max_keys: int = 1024):
+        if not every > 0 or not factor >= 1:
+            raise ValueError("every must be positive and factor at least 1")
         self.every = every
-        self._last: dict[str, float] = {}
+        self.factor = factor
+        self.cap = every if cap is None and factor == 1 else cap
+        self.max_keys = max_keys
+        # key -> [when last warned, gap until the next warning, occurrences passed over]
+        self._state: dict = {}
+        self._lock = threading.Lock()  # contacts run in a pool and warn concurrently
 
-    def due(self, key: str, now: float) -> bool:
-        last = self._last.get(key)
-        if last is not None and now - last < self.every:
-            return False
-        self._last[key] = now
-        return True
+    def due(self, key, now: float) -> bool:
+        return self.check(key, now) is not None
+
+    def check(self, key, now: float) -> int | None:
+        """None when the warning is not due; else how many occurrences were passed over since
+        the last warning of `key` (0 the first time)."""
+        with self._lock:
+            return self._check_locked(key, now)
+
+    def _check_locked(self, key, now: float) -> int | None:
+        state = self._state.get(key)
+        if state is None:
+            if len(self._state) >= self.max_keys:
+                self._state.clear()
+            self._state[key] = [now, self.every, 0]
+            return 0
+        last, gap, skipped = state
+        if now - last < gap:
+            state[2] = skipped + 1
+            return None
+        grown = gap * self.factor
+        state[:] = [now, grown if self.cap is None else min(grown, self.cap), 0]
+        return skipped
+
+    def clear(self, match) -> None:
+        """Forget every key for which `match(key)` is true: the problem went away."""
+        with self._lock:
+            for key in [key for key in self._state if match(key)]:
+                del self._state[key]
+
+
+def backoff_warnings() -> WarnEvery:
+    """The limiter for a node's repeated warnings: at once, then after 1, 2, 4, 8 minutes, then
+    every 10 minutes while the cause lasts."""
+    return WarnEvery(60.0, factor=2.0, cap=600.0)
 
 
 # Exception class names a contact failure may be reported by, and what they mean to an operator.

@@ -35,7 +35,7 @@ from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_orig
 from dcounter.errors import (BadRequest, Conflict, NotFound, PeerRefused, PeerUnreachable,
                              StartupError, StorageFailure)
 from dcounter.history import History
-from dcounter.membership import (Contact, WarnEvery, contact_from, contact_to,
+from dcounter.membership import (Contact, backoff_warnings, contact_from, contact_to,
                                  in_words, join_reply_peers, link_changes, members_view,
                                  summary)
 from dcounter.metrics import Metrics
@@ -44,7 +44,7 @@ from dcounter.replication import Replicator
 from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.server import Server
 from dcounter.store import Store
-from dcounter.transport import Transport
+from dcounter.transport import Transport, describe_failure, failure_kind
 from dcounter.wire import decode_digest, decode_peer_list, decode_snapshot
 from dcounter.writer import Writer
 
@@ -115,7 +115,9 @@ class Node:
         self._pull_wakeup = threading.Event()  # a new lead: the sync loop looks again
         self._links_lock = threading.Lock()  # serialises _sync_links
         self.contacts = Contacts(self._stop, config.request_timeout)
-        self._refusals = WarnEvery(60.0)  # a peer refusing our signature: one line a minute
+        # A failed contact is a WARNING per (peer, cause): at once, then 1, 2, 4 ... minutes
+        # apart, at most 10; a success with the peer starts it afresh.
+        self._warnings = backoff_warnings()
         self.history = History(self.metrics.histogram(DELAY)[0])  # for the status page
         self.started = False
 
@@ -308,12 +310,13 @@ class Node:
             payload["peers"] = self.peers.alive()
         return payload
 
-    def _contacted(self, peer: str, contact: Contact) -> Contact:
+    def _contacted(self, peer: str, contact: Contact, reached_us: bool) -> Contact:
         """After a direct contact: a peer listed for the first time (or again) gets a link, an
-        alias of this node loses any it had."""
+        alias of this node loses any it had. A join is one line on each side: "peer X joined"
+        where X reached us, "joined X" where we reached X."""
         if contact is Contact.NEW:
-            log.info("peer %s joined", peer)
-        if contact is not Contact.KNOWN:
+            log.info("peer %s joined" if reached_us else "joined %s", peer)
+        if contact in (Contact.NEW, Contact.SELF):
             self._sync_links()
         return contact
 
@@ -335,7 +338,8 @@ class Node:
         """A peer reached us directly."""
         return self._contacted(sender, contact_from(self.peers, self.node_id,
                                                     self.counter.local_origin, sender, origin,
-                                                    self.clock.monotonic()))
+                                                    self.clock.monotonic()),
+                              reached_us=True)
 
     def on_join(self, sender, origin, digest, peers) -> dict:
         self._accept_contact(sender, origin)
@@ -445,25 +449,36 @@ class Node:
         try:
             reply = self.transport.post(peer, "/nodes/heartbeat", self._membership_payload())
         except PeerUnreachable as exc:
-            log.debug("heartbeat to %s failed: %s", peer, exc)
+            # One missed heartbeat is no news: a peer that stays silent is removed, and the
+            # attempts to rejoin it say why it cannot be reached.
+            log.debug("heartbeat to %s failed: %s", peer, describe_failure(exc))
             return
         except PeerRefused as exc:
             if exc.status == 409:
-                log.warning("peer %s refused us (%s); removing it", peer, exc.message)
+                self._warn_failure(peer, exc)  # and it is listed no more
                 self.peers.leave(peer)
                 self._sync_links()
             elif exc.status == 401:
-                self._warn_unauthorized(peer, exc.message)
+                # Secrets that differ (a rotation half done) or clocks further apart than
+                # --max-clock-skew.
+                self._warn_failure(peer, exc)
             else:
-                log.debug("heartbeat to %s refused: %s", peer, exc)
+                log.debug("heartbeat to %s refused: %s", peer, describe_failure(exc))
             return
         self._handle_reply(peer, reply)
 
-    def _warn_unauthorized(self, peer: str, message: str) -> None:
-        """A peer refused our signature: the nodes' secrets differ (a rotation half done) or
-        their clocks are further apart than --max-clock-skew. Logged once a minute per peer."""
-        if self._refusals.due(peer, self.clock.monotonic()):
-            log.warning("peer %s refused our request signature: %s", peer, message)
+    def _warn_failure(self, peer: str, exc: Exception) -> None:
+        """A WARNING naming `peer` and the cause of `exc` in words, at once and then with
+        backoff per (peer, cause)."""
+        skipped = self._warnings.check((peer, failure_kind(exc)), self.clock.monotonic())
+        if skipped is None:
+            return
+        since = f" ({skipped} more failure(s) like it since the last warning)" if skipped else ""
+        if isinstance(exc, PeerRefused):
+            log.warning("peer %s %s%s", peer, describe_failure(exc), since)
+        else:
+            role = "seed" if peer in self.peers.seeds else "peer"
+            log.warning("%s %s unreachable: %s%s", role, peer, describe_failure(exc), since)
 
     def _handle_reply(self, peer: str, reply: dict) -> bool:
         """A successful direct contact with `peer`; `reply` is its membership payload."""
@@ -477,12 +492,20 @@ class Node:
             log.warning("ignoring malformed reply from %s: %s", peer, exc.message)
             return False
         contact = self._contacted(peer, contact_to(self.peers, self.counter.local_origin, peer,
-                                                   origin, self.clock.monotonic()))
+                                                   origin, self.clock.monotonic()),
+                                  reached_us=False)
         if contact is Contact.SELF:
             log.info("%s is this node itself; not listing it as a peer", peer)
             return False
+        if contact is Contact.FULL:
+            if self._warnings.due((peer, "max-peers"), self.clock.monotonic()):
+                log.warning("not listing %s: this node lists %d peers, the most --max-peers "
+                            "allows (raise --max-peers on every node for a larger cluster)",
+                            peer, len(self.peers.alive()))
+        else:
+            self._warnings.clear(lambda key: key[0] == peer)  # whatever was wrong, is not now
         self._learn(peer, digest, peers)
-        return True
+        return contact is not Contact.FULL
 
     def rejoin_once(self) -> list[str]:
         """Contact the due candidates; one whose contact is still in flight is not due."""
@@ -505,18 +528,14 @@ class Node:
     def _join(self, peer: str) -> None:
         try:
             reply = self.transport.post(peer, "/nodes/join", self._membership_payload())
-        except PeerUnreachable as exc:
-            delay = self.peers.contact_failed(peer, self.clock.monotonic(), str(exc))
-            log.debug("join %s failed; next attempt in %.1fs", peer, delay or 0)
-            return
-        except PeerRefused as exc:
+        except (PeerUnreachable, PeerRefused) as exc:
             delay = self.peers.contact_failed(peer, self.clock.monotonic(),
-                                              f"refused: {exc.message}")
-            if exc.status == 409:
-                log.warning("%s refused to join: %s", peer, exc.message)
+                                              describe_failure(exc))
+            log.debug("join %s failed (%s); next attempt in %.1fs", peer,
+                      describe_failure(exc), delay or 0)
+            self._warn_failure(peer, exc)
             return
-        if self._handle_reply(peer, reply):
-            log.info("joined %s", peer)
+        self._handle_reply(peer, reply)  # logs "joined" when it lists the peer
 
     def cleanup_once(self) -> list[str]:
         gone = self.peers.expire(self.clock.monotonic())

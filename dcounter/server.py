@@ -17,7 +17,9 @@ closed, all by one thread: `refuser.py`); a request's headers and body must arri
 seconds. The deadline holds across every read, however slowly the bytes trickle in: the
 connection's `rfile` re-arms the socket timeout with the time left before each `recv`
 (`_DeadlineReader`), and the TLS handshake runs under one timeout of `request_deadline` (ssl
-treats a socket timeout as the handshake's total).
+treats a socket timeout as the handshake's total). A handshake that fails because the other
+side does not trust this node's certificate, or speaks plain HTTP, is a WARNING naming the
+address (with backoff per address and cause); any other failed handshake stays at DEBUG.
 """
 
 import io
@@ -31,11 +33,24 @@ from urllib.parse import parse_qsl
 
 from dcounter import validation
 from dcounter.http_types import Headers, Request, Response, error_response
+from dcounter.membership import backoff_warnings
 from dcounter.refuser import Refuser
 
 log = logging.getLogger(__name__)
 
 _CLIENT_GONE = (ConnectionError, TimeoutError, socket.timeout, BrokenPipeError)
+
+_UNTRUSTED = ("does not trust this node's certificate: give it --tls-ca with the CA that "
+              "signed it")
+# A failed TLS handshake worth a warning, by the reason OpenSSL gives: the client's own alert
+# that it refused our certificate, or a plain HTTP request on the TLS port.
+_HANDSHAKE_WARNINGS = {
+    "TLSV1_ALERT_UNKNOWN_CA": _UNTRUSTED,
+    "SSLV3_ALERT_BAD_CERTIFICATE": _UNTRUSTED,
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": _UNTRUSTED,
+    "HTTP_REQUEST": "speaks plain HTTP to this HTTPS node: every node needs --tls-cert, and "
+                    "clients https://",
+}
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -345,6 +360,7 @@ class Server(ThreadingHTTPServer):
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.address_family = family
         self._refuser = None  # a failed bind calls server_close from inside __init__
+        self._handshake_warnings = backoff_warnings()
         super().__init__(address, Handler)
         self._refuser = Refuser(ssl_context)  # after binding: a failed bind leaves nothing open
 
@@ -371,13 +387,21 @@ class Server(ThreadingHTTPServer):
                     request.settimeout(self.request_deadline)
                     request = self.ssl_context.wrap_socket(request, server_side=True)
                 except (OSError, ValueError) as exc:
-                    log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                    self._handshake_failed(client_address[0], exc)
                     self.shutdown_request(request)
                     return
             super().process_request_thread(request, client_address)
         finally:
             with self._count_lock:
                 self.connections -= 1
+
+    def _handshake_failed(self, address: str, exc: Exception) -> None:
+        reason = getattr(exc, "reason", None)
+        said = _HANDSHAKE_WARNINGS.get(reason) if isinstance(reason, str) else None
+        if said is None:
+            log.debug("TLS handshake with %s failed: %s", address, exc)
+        elif self._handshake_warnings.due((address, reason), time.monotonic()):
+            log.warning("TLS handshake with %s failed: the other side %s", address, said)
 
     def track_request(self, delta: int) -> None:
         with self._count_lock:

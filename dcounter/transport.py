@@ -4,10 +4,19 @@ It owns a `requests.Session` (kept-alive connections, a pool per peer), applies 
 every call, signs requests when the cluster has a secret, and turns every failure of the
 `requests` library into our own `PeerUnreachable` (no answer) or `PeerRefused` (a non-2xx
 answer). Nothing else in the package imports `requests`.
+
+It also owns the words for those failures: `failure_kind(exc)` names the cause (a short key,
+for rate-limiting a warning per peer and cause) and `describe_failure(exc)` says it in a short
+phrase an operator can act on ("connection refused", "certificate not trusted: set --tls-ca"),
+for log lines and the status page. Both look through the chain of causes `requests` and
+urllib3 wrap, so they take our exceptions and theirs alike.
 """
 
 import json
 import logging
+import re
+import socket
+import ssl
 import threading
 
 import requests
@@ -102,3 +111,130 @@ class Transport:
 
     def close(self) -> None:
         self._session.close()
+
+
+# -- failures in words ---------------------------------------------------------------------------
+
+SIGNATURE_HINT = "do the nodes share --cluster-secret and a clock within --max-clock-skew?"
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+            "HTTP_REQUEST", "UNKNOWN_PROTOCOL")
+
+_PHRASES = {
+    "refused": "connection refused: nothing listens on that address and port (is the node "
+               "running?)",
+    "connect-timeout": "connection timed out: nothing answers at that address (down, or a "
+                       "firewall in the way?)",
+    "read-timeout": "no answer within --request-timeout",
+    "dns": "host name not resolved (check the address)",
+    "untrusted": "certificate not trusted: set --tls-ca to the CA that signed the peer's "
+                 "certificate",
+    "hostname": "certificate does not name the address used to reach it: give the peer a "
+                "certificate for its id (--advertise), or reach it by a name its certificate "
+                "holds",
+    "not-tls": "the peer does not speak TLS: start every node with --tls-cert, or none",
+    "reset-plain": "connection closed without an answer: if the peer serves HTTPS, every node "
+                   "needs --tls-cert",
+    "reset": "connection closed without an answer",
+    "not-json": "answered with something that is not a dcounter reply",
+    "signature": "refused our signature: " + SIGNATURE_HINT,
+}
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception it wraps (`__cause__`, `__context__`, urllib3's `reason`, an
+    exception among `args`), outermost first."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is known for known in seen) or len(seen) > 20:
+            continue
+        seen.append(current)
+        reason = getattr(current, "reason", None)
+        todo += [current.__cause__, current.__context__,
+                 reason if isinstance(reason, BaseException) else None]
+        todo += [arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)]
+    return seen
+
+
+def _plain_http(chain) -> bool:
+    for cause in chain:
+        request = getattr(cause, "request", None)
+        url = getattr(request, "url", None)
+        if isinstance(url, str):
+            return url.startswith("http://")
+    return False
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The cause of a failed peer call as a short key: "refused", "connect-timeout",
+    "read-timeout", "dns", "untrusted", "hostname", "not-tls", "tls", "reset-plain", "reset",
+    "not-json", "unreachable" for `PeerUnreachable` and what it wraps; "signature" (401),
+    "cluster" (409), "busy" (503) or "status-N" for `PeerRefused`."""
+    if isinstance(exc, PeerRefused):
+        return {401: "signature", 409: "cluster", 503: "busy"}.get(exc.status,
+                                                                  f"status-{exc.status}")
+    chain = _causes(exc)
+    for cause in chain:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            code = getattr(cause, "verify_code", None)
+            text = str(getattr(cause, "verify_message", "") or cause).lower()
+            return "hostname" if code == 62 or "hostname" in text or "ip address" in text \
+                else "untrusted"
+    for cause in chain:
+        if isinstance(cause, socket.gaierror):
+            return "dns"
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused"
+        if isinstance(cause, requests.ConnectTimeout):
+            return "connect-timeout"
+        if isinstance(cause, requests.ReadTimeout):
+            return "read-timeout"
+        if isinstance(cause, ssl.SSLError):
+            reason = str(getattr(cause, "reason", "") or cause).upper().replace(" ", "_")
+            return "not-tls" if any(word in reason for word in _NOT_TLS) else "tls"
+    for cause in chain:
+        if isinstance(cause, (ConnectionResetError, ConnectionAbortedError)) or \
+                type(cause).__name__ == "RemoteDisconnected":
+            return "reset-plain" if _plain_http(chain) else "reset"
+        if isinstance(cause, (socket.timeout, TimeoutError)):
+            return "read-timeout"
+        if isinstance(cause, ValueError) and isinstance(exc, PeerUnreachable):
+            return "not-json"
+    for cause in chain:  # a name urllib3 could not resolve, on versions without gaierror kept
+        if type(cause).__name__ == "NameResolutionError":
+            return "dns"
+    return "unreachable"
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failed peer call in a few words an operator can act on, e.g. "connection refused:
+    nothing listens on that address and port (is the node running?)" or "refused our
+    signature: do the nodes share --cluster-secret and a clock within --max-clock-skew?".
+    Reads after a peer's name ("peer X: ..."); takes `PeerUnreachable`, `PeerRefused`, or the
+    `requests`/`ssl`/`socket` exception itself."""
+    kind = failure_kind(exc)
+    if isinstance(exc, PeerRefused):
+        said = " ".join(str(exc.message).split())[:200]
+        if kind == "signature":
+            # "wrong request signature" adds nothing to the hint; "stale ... +45s" does.
+            plain = not said or said.startswith("wrong request signature")
+            return _PHRASES["signature"] + ("" if plain else f" (it answered: {said})")
+        if kind == "cluster":
+            if "cluster" in said:
+                return (f"refused us as another cluster (it answered: {said}): is --cluster the "
+                        f"same on every node?")
+            return f"refused us as another protocol or cluster (it answered: {said})"
+        if kind == "busy":
+            return f"turned us away for now: {said or 'busy'}"
+        return f"refused our request ({exc.status}): {said or 'no reason given'}"
+    if kind in _PHRASES:
+        return _PHRASES[kind]
+    if kind == "tls":
+        for cause in _causes(exc):
+            if isinstance(cause, ssl.SSLError):
+                reason = getattr(cause, "reason", None) or str(cause)
+                return f"TLS handshake failed ({str(reason).lower().replace('_', ' ')})"
+    innermost = _causes(exc)[-1]
+    text = re.sub(r"^\S+:[0-9]+: ", "", str(innermost))  # our own "host:port: ..." prefix
+    return text[:200] or type(innermost).__name__

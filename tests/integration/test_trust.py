@@ -198,9 +198,9 @@ def test_a_half_done_rotation_is_logged_and_still_converges(cluster):
     cluster.wait_membership([a, b])
     assert a.incr(delta=3).status_code == 200 and b.incr(delta=4).status_code == 200
     cluster.wait_converged([a, b], 7, timeout=20)
-    poll(lambda: "refused our request signature" in a.stderr(), 10,
+    poll(lambda: f"peer {b.node_id} refused our signature" in a.stderr(), 10,
          message="a to log that b refuses its signature")
-    assert "do the nodes share a cluster secret" in a.stderr()
+    assert "do the nodes share --cluster-secret" in a.stderr()
 
 
 def test_without_a_secret_on_loopback_there_is_no_warning(cluster):

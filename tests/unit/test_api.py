@@ -452,3 +452,22 @@ def test_the_original_uuid_replicate_form_is_refused_and_counts_nothing(node, ca
     assert node.count("default") == 0 and node.counter.digest() == {}
     assert get(node, "/nodes")[1] == []
     assert "n2:7002" in caplog.text and "original system" in caplog.text
+
+
+def test_a_join_of_another_cluster_is_logged_once_then_with_backoff(node, caplog):
+    body = {"node_id": "n2:7002", "cluster": "beta", "protocol": 1, "origin": "Foreign02"}
+    with caplog.at_level(logging.WARNING, logger="dcounter"):
+        for _ in range(3):
+            assert_error(post(node, "/nodes/join", body), 409)
+            assert_error(post(node, "/nodes/heartbeat", body), 409)
+        node.clock.advance(59)
+        assert_error(post(node, "/nodes/join", body), 409)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"refused n2:7002: this node belongs to cluster "
+                        f"{node.config.cluster!r}, not 'beta' (is --cluster the same on every "
+                        f"node?)"]
+    node.clock.advance(1)
+    with caplog.at_level(logging.WARNING, logger="dcounter"):
+        assert_error(post(node, "/nodes/join", body), 409)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    assert get(node, "/nodes")[1] == []

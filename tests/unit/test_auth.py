@@ -1,6 +1,7 @@
 """The trust policy (`dcounter.auth`) with a fake clock, and the order `App` applies it in."""
 
 import http.client
+import logging
 
 import pytest
 
@@ -276,3 +277,40 @@ def test_forgetting_a_member_takes_a_peer_signature_or_the_client_token(clock):
     token_only = Auth(clock=clock, client_token=TOKEN)
     token_only.check(request(path=forget, Authorization=f"Bearer {TOKEN}"), "admin")
     assert "missing" in refused(token_only, request(path=forget), "admin")
+
+
+# -- the refusing node's warning ------------------------------------------------------------------
+
+def refusal_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "dcounter.auth" and r.levelno == logging.WARNING]
+
+
+def test_a_refused_peer_is_named_with_the_cause_at_once_then_with_backoff(clock, policy,
+                                                                          caplog):
+    caplog.set_level(logging.WARNING, logger="dcounter.auth")
+    for _ in range(5):
+        refused(policy, signed(clock, secret=OLD))
+        clock.advance(1.0)
+    refused(policy, request())  # unsigned: another cause, its own line
+    refused(policy, signed(clock, at=clock.time() - 120))  # stale
+    lines = refusal_warnings(caplog)
+    assert lines == [
+        "refused localhost:9000 (from 127.0.0.1) on /nodes/join: its request is signed with "
+        "another secret: do the nodes share --cluster-secret?",
+        "refused localhost:9000 (from 127.0.0.1) on /nodes/join: its request carries no valid "
+        "signature (missing request signature (X-Dcounter-Timestamp)); start it with this "
+        "node's --cluster-secret",
+        "refused localhost:9000 (from 127.0.0.1) on /nodes/join: request signature is stale: "
+        "its timestamp is +120.0s from this node's clock (allowed 30s): are the two machines' "
+        "clocks within --max-clock-skew?"]
+    clock.advance(60.0)
+    refused(policy, signed(clock, secret=OLD))
+    refused(policy, signed(clock, secret=OLD, body=b'{"node_id":"other:1"}'))
+    assert len(refusal_warnings(caplog)) == 5  # a minute later, and another sender at once
+
+
+def test_a_sender_without_a_node_id_is_named_by_its_address(clock, policy, caplog):
+    caplog.set_level(logging.WARNING, logger="dcounter.auth")
+    refused(policy, request(body=b"not json"))
+    assert refusal_warnings(caplog)[0].startswith("refused 127.0.0.1 on /nodes/join: ")

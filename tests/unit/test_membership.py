@@ -1,8 +1,10 @@
 """Membership decisions: what a contact means for the listing, which links the listing calls
 for, what a join reply lists, how often a refusal is logged."""
 
-from dcounter.membership import (Contact, WarnEvery, contact_from, contact_to, join_reply_peers,
-                                 link_changes)
+import pytest
+
+from dcounter.membership import (Contact, WarnEvery, backoff_warnings, contact_from, contact_to,
+                                 join_reply_peers, link_changes)
 from dcounter.peers import PeerStore
 from dcounter.retry import RetryPolicy
 from tests.fakes import FakeClock
@@ -79,3 +81,55 @@ def test_summary_counts_this_node_and_names_the_failed():
                     "d": {"state": "left", "caught_up": None},
                     "e": {"state": "suspect", "caught_up": None}}) == \
         "3 of 4 members up (c failed), 1 behind, 1 not compared yet, 1 suspect, 1 left"
+
+
+def warned_at(warn, clock, key, seconds):
+    """The times (seconds from start) at which `key`'s warning is due, trying once a second."""
+    start, times = clock.monotonic(), []
+    for _ in range(seconds):
+        if warn.due(key, clock.monotonic()):
+            times.append(round(clock.monotonic() - start))
+        clock.advance(1.0)
+    return times
+
+
+def test_a_node_warns_at_once_then_after_1_2_4_8_minutes_then_every_10():
+    clock, warn = FakeClock(), backoff_warnings()
+    assert warned_at(warn, clock, ("p:1", "refused"), 2500) == [
+        0, 60, 180, 420, 900, 1500, 2100]
+
+
+def test_backoff_is_kept_per_key_and_counts_what_it_passed_over():
+    clock, warn = FakeClock(), WarnEvery(10.0, factor=2.0, cap=30.0)
+    now = clock.monotonic()
+    assert warn.check(("a", "x"), now) == 0 and warn.check(("a", "y"), now) == 0
+    assert warn.check(("b", "x"), now) == 0
+    for _ in range(3):
+        clock.advance(3.0)
+        assert warn.check(("a", "x"), clock.monotonic()) is None
+    clock.advance(1.0)
+    assert warn.check(("a", "x"), clock.monotonic()) == 3  # at 10 s: three passed over
+
+
+def test_a_cleared_cause_warns_at_once_when_it_comes_back():
+    clock, warn = FakeClock(), backoff_warnings()
+    assert warn.due(("p:1", "refused"), clock.monotonic())
+    assert warn.due(("p:2", "refused"), clock.monotonic())
+    clock.advance(5.0)
+    assert not warn.due(("p:1", "refused"), clock.monotonic())
+    warn.clear(lambda key: key[0] == "p:1")
+    assert warn.due(("p:1", "refused"), clock.monotonic())
+    assert not warn.due(("p:2", "refused"), clock.monotonic())
+
+
+def test_the_table_of_keys_is_bounded():
+    clock, warn = FakeClock(), WarnEvery(60.0, max_keys=3)
+    for sender in ("a", "b", "c", "d"):
+        assert warn.due(sender, clock.monotonic())
+    assert len(warn._state) <= 3
+
+
+def test_nonsense_periods_are_refused():
+    for every, factor in ((0, 2.0), (-1, 2.0), (1.0, 0.5)):
+        with pytest.raises(ValueError):
+            WarnEvery(every, factor=factor)
