@@ -5,4 +5,4 @@ asynchronously to every peer; every event has a unique id, so re-deliveries neve
 """
 
 __version__ = "0.1.0"
-PROTOCOL = 1
+PROTOCOL = 2  # what peers send each other; see protocol.py for the upgrade rule

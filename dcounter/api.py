@@ -15,11 +15,13 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from dcounter import PROTOCOL, clusterread, statuspage, validation
+from dcounter import clusterread, statuspage, validation
 from dcounter import backup as backup_copy
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
                              NotFound, Unavailable)
+from dcounter.counter import MAX_ITEMS
 from dcounter.http_types import Request, Response, error_response
+from dcounter.protocol import accepted
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_event,
                            decode_peer_list)
 
@@ -97,9 +99,9 @@ def check_membership_fields(node, data: dict) -> None:
     if "protocol" in data:
         if isinstance(data["protocol"], bool) or not isinstance(data["protocol"], int):
             raise BadRequest("protocol must be an integer")
-        if data["protocol"] != PROTOCOL:
+        if not accepted(node.protocol, data["protocol"]):
             raise Conflict(f"protocol {data['protocol']} is not supported (this node speaks "
-                           f"{PROTOCOL})")
+                           f"1 to {node.protocol})")
     if "origin" in data:
         validation.origin(data["origin"])
 
@@ -119,6 +121,30 @@ def increment(node, request: Request):
     return 200, result.payload(), headers
 
 
+def increments(node, request: Request):
+    """A bulk increment: one event of 1 to MAX_ITEMS items, applied whole or not at all."""
+    data = json_body(request)
+    check_fields(data, required=("increments",))
+    raw = data["increments"]
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_ITEMS:
+        raise BadRequest(f"increments must be a list of 1 to {MAX_ITEMS} items")
+    items = []
+    for index, item in enumerate(raw):
+        where = f"increments[{index}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where} must be an object")
+        check_fields(item, optional=("counter", "delta"), where=where)
+        name = validation.counter_name(item.get("counter", "default"), f"{where}.counter")
+        delta = validation.delta(item["delta"], f"{where}.delta") if "delta" in item else 1
+        items.append((name, delta))
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        validation.idempotency_key(key, "Idempotency-Key")
+    result = node.increment_many(tuple(items), key)
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    return 200, result.payload(), headers
+
+
 def replicate(node, request: Request):
     data = json_body(request)
     if "event_id" in data and "events" not in data:
@@ -132,6 +158,8 @@ def replicate(node, request: Request):
     if not isinstance(data["events"], list):
         raise BadRequest("events must be a list")
     events = [decode_event(event) for event in data["events"]]
+    if node.protocol < 2 and any(event.items is not None for event in events):
+        raise BadRequest("bulk events need protocol 2; this node speaks protocol 1")
     result = node.replicate(sender, events)
     return 200, {"applied": len(result.applied), "duplicates": result.duplicates,
                  "deferred": result.deferred}
@@ -186,7 +214,7 @@ def counters(node, request: Request):
 
 
 def _membership_request(request: Request, node) -> tuple:
-    """The body of a join or heartbeat: (sender, origin, digest, peers)."""
+    """The body of a join or heartbeat: (sender, origin, digest, peers, protocol)."""
     data = json_body(request)
     refuse_non_peers(data, request)
     check_fields(data, required=("node_id",),
@@ -195,7 +223,7 @@ def _membership_request(request: Request, node) -> tuple:
     check_membership_fields(node, data)
     digest = decode_digest(data["digest"]) if "digest" in data else {}
     peers = decode_peer_list(data["peers"]) if "peers" in data else []
-    return sender, data.get("origin"), digest, peers
+    return sender, data.get("origin"), digest, peers, data.get("protocol")
 
 
 def join(node, request: Request):
@@ -266,6 +294,7 @@ def backup(node, request: Request):
 
 ROUTES = [
     Route("POST", "/counter/increment", increment, "write"),
+    Route("POST", "/counter/increments", increments, "write"),
     Route("POST", "/counter/replicate", replicate, "peer"),
     Route("POST", "/counter/state", state, "peer"),
     Route("GET", "/counter/count", count, "read"),

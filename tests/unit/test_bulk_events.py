@@ -175,3 +175,22 @@ def test_load_counts_held_bulk_events():
     c = make_counter()
     c.load({"peer": OriginState(1, {"a": 1}, {3: (None, (("a", 2), ("b", 3)), None)})}, {})
     assert c.counters() == {"a": 3, "b": 3}
+
+
+# -- batches of bulk events -------------------------------------------------------------------------
+
+def test_a_batch_weighs_a_bulk_event_as_its_items():
+    from dcounter.outbox import Outbox
+    from dcounter.retry import RetryPolicy, RetrySchedule
+    box = Outbox("p:1", RetrySchedule(RetryPolicy(0.1, 10.0)), max_backlog=1000, batch_max=100,
+                 batch_linger=0.0)
+    big = [bev(seq, [("a", 1)] * 60, origin="o") for seq in (1, 2)]
+    huge = bev(3, [("a", 1)] * 150, origin="o")
+    box.enqueue(big + [huge, Event("o", 4, "a", 1)], 0.0)
+    batches = []
+    for now in (1.0, 2.0, 3.0, 4.0):
+        batch = box.take_batch(now)
+        batches.append([event.seq for event, _ in batch])
+        box.sent_ok(batch, now)
+    # within batch_max items, and always at least one event even when it alone is heavier
+    assert batches == [[1], [2], [3], [4]]
