@@ -22,6 +22,7 @@ from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllow
 from dcounter.counter import MAX_ITEMS
 from dcounter.http_types import Request, Response, error_response
 from dcounter.protocol import accepted
+from dcounter.validation import MAX_DELTA
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_event,
                            decode_peer_list)
 
@@ -129,20 +130,36 @@ def increments(node, request: Request):
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_ITEMS:
         raise BadRequest(f"increments must be a list of 1 to {MAX_ITEMS} items")
     items = []
+    names: set[str] = set()  # checked already: a request names few counters many times
     for index, item in enumerate(raw):
-        where = f"increments[{index}]"
-        if not isinstance(item, dict):
-            raise BadRequest(f"{where} must be an object")
-        check_fields(item, optional=("counter", "delta"), where=where)
-        name = validation.counter_name(item.get("counter", "default"), f"{where}.counter")
-        delta = validation.delta(item["delta"], f"{where}.delta") if "delta" in item else 1
-        items.append((name, delta))
+        try:
+            items.append(_bulk_item(item, names))
+        except BadRequest as exc:
+            raise BadRequest(f"increments[{index}]: {exc.message}") from None
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         validation.idempotency_key(key, "Idempotency-Key")
     result = node.increment_many(tuple(items), key)
     headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
     return 200, result.payload(), headers
+
+
+_ITEM_FIELDS = frozenset(("counter", "delta"))
+
+
+def _bulk_item(item, names: set[str]) -> tuple[str, int]:
+    """One item of a bulk increment: (counter, delta)."""
+    if not isinstance(item, dict):
+        raise BadRequest("each item must be an object")
+    if not item.keys() <= _ITEM_FIELDS:
+        check_fields(item, optional=_ITEM_FIELDS, where="item")
+    name = item.get("counter", "default")
+    if name not in names:
+        names.add(validation.counter_name(name))
+    delta = item.get("delta", 1)
+    if type(delta) is not int or not 0 < abs(delta) <= MAX_DELTA:  # bool is not int here
+        validation.delta(delta)
+    return name, delta
 
 
 def replicate(node, request: Request):

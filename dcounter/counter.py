@@ -418,15 +418,18 @@ class Txn(TxnRetirement):
     def _apply_bulk(self, origin: str, seq: int, items: Items, key: str | None) -> None:
         """Apply a bulk event known to be new: every item, or (held) none until it is."""
         staged = self._staged(origin)
+        sums: dict[str, int] = {}  # per counter: a request names few counters many times
+        for name, delta in items:
+            sums[name] = sums.get(name, 0) + delta
         if seq == staged.watermark + 1:
-            for name, delta in items:
+            for name, delta in sums.items():
                 self._fold(origin, name, delta)
             staged.watermark = seq
             self._fold_contiguous(origin, staged)
         else:
             staged.held_del.discard(seq)
             staged.held_add[seq] = (None, items, key)
-        for name, delta in items:
+        for name, delta in sums.items():
             self._add_total(name, delta)
 
     def _remember_key(self, key: str, record: KeyRecord) -> None:

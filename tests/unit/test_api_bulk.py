@@ -46,11 +46,11 @@ def test_with_a_client_token_a_bulk_increment_needs_it(make_node):
     ({"increments": [{"counter": "a"}] * 1001}, "1 to 1000"),
     ({"increments": [{"counter": "a"}], "extra": 1}, "extra"),
     ({"increments": [{"counter": "a"}, "b"]}, "increments[1]"),
-    ({"increments": [{"counter": "a"}, {"counter": "bad name"}]}, "increments[1].counter"),
-    ({"increments": [{}, {}, {"delta": 0}]}, "increments[2].delta"),
-    ({"increments": [{"delta": 1.5}]}, "increments[0].delta"),
-    ({"increments": [{"delta": True}]}, "increments[0].delta"),
-    ({"increments": [{"delta": MAX_DELTA + 1}]}, "increments[0].delta"),
+    ({"increments": [{"counter": "a"}, {"counter": "bad name"}]}, "increments[1]: counter"),
+    ({"increments": [{}, {}, {"delta": 0}]}, "increments[2]: delta"),
+    ({"increments": [{"delta": 1.5}]}, "increments[0]: delta"),
+    ({"increments": [{"delta": True}]}, "increments[0]: delta"),
+    ({"increments": [{"delta": MAX_DELTA + 1}]}, "increments[0]: delta"),
     ({"increments": [{"counter": "a", "other": 1}]}, "increments[0]"),
 ])
 def test_a_bad_item_refuses_the_whole_request_with_400_naming_it(node, body, fragment):
