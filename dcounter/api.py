@@ -154,7 +154,7 @@ def _bulk_item(item, names: set[str]) -> tuple[str, int]:
     if not item.keys() <= _ITEM_FIELDS:
         check_fields(item, optional=_ITEM_FIELDS, where="item")
     name = item.get("counter", "default")
-    if name not in names:
+    if type(name) is not str or name not in names:  # a list or dict cannot be looked up
         names.add(validation.counter_name(name))
     delta = item.get("delta", 1)
     if type(delta) is not int or not 0 < abs(delta) <= MAX_DELTA:  # bool is not int here

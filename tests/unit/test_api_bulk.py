@@ -101,3 +101,10 @@ def test_bulk_requests_are_counted_in_metrics(node):
     text = get(node, "/metrics")[1]
     assert "dcounter_bulk_requests_total 1" in text
     assert "dcounter_increments_local_total 3" in text
+
+
+@pytest.mark.parametrize("name", [["x"], {"x": 1}, 5, None])
+def test_a_counter_name_of_another_type_is_400_not_a_crash(node, name):
+    outcome = post(node, PATH, {"increments": [{}, {"counter": name}]})
+    assert_error(outcome, 400)
+    assert "increments[1]" in outcome[1]["error"]
