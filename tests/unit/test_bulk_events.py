@@ -194,3 +194,21 @@ def test_a_batch_weighs_a_bulk_event_as_its_items():
         box.sent_ok(batch, now)
     # within batch_max items, and always at least one event even when it alone is heavier
     assert batches == [[1], [2], [3], [4]]
+
+
+def test_a_held_bulk_event_of_an_origin_retired_in_a_pulled_base_is_not_counted_twice():
+    from dcounter.counter import RETIRED_ENTRY
+    from tests.fakes import FakeClock
+    clock = FakeClock()
+    old = make_counter(origin_retire_after=10.0)
+    remote(old, Event("a", 1, "c", 1), bev(2, [("c", 2), ("d", 3)], origin="a"))
+    run(old, lambda txn: txn.retire_origins(clock.time(), [], set()))
+    clock.advance(10.0)
+    assert run(old, lambda txn: txn.retire_origins(clock.time(), [], set())) == ["a"]
+    joiner = make_counter()
+    remote(joiner, bev(2, [("c", 2), ("d", 3)], origin="a"))  # held above a gap
+    snapshot = old.snapshot([RETIRED_ENTRY])[RETIRED_ENTRY]
+    assert run(joiner, lambda txn: txn.adopt(RETIRED_ENTRY, snapshot["watermark"],
+                                             snapshot["counters"], snapshot["retired"]))
+    assert joiner.counters() == old.counters() == {"c": 3, "d": 3}
+    assert joiner.held_total() == 0
