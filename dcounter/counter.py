@@ -472,7 +472,7 @@ class Txn(TxnRetirement):
         `Unprocessable` naming the item (and stages nothing) when the key was used for another
         request, an item's running result leaves signed 64 bits, or an item's counter is one
         too many. The results are each item's counter after the whole event."""
-        items = tuple(items)
+        items = tuple((name, delta) for name, delta in items)  # compared with a key's record
         if not 1 <= len(items) <= MAX_ITEMS:
             raise ValueError(f"a bulk event has 1 to {MAX_ITEMS} items")
         if key is not None:

@@ -212,3 +212,9 @@ def test_a_held_bulk_event_of_an_origin_retired_in_a_pulled_base_is_not_counted_
                                              snapshot["counters"], snapshot["retired"]))
     assert joiner.counters() == old.counters() == {"c": 3, "d": 3}
     assert joiner.held_total() == 0
+
+
+def test_items_given_as_lists_are_the_same_request_for_a_key():
+    c = make_counter()
+    bulk(c, [["a", 1], ["b", 2]], key="k")
+    assert bulk(c, (("a", 1), ("b", 2)), key="k").replayed
