@@ -121,11 +121,16 @@ def decode_bulk_event(value: dict) -> Event:
     if not isinstance(items, list) or not 2 <= len(items) <= MAX_ITEMS:
         raise BadRequest(f"a bulk event's items must be a list of 2 to {MAX_ITEMS} items")
     decoded = []
+    names: set[str] = set()  # checked already: an event names few counters many times
     for item in items:
         if not isinstance(item, list) or len(item) != 2:
             raise BadRequest("each item of a bulk event must be [counter, delta]")
-        decoded.append((validation.counter_name(item[0], "event counter"),
-                        validation.delta(item[1], "event delta")))
+        name, delta = item
+        if type(name) is not str or name not in names:
+            names.add(validation.counter_name(name, "event counter"))
+        if type(delta) is not int or not 0 < abs(delta) <= MAX_DELTA:
+            validation.delta(delta, "event delta")
+        decoded.append((name, delta))
     key = value.get("key")
     if key is not None:
         validation.idempotency_key(key, "event key")
