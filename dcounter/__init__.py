@@ -24,4 +24,4 @@ def __dir__():
 
 
 __version__ = "0.1.0"
-PROTOCOL = 1
+PROTOCOL = 2  # what peers send each other; see protocol.py for the upgrade rule

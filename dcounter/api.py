@@ -15,12 +15,15 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from dcounter import PROTOCOL, clusterread, statuspage, validation
+from dcounter import clusterread, statuspage, validation
 from dcounter import backup as backup_copy
 from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
                              NotFound, OtherCluster, Unavailable)
+from dcounter.counter import MAX_ITEMS
 from dcounter.http_types import Request, Response, error_response
 from dcounter.membership import backoff_warnings
+from dcounter.protocol import accepted
+from dcounter.validation import MAX_DELTA
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_events,
                            decode_peer_list)
 
@@ -97,9 +100,9 @@ def check_membership_fields(node, data: dict, sender: str) -> None:
     if "protocol" in data:
         if isinstance(data["protocol"], bool) or not isinstance(data["protocol"], int):
             raise BadRequest("protocol must be an integer")
-        if data["protocol"] != PROTOCOL:
+        if not accepted(node.protocol, data["protocol"]):
             raise OtherCluster(f"protocol {data['protocol']} is not supported (this node "
-                               f"speaks {PROTOCOL})", sender)
+                               f"speaks 1 to {node.protocol})", sender)
     if "origin" in data:
         validation.origin(data["origin"])
 
@@ -119,6 +122,46 @@ def increment(node, request: Request):
     return 200, result.payload(), headers
 
 
+def increments(node, request: Request):
+    """A bulk increment: one event of 1 to MAX_ITEMS items, applied whole or not at all."""
+    data = json_body(request)
+    check_fields(data, required=("increments",))
+    raw = data["increments"]
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_ITEMS:
+        raise BadRequest(f"increments must be a list of 1 to {MAX_ITEMS} items")
+    items = []
+    names: set[str] = set()  # checked already: a request names few counters many times
+    for index, item in enumerate(raw):
+        try:
+            items.append(_bulk_item(item, names))
+        except BadRequest as exc:
+            raise BadRequest(f"increments[{index}]: {exc.message}") from None
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        validation.idempotency_key(key, "Idempotency-Key")
+    result = node.increment_many(tuple(items), key)
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    return 200, result.payload(), headers
+
+
+_ITEM_FIELDS = frozenset(("counter", "delta"))
+
+
+def _bulk_item(item, names: set[str]) -> tuple[str, int]:
+    """One item of a bulk increment: (counter, delta)."""
+    if not isinstance(item, dict):
+        raise BadRequest("each item must be an object")
+    if not item.keys() <= _ITEM_FIELDS:
+        check_fields(item, optional=_ITEM_FIELDS, where="item")
+    name = item.get("counter", "default")
+    if type(name) is not str or name not in names:  # a list or dict cannot be looked up
+        names.add(validation.counter_name(name))
+    delta = item.get("delta", 1)
+    if type(delta) is not int or not 0 < abs(delta) <= MAX_DELTA:  # bool is not int here
+        validation.delta(delta)
+    return name, delta
+
+
 def replicate(node, request: Request):
     data = json_body(request)
     if "event_id" in data and "events" not in data:
@@ -132,6 +175,8 @@ def replicate(node, request: Request):
     if not isinstance(data["events"], list):
         raise BadRequest("events must be a list")
     events = decode_events(data["events"])
+    if node.protocol < 2 and any(event.items is not None for event in events):
+        raise BadRequest("bulk events need protocol 2; this node speaks protocol 1")
     result = node.replicate(sender, events)
     return 200, {"applied": len(result.applied), "duplicates": result.duplicates,
                  "deferred": result.deferred}
@@ -186,7 +231,7 @@ def counters(node, request: Request):
 
 
 def _membership_request(request: Request, node) -> tuple:
-    """The body of a join or heartbeat: (sender, origin, digest, peers)."""
+    """The body of a join or heartbeat: (sender, origin, digest, peers, protocol)."""
     data = json_body(request)
     refuse_non_peers(data, request)
     check_fields(data, required=("node_id",),
@@ -195,7 +240,7 @@ def _membership_request(request: Request, node) -> tuple:
     check_membership_fields(node, data, sender)
     digest = decode_digest(data["digest"]) if "digest" in data else {}
     peers = decode_peer_list(data["peers"]) if "peers" in data else []
-    return sender, data.get("origin"), digest, peers
+    return sender, data.get("origin"), digest, peers, data.get("protocol")
 
 
 def join(node, request: Request):
@@ -278,6 +323,7 @@ def backup(node, request: Request):
 
 ROUTES = [
     Route("POST", "/counter/increment", increment, "write"),
+    Route("POST", "/counter/increments", increments, "write"),
     Route("POST", "/counter/replicate", replicate, "peer"),
     Route("POST", "/counter/state", state, "peer"),
     Route("GET", "/counter/count", count, "read"),

@@ -40,6 +40,9 @@ _FLAGS = [
     ("--advertise", "advertise", str, "host:port peers use to reach this node "
                                       "(default localhost:PORT on loopback, else HOSTNAME:PORT)"),
     ("--cluster", "cluster", str, "cluster name; nodes of other clusters are refused"),
+    ("--protocol", "protocol", int, "protocol spoken to peers (default the newest); 1 speaks "
+                                    "only what the previous release does, during a rolling "
+                                    "upgrade"),
     ("--data-dir", "data_dir", str, "directory for durable state (default ./dcounter-data-PORT)"),
     ("--sync", "sync", str, "SQLite sync: 'full' survives power loss, 'normal' "
                             "survives a process crash and is faster"),

@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass, field
 
 from dcounter.errors import BadRequest
-from dcounter import validation
+from dcounter import PROTOCOL, validation
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -22,6 +22,8 @@ class Config:
     advertise: str | None = None       # node id peers use (host:port); None = derived
     peers: tuple[str, ...] = ()        # seed node ids, contacted at start and kept as candidates
     cluster: str = "default"           # cluster name; nodes of another cluster are refused (409)
+    protocol: int = PROTOCOL           # protocol spoken to peers: 1 speaks only what the previous
+                                       # release does (rolling upgrades; see protocol.py)
 
     heartbeat_interval: float = 2.0    # seconds between heartbeats to every peer
     cleanup_interval: float = 5.0      # seconds between sweeps for silent peers
@@ -98,6 +100,9 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")
+        if (isinstance(self.protocol, bool) or not isinstance(self.protocol, int)
+                or not 1 <= self.protocol <= PROTOCOL):
+            raise ValueError(f"--protocol must be from 1 to {PROTOCOL}")
         self._check_trust()
         if self.log_format not in ("text", "json"):
             raise ValueError("--log-format must be 'text' or 'json'")

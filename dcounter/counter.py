@@ -3,6 +3,8 @@
 Theory of operation
 -------------------
 Every increment is an event `(origin, seq, counter, delta, key)`; its id is `"<origin>:<seq>"`.
+A bulk event carries several `(counter, delta)` items instead of one counter and delta: it takes
+one sequence number and applies whole or not at all, wherever it applies (see `Event.items`).
 Per origin the counter keeps a watermark `w` and the per-counter totals of every event with
 `seq <= w` (the *prefix*), plus the few events applied above `w` (*held*, seq -> event). An event
 applies only if it is above `w` and not held; then `w` moves up over any run that became
@@ -58,23 +60,53 @@ def new_origin_id() -> str:
     return secrets.token_hex(8)
 
 
+MAX_ITEMS = 1_000  # items in one bulk event (and one bulk request)
+
+Items = tuple[tuple[str, int], ...]  # (counter, delta) per item, in request order
+
+
 @dataclass(frozen=True)
 class Event:
+    """One increment. A bulk event has `items` (two or more), `counter` None and `delta` 0: read
+    what it changes through `parts`. A single item is always a plain event (`Event.of`)."""
     origin: str
     seq: int
-    counter: str
+    counter: str | None
     delta: int
     key: str | None = None
+    items: Items | None = None
+
+    @classmethod
+    def of(cls, origin: str, seq: int, items: Items, key: str | None = None) -> "Event":
+        if len(items) == 1:
+            return cls(origin, seq, items[0][0], items[0][1], key)
+        return cls(origin, seq, None, 0, key, tuple(items))
 
     @property
     def id(self) -> str:
         return f"{self.origin}:{self.seq}"
 
+    @property
+    def parts(self) -> Items:
+        return self.items if self.items is not None else ((self.counter, self.delta),)
+
     def to_wire(self) -> dict:
-        wire = {"id": self.id, "counter": self.counter, "delta": self.delta}
+        if self.items is not None:  # protocol 2 only: see protocol.py
+            wire = {"id": self.id, "items": [[name, delta] for name, delta in self.items]}
+        else:
+            wire = {"id": self.id, "counter": self.counter, "delta": self.delta}
         if self.key is not None:
             wire["key"] = self.key
         return wire
+
+
+# A held event: (counter, delta, key), or (None, items, key) for a bulk event.
+HeldEntry = tuple
+
+
+def held_parts(entry: HeldEntry) -> Items:
+    """The (counter, delta) items of a held event."""
+    return entry[1] if entry[0] is None else ((entry[0], entry[1]),)
 
 
 @dataclass(frozen=True)
@@ -82,10 +114,15 @@ class KeyRecord:
     """What a node remembers of an idempotency key. `count` is the count of the original
     response when the key was used at this node, None when it arrived with a replicated event."""
     event_id: str
-    counter: str
+    counter: str | None  # None for a bulk request (then `items`)
     delta: int
     count: int | None
     expires: float  # wall-clock seconds
+    items: Items | None = None
+
+    @property
+    def parts(self) -> Items:
+        return self.items if self.items is not None else ((self.counter, self.delta),)
 
 
 class OriginState:
@@ -94,7 +131,7 @@ class OriginState:
     def __init__(self, watermark: int = 0, prefix: dict | None = None, held: dict | None = None):
         self.watermark = watermark
         self.prefix: dict[str, int] = prefix if prefix is not None else {}
-        # seq -> (counter, delta, key)
+        # seq -> (counter, delta, key), or (None, items, key) for a bulk event
         self.held: dict[int, tuple[str, int, str | None]] = held if held is not None else {}
 
 
@@ -108,6 +145,18 @@ class LocalResult:
 
     def payload(self) -> dict:
         return {"counter": self.counter, "count": self.count, "event_id": self.event_id}
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    event_id: str
+    results: Items  # (counter, count after the event), in item order
+    replayed: bool
+    event: Event | None  # the new event to replicate; None for a replay
+
+    def payload(self) -> dict:
+        return {"event_id": self.event_id,
+                "results": [{"counter": name, "count": count} for name, count in self.results]}
 
 
 @dataclass
@@ -351,7 +400,8 @@ class Txn(TxnRetirement):
             staged.watermark += 1
             staged.held_add.pop(staged.watermark, None)
             staged.held_del.add(staged.watermark)
-            self._fold(origin, nxt[0], nxt[1])
+            for name, delta in held_parts(nxt):
+                self._fold(origin, name, delta)
 
     def _apply(self, origin: str, seq: int, counter: str, delta: int, key: str | None) -> None:
         """Apply an event known to be new (above the watermark, not held)."""
@@ -364,6 +414,23 @@ class Txn(TxnRetirement):
             staged.held_del.discard(seq)
             staged.held_add[seq] = (counter, delta, key)
         self._add_total(counter, delta)
+
+    def _apply_bulk(self, origin: str, seq: int, items: Items, key: str | None) -> None:
+        """Apply a bulk event known to be new: every item, or (held) none until it is."""
+        staged = self._staged(origin)
+        sums: dict[str, int] = {}  # per counter: a request names few counters many times
+        for name, delta in items:
+            sums[name] = sums.get(name, 0) + delta
+        if seq == staged.watermark + 1:
+            for name, delta in sums.items():
+                self._fold(origin, name, delta)
+            staged.watermark = seq
+            self._fold_contiguous(origin, staged)
+        else:
+            staged.held_del.discard(seq)
+            staged.held_add[seq] = (None, items, key)
+        for name, delta in sums.items():
+            self._add_total(name, delta)
 
     def _remember_key(self, key: str, record: KeyRecord) -> None:
         self._stage_key(key)
@@ -379,9 +446,9 @@ class Txn(TxnRetirement):
         if key is not None:
             record = self.key(key, now)
             if record is not None:
-                if record.counter != counter or record.delta != delta:
+                if record.parts != ((counter, delta),):
                     raise Unprocessable("Idempotency-Key was already used with a different "
-                                        f"request (counter {record.counter!r}, delta {record.delta})")
+                                        f"request ({_describe(record)})")
                 count = record.count if record.count is not None else (self.total(counter) or 0)
                 return LocalResult(counter, count, record.event_id, True, None)
         current = self.total(counter)
@@ -399,6 +466,54 @@ class Txn(TxnRetirement):
             self._remember_key(key, KeyRecord(event.id, counter, delta, value,
                                               now + self._c.key_ttl))
         return LocalResult(counter, value, event.id, False, event)
+
+    def local_many(self, items: Items, key: str | None, now: float) -> BulkResult:
+        """Stage a bulk increment: one event, one sequence number, every item or none. Raises
+        `Unprocessable` naming the item (and stages nothing) when the key was used for another
+        request, an item's running result leaves signed 64 bits, or an item's counter is one
+        too many. The results are each item's counter after the whole event."""
+        items = tuple((name, delta) for name, delta in items)  # compared with a key's record
+        if not 1 <= len(items) <= MAX_ITEMS:
+            raise ValueError(f"a bulk event has 1 to {MAX_ITEMS} items")
+        if key is not None:
+            record = self.key(key, now)
+            if record is not None:
+                if record.parts != items:
+                    raise Unprocessable("Idempotency-Key was already used with a different "
+                                        f"request ({_describe(record)})")
+                return BulkResult(record.event_id,
+                                  tuple((name, self.total(name) or 0) for name, _ in items),
+                                  True, None)
+        values: dict[str, int] = {}
+        counters = self._counter_count()
+        for index, (name, delta) in enumerate(items):
+            value = values.get(name)
+            if value is None:
+                current = self.total(name)
+                if current is None:
+                    if counters >= self._c.max_counters:
+                        raise Unprocessable(f"increments[{index}]: too many counters (at most "
+                                            f"{self._c.max_counters})")
+                    counters += 1
+                value = current or 0
+            value += delta
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise Unprocessable(f"increments[{index}]: the result would leave the signed "
+                                    "64-bit range")
+            values[name] = value
+        origin = self.local_origin
+        event = Event.of(origin, self.watermark(origin) + 1, items, key)
+        if event.items is None:
+            self._apply(origin, event.seq, event.counter, event.delta, key)
+        else:
+            self._apply_bulk(origin, event.seq, event.items, key)
+        self.outbound.append(event)
+        if key is not None:
+            count = values[event.counter] if event.items is None else None
+            self._remember_key(key, KeyRecord(event.id, event.counter, event.delta, count,
+                                              now + self._c.key_ttl, event.items))
+        return BulkResult(event.id, tuple((name, values[name]) for name, _ in items), False,
+                          event)
 
     def _counter_count(self) -> int:
         new = sum(1 for name in self.totals if name not in self._c._totals)
@@ -423,12 +538,15 @@ class Txn(TxnRetirement):
                 duplicates += 1
             elif event.seq > w + self._c.gap_cap:
                 deferred += 1
+            elif event.items is not None:
+                self._apply_bulk(event.origin, event.seq, event.items, event.key)
+                applied.append(event)
             else:
                 self._apply(event.origin, event.seq, event.counter, event.delta, event.key)
                 applied.append(event)
             if event.key is not None and self.key(event.key, now) is None:
                 self._remember_key(event.key, KeyRecord(event.id, event.counter, event.delta,
-                                                        None, now + self._c.key_ttl))
+                                                        None, now + self._c.key_ttl, event.items))
         return RemoteResult(applied, duplicates, deferred, self.retired_refused - retired)
 
     def adopt(self, origin: str, watermark: int, counters: dict[str, int],
@@ -452,9 +570,10 @@ class Txn(TxnRetirement):
             change = counters.get(name, 0) - old_prefix.get(name, 0)
             if change or (name in counters and self.total(name) is None):
                 self._add_total(name, change)
-        for seq, (name, delta, _key) in held.items():
+        for seq, entry in held.items():
             if seq <= watermark:
-                self._add_total(name, -delta)
+                for name, delta in held_parts(entry):
+                    self._add_total(name, -delta)
                 staged.held_add.pop(seq, None)
                 staged.held_del.add(seq)
         staged.prefix = dict(counters)
@@ -527,6 +646,12 @@ class Txn(TxnRetirement):
                     or self.activity or self.retired_add or self.origins_dropped)
 
 
+def _describe(record: KeyRecord) -> str:
+    if record.items is not None:
+        return f"a bulk request of {len(record.items)} items"
+    return f"counter {record.counter!r}, delta {record.delta}"
+
+
 class Counter(CounterRetirement):
     """Committed state: per-origin prefixes and held events, totals, idempotency keys."""
 
@@ -574,8 +699,9 @@ class Counter(CounterRetirement):
             for state in origins.values():
                 for name, value in state.prefix.items():
                     totals[name] = totals.get(name, 0) + value
-                for name, delta, _key in state.held.values():
-                    totals[name] = totals.get(name, 0) + delta
+                for entry in state.held.values():
+                    for name, delta in held_parts(entry):
+                        totals[name] = totals.get(name, 0) + delta
             self._totals = totals
 
     # -- writes -------------------------------------------------------------------------------
@@ -717,6 +843,8 @@ class Counter(CounterRetirement):
         cluster (`clusterread.py`) merges with its peers' prefixes."""
         with self._lock:
             return {origin: (state.watermark, state.prefix.get(counter, 0),
-                             {seq: delta for seq, (name, delta, _key) in state.held.items()
-                              if name == counter})
+                             {seq: sum(delta for name, delta in held_parts(entry)
+                                       if name == counter)
+                              for seq, entry in state.held.items()
+                              if any(name == counter for name, _ in held_parts(entry))})
                     for origin, state in self._origins.items()}

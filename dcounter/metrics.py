@@ -11,7 +11,10 @@ import threading
 
 _HELP = {
     "dcounter_http_requests_total": ("counter", "HTTP requests served, by route and status."),
-    "dcounter_increments_local_total": ("counter", "Increments acknowledged at this node."),
+    "dcounter_increments_local_total": ("counter", "Increments acknowledged at this node "
+                                                   "(each item of a bulk request counts)."),
+    "dcounter_bulk_requests_total": ("counter", "Bulk increment requests acknowledged at this "
+                                                "node (POST /counter/increments)."),
     "dcounter_increments_replicated_total": ("counter",
                                              "Events from other origins applied by replication."),
     "dcounter_replicate_batches_sent_total": ("counter", "Replicate requests that succeeded."),

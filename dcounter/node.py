@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from dcounter import PROTOCOL, tls, validation
+from dcounter import tls, validation
 from dcounter.antientropy import AntiEntropy
 from dcounter.api import App
 from dcounter.auth import Auth, exposure_warning
@@ -31,7 +31,8 @@ from dcounter.clock import SystemClock
 from dcounter.clusterread import ClusterCount, ClusterReader
 from dcounter.config import Config
 from dcounter.contacts import Contacts, Kind, run_within
-from dcounter.counter import Counter, Event, LocalResult, RemoteResult, new_origin_id
+from dcounter.counter import (BulkResult, Counter, Event, Items, LocalResult, RemoteResult,
+                              new_origin_id)
 from dcounter.errors import (BadRequest, Conflict, NotFound, PeerRefused, PeerUnreachable,
                              StartupError, StorageFailure)
 from dcounter.history import History
@@ -40,6 +41,7 @@ from dcounter.membership import (Contact, backoff_warnings, contact_from, contac
                                  summary)
 from dcounter.metrics import Metrics
 from dcounter.peers import PeerStore
+from dcounter.protocol import PeerProtocols
 from dcounter.replication import Replicator
 from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.server import Server
@@ -119,6 +121,7 @@ class Node:
         # apart, at most 10; a success with the peer starts it afresh.
         self._warnings = backoff_warnings()
         self.history = History(self.metrics.histogram(DELAY)[0])  # for the status page
+        self.protocols = PeerProtocols(config.protocol)  # what each peer speaks (protocol.py)
         self.started = False
 
     # -- start and stop ---------------------------------------------------------------------------
@@ -166,7 +169,8 @@ class Node:
         self.replicator = Replicator(self.node_id, self.transport, RetrySchedule(self.policy),
                                      self.clock, max_backlog=cfg.max_backlog,
                                      batch_max=cfg.batch_max, batch_linger=cfg.batch_linger,
-                                     on_success=self._replicated_to, metrics=self.metrics)
+                                     on_success=self._replicated_to, metrics=self.metrics,
+                                     protocol_of=self.protocols.for_events)
         self.reader = ClusterReader(self.node_id, self.transport, self.clock)
         self._store_gate = _StoreGate(self.store) if self.store is not None else None
         self.writer = Writer(self.counter, self._store_gate, on_commit=self.replicator.enqueue,
@@ -260,10 +264,10 @@ class Node:
         if timeout <= 0:
             log.info("no time left to tell %d peer(s) that this node leaves", len(peers))
             return
-        payload = self._membership_payload(include_digest=False)
-        self.contacts.wait_for([self.contacts.submit(Kind.GOODBYE, self._post_quiet, peer,
-                                                     "/nodes/leave", payload, timeout)
-                                for peer in peers], timeout)
+        self.contacts.wait_for([self.contacts.submit(
+            Kind.GOODBYE, self._post_quiet, peer, "/nodes/leave",
+            self._membership_payload(include_digest=False, peer=peer), timeout)
+            for peer in peers], timeout)
         log.info("left the cluster (told %d peer(s))", len(peers))
 
     def _post_quiet(self, peer, path, payload, timeout):
@@ -279,6 +283,19 @@ class Node:
         if not result.replayed:
             self.metrics.inc("dcounter_increments_local_total")
         return result
+
+    def increment_many(self, items: Items, key: str | None) -> BulkResult:
+        now = self.clock.time()
+        result = self.writer.submit(lambda txn: txn.local_many(items, key, now))
+        if not result.replayed:
+            self.metrics.inc("dcounter_increments_local_total", len(items))
+            self.metrics.inc("dcounter_bulk_requests_total")
+        return result
+
+    @property
+    def protocol(self) -> int:
+        """The protocol this node speaks (`--protocol`)."""
+        return self.config.protocol
 
     def replicate(self, sender: str, events: list[Event]) -> RemoteResult:
         now = self.clock.time()
@@ -302,9 +319,11 @@ class Node:
         return self.reader.read(self.counter, name, self.peers.alive(), timeout)
 
     # -- membership, server side -------------------------------------------------------------------
-    def _membership_payload(self, include_digest: bool = True) -> dict:
+    def _membership_payload(self, include_digest: bool = True, peer: str | None = None) -> dict:
+        """A join, heartbeat or leave to `peer` (its protocol), or a reply (ours)."""
         payload = {"node_id": self.node_id, "cluster": self.config.cluster,
-                   "protocol": PROTOCOL, "origin": self.counter.local_origin}
+                   "protocol": self.protocols.for_requests(peer) if peer else self.protocol,
+                   "origin": self.counter.local_origin}
         if include_digest:
             payload["digest"] = self.counter.digest()
             payload["peers"] = self.peers.alive()
@@ -341,14 +360,16 @@ class Node:
                                                     self.clock.monotonic()),
                               reached_us=True)
 
-    def on_join(self, sender, origin, digest, peers) -> dict:
+    def on_join(self, sender, origin, digest, peers, protocol=None) -> dict:
+        self.protocols.note_request(sender, protocol)
         self._accept_contact(sender, origin)
         self._learn(sender, digest, peers)
         reply = self._membership_payload()
         reply["peers"] = join_reply_peers(self.node_id, self.peers.alive(), sender)
         return reply
 
-    def on_heartbeat(self, sender, origin, digest, peers) -> dict:
+    def on_heartbeat(self, sender, origin, digest, peers, protocol=None) -> dict:
+        self.protocols.note_request(sender, protocol)
         self._accept_contact(sender, origin)
         self._learn(sender, digest, peers)
         return self._membership_payload()
@@ -447,7 +468,7 @@ class Node:
 
     def _heartbeat(self, peer: str) -> None:
         try:
-            reply = self.transport.post(peer, "/nodes/heartbeat", self._membership_payload())
+            reply = self._post_membership(peer, "/nodes/heartbeat")
         except PeerUnreachable as exc:
             # One missed heartbeat is no news: a peer that stays silent is removed, and the
             # attempts to rejoin it say why it cannot be reached.
@@ -480,6 +501,19 @@ class Node:
             role = "seed" if peer in self.peers.seeds else "peer"
             log.warning("%s %s unreachable: %s%s", role, peer, describe_failure(exc), since)
 
+    def _post_membership(self, peer: str, path: str) -> dict:
+        """A join or heartbeat in the protocol `peer` speaks. Refused with 409 in a newer one,
+        it is sent again at once in the oldest: a node of the previous release refuses any
+        protocol but its own (protocol.py)."""
+        payload = self._membership_payload(peer=peer)
+        try:
+            return self.transport.post(peer, path, payload)
+        except PeerRefused as exc:
+            if exc.status != 409 or payload["protocol"] == 1:
+                raise
+        self.protocols.refused(peer)
+        return self.transport.post(peer, path, self._membership_payload(peer=peer))
+
     def _handle_reply(self, peer: str, reply: dict) -> bool:
         """A successful direct contact with `peer`; `reply` is its membership payload."""
         origin = reply.get("origin")
@@ -491,6 +525,7 @@ class Node:
         except BadRequest as exc:
             log.warning("ignoring malformed reply from %s: %s", peer, exc.message)
             return False
+        self.protocols.note_reply(peer, reply.get("protocol"))
         contact = self._contacted(peer, contact_to(self.peers, self.counter.local_origin, peer,
                                                    origin, self.clock.monotonic()),
                                   reached_us=False)
@@ -527,7 +562,7 @@ class Node:
 
     def _join(self, peer: str) -> None:
         try:
-            reply = self.transport.post(peer, "/nodes/join", self._membership_payload())
+            reply = self._post_membership(peer, "/nodes/join")
         except (PeerUnreachable, PeerRefused) as exc:
             delay = self.peers.contact_failed(peer, self.clock.monotonic(),
                                               describe_failure(exc))

@@ -11,7 +11,8 @@ most one batch is in flight.
   up to `LINGER_CAP` times `batch_linger` since the last start. Under load a node then sends at
   most one request per `EVENTS_PER_PEER` events per peer, so replication costs at most
   1/`EVENTS_PER_PEER` requests per increment whatever the cluster size. A batch holds at most
-  `batch_max` events.
+  `batch_max` events, a bulk event weighing as many as its items (so that a batch of bulk
+  events stays within a peer's body limit), and always at least one event.
 - Backoff. A failed send puts the batch back at the head of the backlog and asks the
   `RetrySchedule` for the next attempt (`min(base * 2**(attempt-1), cap)`); the outbox sends
   nothing before then. A success resets the backoff. The schedule is keyed by the outbox
@@ -130,7 +131,7 @@ class Outbox:
         if not self._ripe(now):
             return None
         n = min(len(self.backlog), self.batch_max, self.retry_limit or self.batch_max)
-        batch = [self.backlog.popleft() for _ in range(n)]
+        batch = take_weighted(self.backlog, n, self.batch_max)
         self.state = LinkState.SENDING
         self.in_flight = batch
         self.last_start = now
@@ -192,3 +193,16 @@ class Outbox:
         if len(self.backlog) > self.max_backlog:
             self.drop("backlog over its bound")
         return delay
+
+
+def take_weighted(backlog: "collections.deque[Queued]", n: int, limit: int) -> list[Queued]:
+    """Up to `n` events from the head of `backlog`, each weighing 1 or a bulk event's items,
+    whose weight stays within `limit` (at least one event is taken)."""
+    batch, weight = [], 0
+    while len(batch) < n:
+        event = backlog[0][0]
+        weight += 1 if event.items is None else len(event.items)
+        if batch and weight > limit:
+            break
+        batch.append(backlog.popleft())
+    return batch

@@ -8,6 +8,9 @@ unexpected error counts as a failed send (logged with its traceback) and the out
 then drops a batch that keeps failing so. Backoff is keyed by the outbox, never by the peer's
 name, so a link removed while its send was in flight cannot touch the peer's next link.
 
+A peer of an older protocol is sent only the events its protocol can express (`protocol.py`);
+the others count as delivered to it, and reach it through anti-entropy.
+
 Threads start only in `Replicator.start()`; a link added before it waits for it, a link added
 after starts at once. A removed peer's backlog is dropped (anti-entropy catches the peer up).
 """
@@ -18,6 +21,7 @@ import threading
 from dcounter.counter import Event
 from dcounter.errors import PeerRefused, PeerUnreachable
 from dcounter.outbox import EVENTS_PER_PEER, LINGER_CAP, LinkState, Outbox, Queued
+from dcounter.protocol import PeerProtocols, expressible
 from dcounter.retry import RetrySchedule
 
 log = logging.getLogger(__name__)
@@ -137,8 +141,10 @@ class PeerLink:
 class Replicator:
     def __init__(self, self_id: str, transport, schedule: RetrySchedule, clock, *,
                  max_backlog: int, batch_max: int, batch_linger: float,
-                 on_success=lambda peer: None, metrics=None):
+                 on_success=lambda peer: None, metrics=None, protocol_of=None):
         self.self_id = self_id
+        # peer -> the protocol its batches are limited to
+        self.protocol_of = protocol_of or PeerProtocols().for_requests
         self.transport = transport
         self.schedule = schedule
         self.clock = clock
@@ -213,6 +219,14 @@ class Replicator:
     def post_batch(self, peer: str, batch: list[Event], timeout: float | None = None) -> None:
         """Post one batch. Raises PeerUnreachable / PeerRefused on the failures the transport
         expects, and whatever else goes wrong."""
+        protocol = self.protocol_of(peer)
+        kept = [event for event in batch if expressible(event, protocol)]
+        if len(kept) < len(batch):
+            # Not pushed: this peer's protocol cannot express them; they reach it through
+            # anti-entropy (their prefix is the same in every protocol).
+            batch = kept
+            if not batch:
+                return
         try:
             self.transport.post(peer, "/counter/replicate", self._payload(batch),
                                 **({} if timeout is None else {"timeout": timeout}))

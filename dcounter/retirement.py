@@ -158,8 +158,10 @@ class TxnRetirement:
             own = own or origin == self.local_origin
             for name, total in self._full_prefix(origin).items():
                 self._add_total(name, -total)
-            for name, delta, _key in self._all_held(origin).values():
-                self._add_total(name, -delta)
+            for entry in self._all_held(origin).values():
+                # (counter, delta, key), or (None, items, key) for a bulk event (counter.py)
+                for name, delta in (entry[1] if entry[0] is None else (entry[:2],)):
+                    self._add_total(name, -delta)
             self._staged(origin)  # saved for a savepoint before it is dropped
             self.origins.pop(origin, None)
             self.origins_dropped.add(origin)

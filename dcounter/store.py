@@ -8,10 +8,12 @@ retired origins' ids and final watermarks, and their per-counter totals (the bas
 are not stored: every event is in the prefix of the node that acknowledged it, and anti-entropy
 re-sends it.
 
-Schema versions: 1 lacked the retirement tables; a version-1 database is migrated on open (in
-one transaction) by adding them, empty: its origins' activity is then unknown and stamped with
-the time of the first sweep, so nothing retires sooner than `origin_retire_after` after the
-upgrade.
+Schema versions: 1 lacked the retirement tables and the `items` columns of `held` and `keys`
+(a bulk event's or bulk request's items, JSON `[[counter, delta], ...]`; NULL for a single
+increment, whose `counter` and `delta` columns hold it). A version-1 database is migrated on
+open (in one transaction) by adding them, empty: its origins' activity is then unknown and
+stamped with the time of the first sweep, so nothing retires sooner than `origin_retire_after`
+after the upgrade. A version-2 database made before the `items` columns gains them the same way.
 
 The directory is locked (flock) while a node uses it. A database that is corrupt, not ours, or
 of another schema version stops the node at start (`StartupError`); it is never silently
@@ -29,6 +31,7 @@ increments as duplicates. Peers bring the old origin's events up to date through
 """
 
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -50,9 +53,11 @@ CREATE TABLE origins (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHO
 CREATE TABLE prefixes (origin TEXT NOT NULL, counter TEXT NOT NULL, total TEXT NOT NULL,
                        PRIMARY KEY (origin, counter)) WITHOUT ROWID;
 CREATE TABLE held (origin TEXT NOT NULL, seq INTEGER NOT NULL, counter TEXT NOT NULL,
-                   delta INTEGER NOT NULL, key TEXT, PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+                   delta INTEGER NOT NULL, key TEXT, items TEXT,
+                   PRIMARY KEY (origin, seq)) WITHOUT ROWID;
 CREATE TABLE keys (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, counter TEXT NOT NULL,
-                   delta INTEGER NOT NULL, count TEXT, expires REAL NOT NULL) WITHOUT ROWID;
+                   delta INTEGER NOT NULL, count TEXT, expires REAL NOT NULL,
+                   items TEXT) WITHOUT ROWID;
 CREATE TABLE activity (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL,
                        changed REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE retired (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHOUT ROWID;
@@ -61,6 +66,7 @@ CREATE TABLE base (counter TEXT PRIMARY KEY, total TEXT NOT NULL) WITHOUT ROWID;
 _TABLES_V1 = {"origins", "prefixes", "held", "keys"}
 _TABLES = _TABLES_V1 | {"activity", "retired", "base"}
 _MIGRATE_1_TO_2 = _SCHEMA[_SCHEMA.index("CREATE TABLE activity"):]  # the tables version 2 added
+_ITEM_COLUMNS = ("held", "keys")  # the tables version 2 gave an `items` column
 
 
 class Store:
@@ -161,6 +167,8 @@ class Store:
             self._migrate_from_1()
             tables |= _TABLES
             version = str(SCHEMA_VERSION)
+        elif version == str(SCHEMA_VERSION) and _TABLES <= tables and self._lacks_items():
+            self._migrate(lambda conn: None, "an early schema version 2")
         if version != str(SCHEMA_VERSION):
             raise StartupError(f"data directory {self.directory}: schema version {version} is "
                                f"not supported (this dcounter reads version {SCHEMA_VERSION})")
@@ -168,12 +176,25 @@ class Store:
             raise StartupError(f"data directory {self.directory}: {DB_NAME} is incomplete")
 
     def _migrate_from_1(self) -> None:
-        conn = self._conn
-        conn.execute("BEGIN")
-        try:
+        def add_tables(conn):
             for statement in _MIGRATE_1_TO_2.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+        self._migrate(add_tables, "schema version 1")
+
+    def _lacks_items(self) -> bool:
+        return any("items" not in {row[1] for row in self._conn.execute(
+            f"PRAGMA table_info({table})")} for table in _ITEM_COLUMNS)
+
+    def _migrate(self, change, source: str) -> None:
+        """`change(conn)`, the `items` columns, and the schema version: one transaction."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            change(conn)
+            if self._lacks_items():
+                for table in _ITEM_COLUMNS:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN items TEXT")
             conn.execute("UPDATE meta SET value=? WHERE name='schema_version'",
                          (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
@@ -181,8 +202,8 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        log.info("data directory %s: migrated %s from schema version 1 to %d", self.directory,
-                 DB_NAME, SCHEMA_VERSION)
+        log.info("data directory %s: migrated %s from %s to schema version %d", self.directory,
+                 DB_NAME, source, SCHEMA_VERSION)
 
     def _leave_backup_origin(self) -> None:
         """A restored backup: take a fresh origin and clear the mark, in one transaction, so
@@ -217,13 +238,16 @@ class Store:
                 "SELECT origin, watermark FROM origins")}
             for o, name, total in conn.execute("SELECT origin, counter, total FROM prefixes"):
                 origins.setdefault(o, OriginState()).prefix[name] = int(total)
-            for o, seq, name, delta, key in conn.execute(
-                    "SELECT origin, seq, counter, delta, key FROM held"):
-                origins.setdefault(o, OriginState()).held[seq] = (name, delta, key)
+            for o, seq, name, delta, key, items in conn.execute(
+                    "SELECT origin, seq, counter, delta, key, items FROM held"):
+                origins.setdefault(o, OriginState()).held[seq] = \
+                    (name, delta, key) if items is None else (None, _items(items), key)
             keys = {key: KeyRecord(event_id, name, delta, None if count is None else int(count),
                                    expires)
-                    for key, event_id, name, delta, count, expires in conn.execute(
-                        "SELECT key, event_id, counter, delta, count, expires FROM keys")}
+                    if items is None else
+                    KeyRecord(event_id, None, 0, None, expires, _items(items))
+                    for key, event_id, name, delta, count, expires, items in conn.execute(
+                        "SELECT key, event_id, counter, delta, count, expires, items FROM keys")}
         except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StartupError(f"data directory {self.directory}: cannot read state ({exc})") \
                 from None
@@ -279,16 +303,19 @@ class Store:
                 conn.executemany("DELETE FROM held WHERE origin=? AND seq=?",
                                  [(origin, seq) for seq in staged.held_del])
             if staged.held_add:
-                conn.executemany("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?)",
-                                 [(origin, seq, name, delta, key)
+                conn.executemany("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?, ?)",
+                                 [(origin, seq, name, delta, key, None) if name is not None
+                                  else (origin, seq, "", 0, key, _items_text(delta))
                                   for seq, (name, delta, key) in staged.held_add.items()])
         if txn.keys_del:
             conn.executemany("DELETE FROM keys WHERE key=?", [(k,) for k in txn.keys_del])
         if txn.keys_add:
             conn.executemany(
-                "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?, ?, ?)",
-                [(key, r.event_id, r.counter, r.delta, None if r.count is None else str(r.count),
-                  r.expires) for key, r in txn.keys_add.items()])
+                "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(key, r.event_id, r.counter or "", r.delta,
+                  None if r.count is None else str(r.count), r.expires,
+                  None if r.items is None else _items_text(r.items))
+                 for key, r in txn.keys_add.items()])
         if txn.reorigined_from is not None:
             conn.execute("UPDATE meta SET value=? WHERE name='origin'", (txn.local_origin,))
         Store._write_retirement_locked(conn, txn)
@@ -331,3 +358,16 @@ class Store:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+
+def _items_text(items) -> str:
+    return json.dumps([[name, delta] for name, delta in items], separators=(",", ":"))
+
+
+def _items(text: str) -> tuple[tuple[str, int], ...]:
+    """Items as `_items_text` stored them; anything else is a corrupt database."""
+    items = tuple((name, delta) for name, delta in json.loads(text))
+    if not items or not all(isinstance(name, str) and isinstance(delta, int)
+                            for name, delta in items):
+        raise ValueError(f"malformed items {text[:80]!r}")
+    return items

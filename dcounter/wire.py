@@ -18,6 +18,7 @@ Bounds (the README's "Range" section), chosen so that everything accepted can be
   offset each other), and the store keeps it exactly.
 * origins in a digest, a pull or a snapshot: at most MAX_ORIGINS_PER_PULL; entries in a peer
   list: at most MAX_PEER_LIST.
+* items in a bulk event: 2 to MAX_ITEMS (protocol 2; a single item is a plain event).
 
 This module imports nothing of the node: only `validation`, `errors` and the `Event` type.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 import re
 
 from dcounter import validation
-from dcounter.counter import Event
+from dcounter.counter import MAX_ITEMS, Event
 from dcounter.errors import BadRequest
 from dcounter.validation import INT64_MAX, MAX_DELTA
 
@@ -69,9 +70,12 @@ def decode_peer_list(value) -> list[str]:
 
 
 def decode_event(value) -> Event:
-    """`{"id": "<origin>:<seq>", "counter", "delta"[, "key"]}` with seq 1 to 2^63-1."""
+    """`{"id": "<origin>:<seq>", "counter", "delta"[, "key"]}` with seq 1 to 2^63-1, or a bulk
+    event (`decode_bulk_event`)."""
     if not isinstance(value, dict):
         raise BadRequest("each event must be an object")
+    if "items" in value:
+        return decode_bulk_event(value)
     check_fields(value, required=("id", "counter", "delta"), optional=("key",), where="event")
     parts = validation.split_event_id(value["id"])
     if parts is None or not 1 <= parts[1] <= MAX_SEQ:
@@ -138,3 +142,30 @@ def decode_snapshot(value) -> dict[str, dict]:
             if not -bound <= total <= bound:
                 raise BadRequest(f"total of {name!r} is more than {w} events can add up to")
     return value
+
+
+def decode_bulk_event(value: dict) -> Event:
+    """`{"id": "<origin>:<seq>", "items": [[counter, delta], ...][, "key"]}` (protocol 2): 2 to
+    MAX_ITEMS items, each checked like a plain event's counter and delta."""
+    check_fields(value, required=("id", "items"), optional=("key",), where="event")
+    parts = validation.split_event_id(value["id"])
+    if parts is None or not 1 <= parts[1] <= MAX_SEQ:
+        raise BadRequest("event id must be '<origin>:<seq>' with seq from 1 to 2^63-1")
+    items = value["items"]
+    if not isinstance(items, list) or not 2 <= len(items) <= MAX_ITEMS:
+        raise BadRequest(f"a bulk event's items must be a list of 2 to {MAX_ITEMS} items")
+    decoded = []
+    names: set[str] = set()  # checked already: an event names few counters many times
+    for item in items:
+        if not isinstance(item, list) or len(item) != 2:
+            raise BadRequest("each item of a bulk event must be [counter, delta]")
+        name, delta = item
+        if type(name) is not str or name not in names:
+            names.add(validation.counter_name(name, "event counter"))
+        if type(delta) is not int or not 0 < abs(delta) <= MAX_DELTA:
+            validation.delta(delta, "event delta")
+        decoded.append((name, delta))
+    key = value.get("key")
+    if key is not None:
+        validation.idempotency_key(key, "event key")
+    return Event(parts[0], parts[1], None, 0, key, tuple(decoded))

@@ -134,6 +134,24 @@ CASES += [
     ("POST", "/counter/increment", {"delta": 1}, {"Idempotency-Key": "k" * 256}, 400),
     ("POST", "/counter/increment?counter=x", {}, {}, 400),
 ]
+# bulk increments: one bad item refuses the whole request
+BULK = "/counter/increments"
+for body in BAD_BODIES + [b"", b"{}"]:
+    CASES.append(("POST", BULK, body, {}, 400))
+for increments in ([], {}, None, "x", 5, [{}] * 1001, [None], [[]], [["default", 1]]):
+    CASES.append(("POST", BULK, {"increments": increments}, {}, 400))
+for name in BAD_COUNTERS:
+    CASES.append(("POST", BULK, {"increments": [{}, {"counter": name}]}, {}, 400))
+for delta in BAD_DELTAS:
+    CASES.append(("POST", BULK, {"increments": [{"counter": "a", "delta": delta}, {}]}, {}, 400))
+CASES += [
+    ("POST", BULK, {"increments": [{}], "extra": 1}, {}, 400),
+    ("POST", BULK, {"increments": [{"counter": "a", "extra": 1}]}, {}, 400),
+    ("POST", BULK, b'{"increments": [{"delta": NaN}]}', {}, 400),
+    ("POST", BULK, {"increments": [{}]}, {"Idempotency-Key": "k" * 256}, 400),
+    ("POST", BULK + "?counter=x", {"increments": [{}]}, {}, 400),
+]
+
 # reads
 for query in ("counter=bad%20name", "counter=", "counter=" + "a" * 129, "foo=1",
               "counter=a&counter=b"):
@@ -164,6 +182,21 @@ for bad in BAD_EVENTS:
                   {}, 400))
 CASES.append(("POST", "/counter/replicate", {"node_id": STRANGER, "events": [GOOD], "x": 1},
               {}, 400))
+# bulk events (protocol 2)
+GOOD_BULK = {"id": "g00d0r1g1n:2", "items": [["default", 1], ["other", 2]]}
+BAD_BULK_EVENTS = [{**GOOD_BULK, "items": items} for items in (
+    [], [["default", 1]], [["default", 1]] * 1001, None, "x", {"default": 1}, [["default", 1], 5],
+    [["default", 1], ["other"]], [["default", 1], ["other", 2, 3]],
+    [["default", 1], {"counter": "other", "delta": 2}])]
+BAD_BULK_EVENTS += [{**GOOD_BULK, "items": [["default", 1], [name, 1]]}
+                    for name in BAD_COUNTERS]
+BAD_BULK_EVENTS += [{**GOOD_BULK, "items": [["default", 1], ["other", delta]]}
+                    for delta in BAD_DELTAS]
+BAD_BULK_EVENTS += [{**GOOD_BULK, "counter": "default"}, {**GOOD_BULK, "key": ""},
+                    {**GOOD_BULK, "id": "g00d0r1g1n:0"}, {"items": GOOD_BULK["items"]}]
+for bad in BAD_BULK_EVENTS:
+    CASES.append(("POST", "/counter/replicate",
+                  {"node_id": STRANGER, "events": [GOOD, GOOD_BULK, bad]}, {}, 400))
 # replicate, the original single-event form: always refused
 for event_id in (5, None, "", " padded", "x" * 256, ["id"],
                  "0d4c6b0e-2b7f-4a8e-9d8e-0e5f1a3c9b11"):
@@ -226,6 +259,7 @@ CASES.append(("POST", "/nodes/leave", {"node_id": PEER, "protocol": 99}, {}, 409
 
 # wrong method (405 with Allow), unknown path (404)
 WRONG_METHOD = [("GET", "/counter/increment", "POST"), ("PUT", "/counter/increment", "POST"),
+                ("GET", "/counter/increments", "POST"),
                 ("DELETE", "/counter/increment", "POST"), ("GET", "/counter/replicate", "POST"),
                 ("GET", "/counter/state", "POST"), ("POST", "/counter/count", "GET"),
                 ("DELETE", "/counters", "GET"), ("POST", "/nodes", "GET"),

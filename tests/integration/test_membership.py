@@ -3,6 +3,7 @@ merge, however long they keep trying."""
 
 import time
 
+from dcounter import PROTOCOL
 from tests.integration.harness import FAST
 
 HEARTBEAT = float(FAST[FAST.index("--heartbeat-interval") + 1])
@@ -46,7 +47,7 @@ def test_nodes_of_different_clusters_pointed_at_each_other_never_merge(cluster):
 
 def test_an_unknown_protocol_is_refused(cluster):
     a, b = cluster.start(2, in_memory=True)
-    response = a.post("/nodes/join", {"node_id": "localhost:9", "protocol": 2,
+    response = a.post("/nodes/join", {"node_id": "localhost:9", "protocol": PROTOCOL + 1,
                                       "origin": "Foreign09"})
     assert response.status_code == 409
     assert isinstance(response.json()["error"], str)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from dcounter import PROTOCOL
 from dcounter.api import App, Route
 from dcounter.config import Config
 from dcounter.node import Node
@@ -205,7 +206,8 @@ def test_join_adds_the_caller_and_returns_our_id_and_peers(node):
     ({"node_id": "n2:7002", "extra": True}, 400),
     ({"node_id": "n2:7002", "cluster": "other"}, 409),
     ({"node_id": "n2:7002", "cluster": 5}, 400),
-    ({"node_id": "n2:7002", "protocol": 2}, 409),
+    ({"node_id": "n2:7002", "protocol": PROTOCOL + 1}, 409),
+    ({"node_id": "n2:7002", "protocol": 0}, 409),
     ({"node_id": "n2:7002", "protocol": "1"}, 400),
     ({"node_id": "n2:7002", "protocol": True}, 400),
     ({"node_id": "n2:7002", "origin": "bad origin"}, 400),
@@ -235,7 +237,7 @@ def test_heartbeat_reply_carries_id_origin_digest_and_peers(node):
                             peer("n2:7002", digest={}, peers=["n3:7003"]))
     assert status == 200
     origin = node.counter.local_origin
-    assert reply == {"node_id": NODE_ID, "cluster": "default", "protocol": 1, "origin": origin,
+    assert reply == {"node_id": NODE_ID, "cluster": "default", "protocol": PROTOCOL, "origin": origin,
                      "digest": {origin: 1}, "peers": ["n2:7002"]}
     assert get(node, "/nodes")[1] == ["n2:7002"]  # n3 was heard of second-hand only
 

@@ -55,6 +55,9 @@ def test_variants_come_from_dataclasses_replace():
     ({"cluster": "a\nb"}, "--cluster"),
     ({"peers": ("localhost:8081", "nope")}, "--peers"),
     ({"advertise": "host:0"}, "--advertise"),
+    ({"protocol": 0}, "--protocol"),
+    ({"protocol": 3}, "--protocol"),
+    ({"protocol": True}, "--protocol"),
 ])
 def test_impossible_values_raise_value_error(changes, fragment):
     with pytest.raises(ValueError) as info:
@@ -108,6 +111,7 @@ def test_numeric_values_may_carry_ascii_white_space_from_an_environment_file():
     ("--max-keys", "5000", "max_keys", 5000),
     ("--origin-retire-after", "3600", "origin_retire_after", 3600.0),
     ("--reap-after", "600", "reap_after", 600.0),
+    ("--protocol", "1", "protocol", 1),
 ])
 def test_bound_flags_and_their_environment_variables(flag, raw, field, expected):
     assert getattr(config_from_args([flag, raw], environ={}), field) == expected

@@ -343,4 +343,43 @@ def test_a_version_1_database_is_migrated_with_its_state_intact(opened, tmp_path
     db = sqlite3.connect(str(directory / DB_NAME))
     assert db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone() == ("2",)
     db.close()
-    assert opened(directory).counter.count("c") == 9000000000000008
+    again = opened(directory)
+    assert again.counter.count("c") == 9000000000000008
+    # version 2 holds bulk events and keys: the migrated database does too
+    again.remote(Event("peer", 5, None, 0, "b", (("c", 1), ("d", 1))))
+    again.writer.submit(lambda txn: txn.local_many((("c", 1), ("e", 1)), "bk", 50.0))
+    again.close()
+    assert opened(directory).counter.counters() == {"c": 9000000000000010, "d": 5, "e": 1}
+
+
+def test_held_bulk_events_and_bulk_keys_survive_a_restart(opened, tmp_path):
+    first = opened()
+    first.remote(Event("peer", 2, None, 0, "k2", (("a", 1), ("b", 2))))
+    first.writer.submit(lambda txn: txn.local_many((("a", 5), ("c", 1)), "k1", 1.0))
+    before = state_of(first.counter)
+    first.close()
+
+    second = opened()
+    assert state_of(second.counter) == before
+    assert second.counter.counters() == {"a": 6, "b": 2, "c": 1}
+    replay = second.writer.submit(lambda txn: txn.local_many((("a", 5), ("c", 1)), "k1", 2.0))
+    assert replay.replayed and replay.results == (("a", 6), ("c", 1))
+    assert second.counter.key("k2", 2.0).items == (("a", 1), ("b", 2))
+    second.remote(Event("peer", 1, "b", 1))  # the gap closes: the held bulk event folds
+    assert second.counter.digest()["peer"] == 2 and second.counter.held_total() == 0
+    assert second.counter.snapshot(["peer"])["peer"]["counters"] == {"a": 1, "b": 3}
+
+
+def test_an_early_version_2_database_without_items_columns_is_migrated(opened, tmp_path):
+    first = opened()
+    first.remote(Event("peer", 3, "d", 4))
+    first.close()
+    db = sqlite3.connect(str(tmp_path / "data" / DB_NAME), isolation_level=None)
+    for table in ("held", "keys"):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN items")
+    db.close()
+    second = opened()
+    assert second.counter.counters() == {"d": 4}
+    second.remote(Event("peer", 2, None, 0, None, (("a", 1), ("b", 2))))
+    second.close()
+    assert opened().counter.counters() == {"a": 1, "b": 2, "d": 4}

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from dcounter.counter import Event
+from dcounter.counter import MAX_ITEMS, Event
 from dcounter.errors import BadRequest
 from dcounter.validation import INT64_MAX, MAX_DELTA
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, MAX_PEER_LIST, MAX_SEQ, decode_digest,
@@ -158,3 +158,35 @@ def test_snapshots_within_bounds(snapshot):
 def test_snapshots_out_of_bounds(snapshot):
     with pytest.raises(BadRequest):
         decode_snapshot(snapshot)
+
+
+# -- bulk events (protocol 2) ---------------------------------------------------------------------
+
+def test_bulk_events_within_bounds():
+    items = [["c", 1], ["d", -MAX_DELTA]]
+    event = decode_event({"id": "o:2", "items": items, "key": "k"})
+    assert event == Event("o", 2, None, 0, "k", (("c", 1), ("d", -MAX_DELTA)))
+    assert decode_event(event.to_wire()) == event
+    most = decode_event({"id": "o:1", "items": [["c", 1]] * MAX_ITEMS})
+    assert len(most.items) == MAX_ITEMS
+
+
+@pytest.mark.parametrize("wire", [
+    {"id": "o:1", "items": []},
+    {"id": "o:1", "items": [["c", 1]]},  # one item is a plain event
+    {"id": "o:1", "items": [["c", 1]] * (MAX_ITEMS + 1)},
+    {"id": "o:1", "items": [["c", 1], ["d", 0]]},
+    {"id": "o:1", "items": [["c", 1], ["d", MAX_DELTA + 1]]},
+    {"id": "o:1", "items": [["c", 1], ["bad name", 1]]},
+    {"id": "o:1", "items": [["c", 1], ["d", 1, 2]]},
+    {"id": "o:1", "items": [["c", 1], {"counter": "d", "delta": 1}]},
+    {"id": "o:1", "items": [["c", 1], ["d", True]]},
+    {"id": "o:1", "items": {"c": 1, "d": 1}},
+    {"id": "o:0", "items": [["c", 1], ["d", 1]]},
+    {"id": "o:1", "items": [["c", 1], ["d", 1]], "counter": "c"},
+    {"id": "o:1", "items": [["c", 1], ["d", 1]], "key": ""},
+    {"items": [["c", 1], ["d", 1]]},
+])
+def test_bulk_events_out_of_bounds(wire):
+    with pytest.raises(BadRequest):
+        decode_event(wire)
