@@ -307,7 +307,9 @@ def _outcomes(seeds, nodes, jobs, trace, options):
             yield run_seed(seed, nodes, trace=trace, **options)
         return
     import multiprocessing
-    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+    # fork: the workers need not re-import the main module (bin/dcounter-sim has no guard).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(jobs) as pool:
         yield from pool.imap(_run_one, [(seed, nodes, options) for seed in seeds], chunksize=4)
 
 

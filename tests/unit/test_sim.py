@@ -76,6 +76,14 @@ def test_clean_seeds_pass_and_the_summary_comes_last(capsys):
     assert not any(line.startswith("FAIL") for line in lines)
 
 
+def test_worker_processes_give_the_same_runs(capsys):
+    assert main(["--seeds", "6", "--first", "40"]) == 0
+    alone = capsys.readouterr().out.splitlines()[-1]
+    assert main(["--seeds", "6", "--first", "40", "--jobs", "2"]) == 0
+    pooled = capsys.readouterr().out.splitlines()[-1]
+    assert alone.rsplit(" wall_s=", 1)[0] == pooled.rsplit(" wall_s=", 1)[0]
+
+
 def test_one_seed_and_a_fixed_size(capsys):
     assert main(["--seed", "4", "--nodes", "3"]) == 0
     out = capsys.readouterr().out
