@@ -122,7 +122,7 @@ def unsettled(nodes: dict, attempts: list[Attempt]) -> str | None:
     for node in nodes.values():
         if not node.up:
             return f"{node.node_id} is down"
-        others = [n for n in nodes if n != node.node_id]
+        others = sorted(n for n in nodes if n != node.node_id)
         if node.peers.alive() != others:
             return f"{node.node_id} lists {node.peers.alive()}, not {others}"
         shows = _nonzero(node.counter.counters())

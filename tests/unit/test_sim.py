@@ -56,6 +56,11 @@ def test_every_seed_runs_a_minute_of_traffic_with_three_faults_or_more():
         assert 3 <= outcome.nodes <= 7
 
 
+def test_ten_nodes_converge():
+    """Node ids n1..n10 sort differently as strings and as numbers."""
+    assert run_seed(1, 10).passed
+
+
 def test_the_fault_mix_covers_every_kind():
     import random
     seen = set()
