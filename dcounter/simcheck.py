@@ -82,9 +82,10 @@ class Oracle:
                                    f"counted again there as {event.id}")
 
     def state_lost(self, disks) -> None:
-        """A node lost state: acknowledged increments no disk holds any more are let go."""
+        """A node lost state: acknowledged increments no disk holds any more are let go (also
+        those whose answer is still on its way)."""
         for attempt in self.attempts:
-            if attempt.state == "new" and not attempt.lost:
+            if attempt.event is not None and not attempt.lost:
                 origin, seq = attempt.event
                 if not any(disk.holds(origin, seq) for disk in disks):
                     attempt.lost = True

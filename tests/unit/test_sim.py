@@ -61,6 +61,12 @@ def test_ten_nodes_converge():
     assert run_seed(1, 10).passed
 
 
+def test_an_answer_in_flight_when_its_node_loses_its_data_is_let_go():
+    """Seed 2186: an increment committed at a node that is wiped while the (delayed) answer is
+    on its way, and that no other node received, may be lost as the README says."""
+    assert run_seed(2186, 7).passed
+
+
 def test_the_fault_mix_covers_every_kind():
     import random
     seen = set()
