@@ -61,6 +61,7 @@ class Simulation:
         self.rng = random.Random(f"{seed}/work")
         self._origin_rng = random.Random(f"{seed}/origins")
         self.call_ids = itertools.count(1)
+        self.origins_made = 0
         self.pull_settle = min(0.25, config.heartbeat_interval / 2)
         self.rejoin_tick = 0.5
         self.oracle = Oracle(strict_keys)
@@ -77,6 +78,7 @@ class Simulation:
         self.ops = 0
 
     def new_origin(self) -> str:
+        self.origins_made += 1
         return f"{self._origin_rng.getrandbits(64):016x}"
 
     def remote(self, txn, events, now):
@@ -245,7 +247,9 @@ class Simulation:
                                f"{self.unsettled()}")
         else:
             values = next(iter(self.nodes.values())).counter.counters()
-            problems += self.oracle.bounds(values, COUNTERS) + state_bounds(self.nodes)
+            problems += self.oracle.bounds(values, COUNTERS)
+            keys = len({a.key for a in self.oracle.attempts if a.key is not None})
+            problems += state_bounds(self.nodes, self.origins_made, keys)
         return Outcome(self.seed, len(self.nodes), problems, self.world.now, self.ops,
                        collections.Counter(f.kind for f in self.plan.faults),
                        self.world.trace_hash(), self.plan)

@@ -11,7 +11,8 @@ The checks, run once the cluster has healed and settled (`unsettled` is None):
 * `Oracle.committed`, as increments commit: a key retried at the same node counts once (per key
   epoch: a wiped or restored node has lost its keys); with strict keys, also at a node the event
   and its key reached by replication;
-* `state_bounds`: held events within the gap cap, backlogs within their bound.
+* `state_bounds`: held events within the gap cap, backlogs within their bound, origins and keys
+  no more than were made.
 
 An acknowledged increment counts as indeterminate ("lost") when the README lets it go: no node
 holds it any more after a node lost its state (a wiped disk, a restored backup), or a restored
@@ -137,12 +138,19 @@ def unsettled(nodes: dict, attempts: list[Attempt]) -> str | None:
     return None
 
 
-def state_bounds(nodes: dict) -> list[str]:
+def state_bounds(nodes: dict, origins: int, keys: int) -> list[str]:
+    """Held events within the gap cap, backlogs within their bound, no more origins than were
+    made and no more keys than clients used."""
     problems = []
     for node in nodes.values():
         cfg, counter = node.cfg, node.counter
         if counter.held_total() > cfg.gap_cap * counter.origin_count():
             problems.append(f"{node.node_id} holds {counter.held_total()} events")
+        if counter.origin_count() > origins:
+            problems.append(f"{node.node_id} knows {counter.origin_count()} origins, "
+                            f"{origins} were made")
+        if counter.key_count() > keys:
+            problems.append(f"{node.node_id} keeps {counter.key_count()} keys, {keys} were used")
         if node.max_backlog_seen > cfg.max_backlog:
             problems.append(f"{node.node_id} had a backlog of {node.max_backlog_seen}")
     return problems
