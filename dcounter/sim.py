@@ -318,9 +318,10 @@ def _outcomes(seeds, nodes, jobs, trace, options):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="dcounter-sim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dcounter-sim", description="Run simulated dcounter clusters through seeded fault schedules and check "
+                    "the README's promise after healing.")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--seeds", type=int, default=None, metavar="N", help="run seeds 1..N")
+    which.add_argument("--seeds", type=int, default=None, metavar="N", help="run N seeds: 1..N, or from --first (default: 100 seeds)")
     which.add_argument("--seed", type=int, default=None, metavar="S", help="run one seed")
     parser.add_argument("--first", type=int, default=1, metavar="S",
                         help="with --seeds: start at seed S (default 1)")
