@@ -338,7 +338,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, metavar="J",
                         help="run seeds in J processes (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="with --seed: print the fault plan and the trace")
+                        help="with --seed: print the fault plan and the trace; with --seeds: "
+                             "one line per seed with its trace hash")
     args = parser.parse_args(argv)
     if args.nodes is not None and not 2 <= args.nodes <= 50:
         parser.error("--nodes must be between 2 and 50")
@@ -358,8 +359,8 @@ def main(argv=None) -> int:
     for outcome in _outcomes(seeds, args.nodes, args.jobs, trace, options):
         seed = outcome.seed
         outcomes.append(outcome)
-        if args.seed is not None:
-            if args.verbose:
+        if args.seed is not None or args.verbose:
+            if args.verbose and args.seed is not None:
                 for fault in outcome.plan.faults:
                     print(f"fault: {fault.describe()}")
             print(f"seed={seed} nodes={outcome.nodes} trace={outcome.trace_hash} "

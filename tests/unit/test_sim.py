@@ -88,11 +88,15 @@ def test_clean_seeds_pass_and_the_summary_comes_last(capsys):
 
 
 def test_worker_processes_give_the_same_runs(capsys):
-    assert main(["--seeds", "6", "--first", "40"]) == 0
-    alone = capsys.readouterr().out.splitlines()[-1]
-    assert main(["--seeds", "6", "--first", "40", "--jobs", "2"]) == 0
-    pooled = capsys.readouterr().out.splitlines()[-1]
-    assert alone.rsplit(" wall_s=", 1)[0] == pooled.rsplit(" wall_s=", 1)[0]
+    def without_wall_time(out):
+        return [line.rsplit(" wall_s=", 1)[0] for line in out.splitlines()]
+
+    assert main(["--seeds", "6", "--first", "40", "-v"]) == 0
+    alone = without_wall_time(capsys.readouterr().out)
+    assert main(["--seeds", "6", "--first", "40", "-v", "--jobs", "2"]) == 0
+    pooled = without_wall_time(capsys.readouterr().out)
+    assert len(alone) == 7 and all("trace=" in line for line in alone[:6])
+    assert alone == pooled
 
 
 def test_one_seed_and_a_fixed_size(capsys):
