@@ -1,0 +1,377 @@
+"""The deterministic simulator: N nodes of the real protocol objects over a simulated network and
+a virtual clock, a client workload, a seeded fault schedule, and a check of the README's promise
+(`bin/dcounter-sim`, `python -m dcounter.sim`).
+
+One seed fixes everything: the fault plan, the workload, the network's draws and the nodes'
+origins each come from a `random.Random` stream derived from the seed, and the run prints a
+trace hash over every delivered message and client answer, so two runs of a seed can be
+compared event for event.
+
+A run: nodes start with their seeds as join candidates; clients send increments of both signs to
+random nodes for 60 s and more of virtual time (several counters, idempotency keys, retries with
+the same key at the same node and at another one); faults come and go (simnet.py); then
+everything heals (paused nodes resume, down nodes restart, the network is whole) and the run
+goes on until the cluster has converged, or fails when a deadline passes first. What is then
+checked is in simcheck.py; the node model in simnode.py.
+
+Clients follow the README's advice for a restored backup, and more: a restored node gets traffic
+only once it has compared digests with every peer (`--eager-restored`: with one, as the README
+says).
+
+`--inject NAME` re-introduces a known defect at the simulator's level (never in the modules it
+runs), to show that the checks catch it: `ack-failed-commit` (a failed commit acknowledges its
+increment anyway), `forget-key-on-duplicate` (a replicated event that arrives as a duplicate
+does not leave its key behind; caught by `--strict-keys`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import itertools
+import random
+import sys
+import time
+
+from dcounter.config import Config
+from dcounter.counter import RemoteResult
+from dcounter.errors import DcounterError
+from dcounter.simcheck import Attempt, Oracle, state_bounds, unsettled
+from dcounter.simnet import FAULT_KINDS, FaultPlan, Network, StopRun, World
+from dcounter.simnode import SimNode
+
+INJECTS = ("ack-failed-commit", "forget-key-on-duplicate")
+COUNTERS = ("a", "b", "c", "d")
+WORK_UNTIL = 61.0        # virtual seconds of client traffic
+SETTLE_DEADLINE = 90.0   # virtual seconds after healing to converge
+CLIENT_TIMEOUT = 3.0     # seconds a client waits for an answer
+SIM_CONFIG = Config(max_backlog=40, gap_cap=30, batch_max=16)  # small bounds, so they are hit
+
+
+class Simulation:
+    def __init__(self, seed: int, nodes: int, *, inject: str | None = None,
+                 strict_keys: bool = False, eager_restored: bool = False, trace=None,
+                 config: Config = SIM_CONFIG):
+        self.seed = seed
+        self.inject = inject
+        self.eager_restored = eager_restored
+        self.restored: set[str] = set()  # restored nodes the clients wait for
+        self.world = World(trace)
+        self.net = Network(self.world, random.Random(f"{seed}/net"))
+        self.rng = random.Random(f"{seed}/work")
+        self._origin_rng = random.Random(f"{seed}/origins")
+        self.call_ids = itertools.count(1)
+        self.origins_made = 0
+        self.pull_settle = min(0.25, config.heartbeat_interval / 2)
+        self.rejoin_tick = 0.5
+        self.oracle = Oracle(strict_keys)
+        ids = [f"n{i}" for i in range(1, nodes + 1)]
+        self.nodes: dict[str, SimNode] = {}
+        for i, nid in enumerate(ids):
+            seeds = {ids[i - 1] if i else ids[1]}
+            if self.rng.random() < 0.5:
+                seeds.add(self.rng.choice([x for x in ids if x != nid]))
+            node = self.nodes[nid] = SimNode(self, nid, tuple(sorted(seeds)), config)
+            self.net.endpoints[nid] = node.receive
+        self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids)
+        self.heal_at = max(WORK_UNTIL + 1.0, self.plan.end() + 1.0)
+        self.ops = 0
+
+    def new_origin(self) -> str:
+        self.origins_made += 1
+        return f"{self._origin_rng.getrandbits(64):016x}"
+
+    def remote(self, txn, events, now):
+        """`Txn.remote`, one event at a time so that the checks learn which events reached the
+        node (applied or duplicates, not those deferred past the gap cap); with
+        `forget-key-on-duplicate`, the defect that drops the key of an event that arrives as a
+        duplicate. Returns the batch's result and the events that reached the node."""
+        applied, duplicates, deferred, reached = [], 0, 0, []
+        for event in events:
+            known = event.key is not None and txn.key(event.key, now) is not None
+            one = txn.remote([event], now)
+            applied += one.applied
+            duplicates += one.duplicates
+            deferred += one.deferred
+            if not one.deferred:
+                reached.append(event)
+            if one.duplicates and self.inject == "forget-key-on-duplicate" and \
+                    event.key is not None and not known:
+                txn.keys_add.pop(event.key, None)
+        return RemoteResult(applied, duplicates, deferred), reached
+
+    # -- the cluster interface the fault plan drives ----------------------------------------------
+    def crash(self, nid: str, keep_disk: bool) -> None:
+        node = self.nodes[nid]
+        if not node.up:
+            return
+        self.world.record(f"{nid} crash keep_disk={keep_disk}")
+        node.stop()
+        if not keep_disk:
+            node.disk = None
+            self.oracle.keys_lost(nid)
+            self._state_lost()
+
+    def restart(self, nid: str, disk=None) -> None:
+        node = self.nodes[nid]
+        if node.up:
+            return
+        if disk is not None:  # a restored backup
+            node.disk = disk
+            self.oracle.restored(nid, disk.origin)
+            self.restored.add(nid)
+            self._state_lost()
+        node.start(node.disk)
+
+    def backup(self, nid: str):
+        disk = self.nodes[nid].disk
+        return disk.copy() if disk is not None else None
+
+    def pause(self, nid: str) -> None:
+        if self.nodes[nid].up:
+            self.nodes[nid].pause()
+
+    def resume(self, nid: str) -> None:
+        self.nodes[nid].resume()
+
+    def fail_commits(self, nid: str, on: bool) -> None:
+        self.nodes[nid].failing = on
+
+    def jump_wall(self, nid: str, seconds: float) -> None:
+        self.nodes[nid].clock.wall_offset += seconds
+
+    def leave(self, nid: str) -> None:
+        if self.nodes[nid].up:
+            self.world.record(f"{nid} leave")
+            self.nodes[nid].leave()
+
+    def heal(self) -> None:
+        self.world.record("heal")
+        self.net.heal()
+        for nid, node in self.nodes.items():
+            node.failing = False
+            if node.paused:
+                node.resume()
+            if not node.up:
+                self.restart(nid)
+        self.world.after(0.5, self._check_settled)
+
+    def _state_lost(self) -> None:
+        self.oracle.state_lost([n.disk for n in self.nodes.values() if n.disk is not None])
+
+    # -- the client workload --------------------------------------------------------------------
+    def plan_workload(self) -> None:
+        rng = self.rng
+        ids = list(self.nodes)
+        count = rng.randint(220, 280)
+        for op in range(count):
+            when = round(rng.uniform(0.5, WORK_UNTIL), 4)
+            delta = rng.choice((-1, 1)) * rng.randint(1, 9)
+            key = f"k{op}" if rng.random() < 0.7 else None
+            attempt = Attempt(op, rng.choice(ids), rng.choice(COUNTERS), delta, key, 1)
+            self.world.at(when, self.send, attempt)
+
+    def send(self, attempt: Attempt) -> None:
+        self.ops += 1
+        self.oracle.attempts.append(attempt)
+        self.world.after(self.net.delay(), self.arrive, attempt)
+        self.world.after(CLIENT_TIMEOUT, self.answered, attempt, "indeterminate")
+
+    def arrive(self, attempt: Attempt) -> None:
+        node = self.nodes[attempt.node]
+        if attempt.node in self.restored:
+            others = set(self.nodes) - {attempt.node}
+            if node.up and (node.compared >= others or (self.eager_restored and node.compared)):
+                self.restored.discard(attempt.node)
+            else:
+                # A restored node reuses its origin: it gets traffic only after comparing digests
+                # with every peer, so that it sees its origin ahead wherever that is.
+                self.answered(attempt, "failed")
+                return
+        if not node.up:
+            self.answered(attempt, "failed")  # connection refused: nothing happened
+        elif node.paused:
+            node.inbox.append((self.serve, (node, attempt)))
+        else:
+            self.serve(node, attempt)
+
+    def serve(self, node: SimNode, attempt: Attempt) -> None:
+        try:
+            result = node.increment(attempt.counter, attempt.delta, attempt.key)
+        except DcounterError:
+            outcome = "failed"
+        else:
+            outcome = "replayed" if result.replayed else "new"
+            if not result.replayed:
+                self.oracle.committed(node.node_id, attempt, result.event)
+        lose = 0.01 + self.net.loss
+        if self.rng.random() < lose:
+            return  # the answer is lost: the client times out
+        self.world.after(self.net.delay(), self.answered, attempt, outcome)
+
+    def answered(self, attempt: Attempt, outcome: str) -> None:
+        if attempt.state != "pending":
+            return
+        attempt.state = outcome
+        self.world.record(f"client op{attempt.op}@{attempt.node} {outcome}")
+        rng = self.rng
+        if attempt.key is None or attempt.tries >= 3:
+            return
+        retry = rng.random() < (0.1 if outcome in ("new", "replayed") else 0.8)
+        if retry:
+            node = attempt.node if rng.random() < 0.5 else rng.choice(list(self.nodes))
+            again = Attempt(attempt.op, node, attempt.counter, attempt.delta, attempt.key,
+                            attempt.tries + 1)
+            self.world.after(rng.uniform(0.2, 3.0), self.send, again)
+
+    # -- running and checking ---------------------------------------------------------------------
+    def _check_settled(self) -> None:
+        if self.unsettled() is None:
+            raise StopRun()
+        self.world.after(0.5, self._check_settled)
+
+    def unsettled(self) -> str | None:
+        return unsettled(self.nodes, self.oracle.attempts)
+
+    def run(self) -> "Outcome":
+        for node in self.nodes.values():
+            node.start(None)
+        self.plan_workload()
+        self.plan.arm(self.world, self.net, self)
+        self.world.run(self.heal_at)
+        self.heal()
+        settled = self.world.run(self.heal_at + SETTLE_DEADLINE)
+        problems = list(self.oracle.violations)
+        if not settled:
+            problems.insert(0, f"not converged {SETTLE_DEADLINE:.0f}s after healing: "
+                               f"{self.unsettled()}")
+        else:
+            values = next(iter(self.nodes.values())).counter.counters()
+            problems += self.oracle.bounds(values, COUNTERS)
+            keys = len({a.key for a in self.oracle.attempts if a.key is not None})
+            problems += state_bounds(self.nodes, self.origins_made, keys)
+        return Outcome(self.seed, len(self.nodes), problems, self.world.now, self.ops,
+                       collections.Counter(f.kind for f in self.plan.faults),
+                       self.world.trace_hash(), self.plan)
+
+
+class Outcome:
+    def __init__(self, seed, nodes, problems, virtual, ops, faults, trace_hash, plan):
+        self.seed, self.nodes, self.problems = seed, nodes, problems
+        self.virtual, self.ops, self.faults, self.trace_hash = virtual, ops, faults, trace_hash
+        self.plan = plan
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def run_seed(seed: int, nodes: int | None = None, **options) -> Outcome:
+    """One seed; without `nodes` the size (3-7) is drawn from the seed too."""
+    if nodes is None:
+        nodes = random.Random(f"{seed}/size").randint(3, 7)
+    return Simulation(seed, nodes, **options).run()
+
+
+def summary_line(outcomes: list[Outcome]) -> str:
+    faults = collections.Counter()
+    for o in outcomes:
+        faults.update(o.faults)
+    failed = sum(1 for o in outcomes if not o.passed)
+    kinds = " ".join(f"{k}={faults[k]}" for k in FAULT_KINDS)
+    return (f"seeds={len(outcomes)} failed={failed} "
+            f"virtual_s={sum(o.virtual for o in outcomes):.0f} "
+            f"ops={sum(o.ops for o in outcomes)} faults: {kinds}")
+
+
+def reproduce(outcome: Outcome, options: dict, size_fixed: bool) -> str:
+    cmd = f"bin/dcounter-sim --seed {outcome.seed}"
+    if size_fixed:
+        cmd += f" --nodes {outcome.nodes}"
+    if options.get("inject"):
+        cmd += f" --inject {options['inject']}"
+    if options.get("strict_keys"):
+        cmd += " --strict-keys"
+    if options.get("eager_restored"):
+        cmd += " --eager-restored"
+    return cmd
+
+
+def _run_one(job) -> Outcome:
+    seed, nodes, options = job
+    outcome = run_seed(seed, nodes, **options)
+    outcome.plan = None  # not needed back in the parent
+    return outcome
+
+
+def _outcomes(seeds, nodes, jobs, trace, options):
+    """Outcomes in seed order, computed here or in `jobs` worker processes."""
+    if jobs == 1 or len(seeds) == 1:
+        for seed in seeds:
+            yield run_seed(seed, nodes, trace=trace, **options)
+        return
+    import multiprocessing
+    # fork: the workers need not re-import the main module (bin/dcounter-sim has no guard).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(jobs) as pool:
+        yield from pool.imap(_run_one, [(seed, nodes, options) for seed in seeds], chunksize=4)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dcounter-sim", description="Run simulated dcounter clusters through seeded fault schedules and check "
+                    "the README's promise after healing.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--seeds", type=int, default=None, metavar="N", help="run N seeds: 1..N, or from --first (default: 100 seeds)")
+    which.add_argument("--seed", type=int, default=None, metavar="S", help="run one seed")
+    parser.add_argument("--first", type=int, default=1, metavar="S",
+                        help="with --seeds: start at seed S (default 1)")
+    parser.add_argument("--nodes", type=int, default=None, metavar="N",
+                        help="cluster size (default: 3-7, drawn per seed)")
+    parser.add_argument("--inject", choices=INJECTS, default=None,
+                        help="re-introduce a known defect, to show the checker catches it")
+    parser.add_argument("--strict-keys", action="store_true",
+                        help="also check that a key which reached a node by replication counts "
+                             "once there")
+    parser.add_argument("--eager-restored", action="store_true",
+                        help="clients send to a restored node once it has compared digests with "
+                             "one peer (the README's advice), not only after every peer")
+    parser.add_argument("--jobs", type=int, default=1, metavar="J",
+                        help="run seeds in J processes (default 1)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="with --seed: print the fault plan and the trace; with --seeds: "
+                             "one line per seed with its trace hash")
+    args = parser.parse_args(argv)
+    if args.nodes is not None and not 2 <= args.nodes <= 50:
+        parser.error("--nodes must be between 2 and 50")
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    options = {"inject": args.inject, "strict_keys": args.strict_keys,
+               "eager_restored": args.eager_restored}
+    if args.seed is not None:
+        seeds = [args.seed]
+    else:
+        seeds = range(args.first, args.first + (args.seeds if args.seeds is not None else 100))
+    trace = print if args.verbose and args.seed is not None else None
+    started = time.monotonic()
+    outcomes = []
+    for outcome in _outcomes(seeds, args.nodes, args.jobs, trace, options):
+        seed = outcome.seed
+        outcomes.append(outcome)
+        if args.seed is not None or args.verbose:
+            if args.verbose and args.seed is not None:
+                for fault in outcome.plan.faults:
+                    print(f"fault: {fault.describe()}")
+            print(f"seed={seed} nodes={outcome.nodes} trace={outcome.trace_hash} "
+                  f"virtual_s={outcome.virtual:.1f} ops={outcome.ops} "
+                  f"{'ok' if outcome.passed else 'FAILED'}")
+        if not outcome.passed:
+            print(f"FAIL seed={seed} nodes={outcome.nodes}: {'; '.join(outcome.problems[:3])}; "
+                  f"reproduce: {reproduce(outcome, options, True)}", flush=True)
+    print(f"{summary_line(outcomes)} wall_s={time.monotonic() - started:.1f}")
+    return 0 if all(o.passed for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
