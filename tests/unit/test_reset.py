@@ -273,3 +273,38 @@ def test_resets_deletes_and_keys_survive_a_restart(tmp_path):
     second.remote(Event("peer", 1, "y", 4))
     assert second.counter.counters() == {"y": 0} and second.counter.held_total() == 0
     second.close()
+
+
+def test_an_early_version_2_database_gains_the_reset_tables_and_columns(tmp_path):
+    import sqlite3
+
+    from dcounter.store import DB_NAME
+    from tests.unit.test_store import Opened
+    first = Opened(tmp_path / "d")
+    first.local("x", 5)
+    first.close()
+    db = sqlite3.connect(str(tmp_path / "d" / DB_NAME), isolation_level=None)
+    db.execute("DROP TABLE covers")
+    db.execute("DROP TABLE deleted")
+    db.execute("ALTER TABLE held DROP COLUMN reset")
+    db.execute("ALTER TABLE keys DROP COLUMN kind")
+    db.close()
+    second = Opened(tmp_path / "d")
+    assert second.counter.counters() == {"x": 5}
+    second.writer.submit(lambda txn: txn.local_reset("x", True, "k", 0.0))
+    second.close()
+    third = Opened(tmp_path / "d")
+    assert third.counter.counters() == {} and third.counter.count("x") == 0
+    assert third.counter.key("k", 0.0).kind == "delete"
+    third.close()
+
+
+def test_a_reset_weighs_its_covers_in_a_replicate_batch():
+    from collections import deque
+
+    from dcounter.outbox import take_weighted
+    big = Event("o", 1, None, 0, None, None,
+                Reset("c", tuple((f"o{i}", 1, 1) for i in range(5))))
+    backlog = deque([(Event("o", 0, "c", 1), None), (big, None), (Event("o", 2, "c", 1), None)])
+    assert [queued[0] for queued in take_weighted(backlog, 10, 4)] == [Event("o", 0, "c", 1)]
+    assert [queued[0] for queued in take_weighted(backlog, 10, 4)] == [big]
