@@ -97,8 +97,8 @@ class Config:
             raise ValueError("--retry-base must not exceed --retry-max")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError("--port must be between 0 and 65535")
-        for name in ("max_counters", "max_deleted", "max_body", "max_backlog", "gap_cap", "batch_max",
-                     "max_connections", "max_peers", "max_keys"):
+        for name in ("max_counters", "max_deleted", "max_body", "max_backlog", "gap_cap",
+                     "batch_max", "max_connections", "max_peers", "max_keys"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")

@@ -30,8 +30,10 @@ The rules this module keeps:
   the puller merges them (`adopt_covers`) in the job that adopts the prefixes. Covers are facts
   about events that exist, so learning one early is the same as receiving its reset early.
 * Retirement: when an origin retires, its part folds into the base minus its cover, and its
-  covers are dropped; a cover of a retired origin arriving later is ignored (its effect is in
-  the base). Adopting a peer's base drops the newly retired origins' covers the same way.
+  covers are dropped; a cover of a retired origin arriving later is ignored (the base holds the
+  cover it had). Adopting a peer's base drops the newly retired origins' covers the same way.
+  The window this leaves: a reset reaching a node just after that node retired an origin the
+  reset covers (idle for `origin_retire_after`) does not reset that origin's part there.
 * Delete: a reset that also marks the name deleted (a tombstone; deletes merge by union). A
   deleted name whose count is 0 is hidden from the list of counters and does not count toward
   `max_counters`; an increment the delete did not cover makes the count non-zero and brings the

@@ -16,8 +16,8 @@ increment, whose `counter` and `delta` columns hold it), and what resets need (r
 `keys` ("reset" or "delete" for those requests). A version-1 database is migrated on
 open (in one transaction) by adding them, empty: its origins' activity is then unknown and
 stamped with the time of the first sweep, so nothing retires sooner than `origin_retire_after`
-after the upgrade. A version-2 database made before the `items` columns, the reset tables or columns gains them the
-same way.
+after the upgrade. A version-2 database made before the `items` columns, the reset tables or
+columns gains them the same way.
 
 The directory is locked (flock) while a node uses it. A database that is corrupt, not ours, or
 of another schema version stops the node at start (`StartupError`); it is never silently
@@ -351,8 +351,8 @@ class Store:
             conn.executemany("DELETE FROM keys WHERE key=?", [(k,) for k in txn.keys_del])
         if txn.keys_add:
             conn.executemany(
-                "INSERT OR REPLACE INTO keys (key, event_id, counter, delta, count, expires, items, kind) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO keys (key, event_id, counter, delta, count, expires, "
+                "items, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(key, r.event_id, r.counter or "", r.delta,
                   None if r.count is None else str(r.count), r.expires,
                   None if r.items is None else _items_text(r.items), r.kind)

@@ -7,7 +7,7 @@ import pytest
 
 from dcounter.api import ROUTES
 from tests.fakes import make_request
-from tests.unit.test_api import assert_error, get, make_node, node, post  # noqa: F401
+from tests.unit.test_api import assert_error, get, make_node, node, post  # noqa: F401 (fixtures)
 from tests.unit.test_cluster import BASE, cluster_of  # noqa: F401 (fixture)
 
 

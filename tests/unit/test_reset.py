@@ -308,3 +308,11 @@ def test_a_reset_weighs_its_covers_in_a_replicate_batch():
     backlog = deque([(Event("o", 0, "c", 1), None), (big, None), (Event("o", 2, "c", 1), None)])
     assert [queued[0] for queued in take_weighted(backlog, 10, 4)] == [Event("o", 0, "c", 1)]
     assert [queued[0] for queued in take_weighted(backlog, 10, 4)] == [big]
+
+
+def test_max_deleted_must_be_a_positive_integer():
+    from dcounter.config import Config
+    assert Config(max_deleted=3).max_deleted == 3
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="--max-deleted"):
+            Config(max_deleted=bad)
