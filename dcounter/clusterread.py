@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass
 
 from dcounter.errors import BadRequest, PeerRefused, PeerUnreachable
+from dcounter.reset import further
 from dcounter.retirement import RETIRED_ENTRY
 from dcounter.wire import MAX_ORIGINS_PER_PULL, decode_covers, decode_digest, decode_snapshot
 
@@ -51,9 +52,9 @@ def merge_count(local: LocalView, remote: list[Prefixes], covers: list[Covers] =
     peers', merged as reset.py merges them)."""
     furthest: Covers = {}
     for per_origin in covers:
-        for origin, (w, total) in per_origin.items():
-            if w > furthest.get(origin, (0, 0))[0]:
-                furthest[origin] = (w, total)
+        for origin, cover in per_origin.items():
+            if origin not in furthest or further(cover, furthest[origin]):
+                furthest[origin] = cover
     best: dict[str, tuple[int, int]] = {o: (w, total) for o, (w, total, _held) in local.items()}
     for prefixes in remote:
         for origin, (w, total) in prefixes.items():

@@ -60,6 +60,14 @@ if TYPE_CHECKING:
 Cover = tuple[int, int]  # (watermark, covered total)
 
 
+def further(cover: Cover, than: Cover) -> bool:
+    """Whether `cover` replaces `than`: a larger watermark, or at the same watermark a larger
+    total. An origin's total at a watermark is one number, so the tie only ever breaks for the
+    base (`RETIRED`), which two nodes can hold with the same count of different origins while
+    they retire; breaking it the same way everywhere keeps nodes converging."""
+    return cover > than
+
+
 @dataclass(frozen=True)
 class Reset:
     """What a reset event carries: the counter, per origin (sorted) the prefix it covers, and
@@ -140,7 +148,7 @@ class TxnResets:
         if origin != RETIRED and self.is_retired(origin):
             return False  # folded into the base with the cover it had
         current = self.cover(name, origin)
-        if current is not None and w <= current[0]:
+        if current is not None and not further((w, total), current):
             return False
         self._stage_cover(name, origin, (w, total))
         self._add_total(name, (current[1] if current else 0) - total)

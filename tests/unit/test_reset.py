@@ -316,3 +316,16 @@ def test_max_deleted_must_be_a_positive_integer():
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ValueError, match="--max-deleted"):
             Config(max_deleted=bad)
+
+
+def test_covers_of_the_base_at_the_same_count_break_ties_the_same_way_everywhere():
+    # Two nodes that each retired one origin, not the same one, reset concurrently: their covers
+    # of the base have the same count and different totals.
+    a, b = node("A"), node("B")
+    for counter in (a, b):
+        incr(counter, 1)
+    ra = Event("orA", 2, None, 0, None, None, Reset("c", ((RETIRED_ENTRY, 1, 4),)))
+    rb = Event("orB", 2, None, 0, None, None, Reset("c", ((RETIRED_ENTRY, 1, 9),)))
+    deliver(a, ra, rb)
+    deliver(b, rb, ra)
+    assert a.cover_view("c")[RETIRED_ENTRY] == b.cover_view("c")[RETIRED_ENTRY] == (1, 9)
