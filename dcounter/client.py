@@ -2,6 +2,8 @@
 
     dcounter incr [--counter N] [--by D] [--key K]   increment; retries count once
     dcounter get [--counter N] [--consistency all]   one counter's value
+    dcounter reset NAME [--key K]                    zero it for what the node has observed
+    dcounter delete NAME [--key K]                   reset it and hide the name
     dcounter counters                                every counter and its value
     dcounter nodes                                   the peers a node considers alive
     dcounter status [--expect N]                     every node side by side; 1 if they disagree
