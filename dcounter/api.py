@@ -175,8 +175,9 @@ def replicate(node, request: Request):
     if not isinstance(data["events"], list):
         raise BadRequest("events must be a list")
     events = decode_events(data["events"])
-    if node.protocol < 2 and any(event.items is not None for event in events):
-        raise BadRequest("bulk events need protocol 2; this node speaks protocol 1")
+    if node.protocol < 2 and any(event.items is not None or event.reset is not None
+                                 for event in events):
+        raise BadRequest("bulk and reset events need protocol 2; this node speaks protocol 1")
     result = node.replicate(sender, events)
     return 200, {"applied": len(result.applied), "duplicates": result.duplicates,
                  "deferred": result.deferred}
@@ -192,9 +193,9 @@ def state(node, request: Request):
         raise BadRequest(f"origins must be a list of at most {MAX_ORIGINS_PER_PULL} origin ids")
     for origin in origins:
         validation.origin(origin, "origins entry")
-    # The digest lets a read of the whole cluster ask for origins it did not know of.
-    return 200, {"node_id": node.node_id, "origins": node.state(origins),
-                 "digest": node.counter.digest()}
+    # The digest lets a read of the whole cluster ask for origins it did not know of; the
+    # covers of resets travel with every reply (reset.py).
+    return 200, node.state_reply(origins)
 
 
 def read_timeout(text: str) -> float:
@@ -223,6 +224,28 @@ def count(node, request: Request):
     result = node.count_all(name, timeout)
     return 200, {"counter": name, "count": result.count, "answered": result.answered,
                  "members": result.members, "complete": result.complete}
+
+
+def _reset_route(node, request: Request, delete: bool):
+    data = json_body(request)
+    check_fields(data, required=("counter",))
+    name = validation.counter_name(data["counter"])
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        validation.idempotency_key(key, "Idempotency-Key")
+    result = node.reset(name, delete, key)
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    return 200, result.payload(), headers
+
+
+def reset(node, request: Request):
+    """Zero a counter for what this node has observed (reset.py): an event of this node."""
+    return _reset_route(node, request, delete=False)
+
+
+def delete(node, request: Request):
+    """A reset that also hides the name while its count is 0 (reset.py)."""
+    return _reset_route(node, request, delete=True)
 
 
 def counters(node, request: Request):
@@ -324,6 +347,8 @@ def backup(node, request: Request):
 ROUTES = [
     Route("POST", "/counter/increment", increment, "write"),
     Route("POST", "/counter/increments", increments, "write"),
+    Route("POST", "/counter/reset", reset, "write"),
+    Route("POST", "/counter/delete", delete, "write"),
     Route("POST", "/counter/replicate", replicate, "peer"),
     Route("POST", "/counter/state", state, "peer"),
     Route("GET", "/counter/count", count, "read"),

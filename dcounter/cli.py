@@ -53,6 +53,9 @@ _FLAGS = [
     ("--retry-max", "retry_max", float, "cap of the retry delay in seconds"),
     ("--request-timeout", "request_timeout", float, "seconds a call to a peer may take"),
     ("--max-counters", "max_counters", int, "distinct counters a node creates"),
+    ("--max-deleted", "max_deleted", int, "tombstones of deleted counters kept until the "
+                                          "origins they cover retire; a delete past it is "
+                                          "refused"),
     ("--max-body", "max_body", int, "largest request body in bytes"),
     ("--max-backlog", "max_backlog", int, "events queued per peer before the backlog is dropped "
                                           "and anti-entropy takes over"),

@@ -2,6 +2,8 @@
 
     dcounter incr [--counter N] [--by D] [--key K]   increment; retries count once
     dcounter get [--counter N] [--consistency all]   one counter's value
+    dcounter reset NAME [--key K]                    zero it for what the node has observed
+    dcounter delete NAME [--key K]                   reset it and hide the name
     dcounter counters                                every counter and its value
     dcounter nodes                                   the peers a node considers alive
     dcounter status [--expect N]                     every node side by side; 1 if they disagree
@@ -349,6 +351,17 @@ def cmd_incr(client: Client, args) -> int:
     return 0
 
 
+def cmd_reset(client: Client, args) -> int:
+    """`dcounter reset NAME` and `dcounter delete NAME`."""
+    answer = client.post(f"/counter/{args.command}", {"counter": args.name}, key=args.key)
+    result = answer.payload
+    if args.json:
+        _print_json({**result, "key": answer.key, "replayed": answer.replayed})
+    else:
+        print(f"{result['counter']} {result['count']}")
+    return 0
+
+
 def cmd_get(client: Client, args) -> int:
     params = {"counter": args.counter}
     if args.consistency != "local":
@@ -607,6 +620,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "live peer and covers what any of them applied")
     get.set_defaults(run=cmd_get)
 
+    for name, text in (("reset", "zero a counter for what the node has observed (increments "
+                                 "made meanwhile elsewhere survive)"),
+                       ("delete", "reset a counter and hide its name until an increment the "
+                                  "delete did not cover")):
+        command = commands.add_parser(name, parents=[common], help=text)
+        command.add_argument("name", metavar="NAME", type=_checked(validation.counter_name),
+                             help="counter name")
+        command.add_argument("--key", metavar="K", type=_checked(validation.idempotency_key),
+                             help="idempotency key (default: a random one)")
+        command.set_defaults(run=cmd_reset)
+
     counters = commands.add_parser("counters", parents=[common],
                                    help="every counter and its value")
     counters.set_defaults(run=cmd_counters)
@@ -682,7 +706,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if getattr(args, "run", None) is None:
-            raise _UsageError("a command is required: incr, get, counters, nodes, status, "
+            raise _UsageError("a command is required: incr, get, reset, delete, counters, nodes, status, "
                               "wait-converged, forget, import-original or backup (see --help)")
         client = make_client(args, environ)
     except _UsageError as exc:

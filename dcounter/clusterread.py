@@ -7,7 +7,9 @@ origins it knows (`POST /counter/state`, the anti-entropy route). A peer's reply
 digest; origins this node did not know are asked for in a second request to that peer. Per
 origin the furthest prefix seen (this node's or a peer's) is taken, plus this node's events held
 above it. A peer's held (out-of-order) events are not in its snapshot, so the value covers every
-event applied here and every answering peer's contiguous prefixes.
+event applied here and every answering peer's contiguous prefixes. Resets apply too: every
+state reply carries the peer's covers, and per origin the furthest cover (this node's or a
+peer's) is subtracted, as reset.py does when it merges them.
 
 The rules this module keeps:
 
@@ -26,7 +28,9 @@ import logging
 from dataclasses import dataclass
 
 from dcounter.errors import BadRequest, PeerRefused, PeerUnreachable
-from dcounter.wire import MAX_ORIGINS_PER_PULL, decode_digest, decode_snapshot
+from dcounter.reset import further
+from dcounter.retirement import RETIRED_ENTRY
+from dcounter.wire import MAX_ORIGINS_PER_PULL, decode_covers, decode_digest, decode_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,20 @@ LocalView = dict[str, tuple[int, int, dict[int, int]]]  # origin -> (w, prefix t
 Prefixes = dict[str, tuple[int, int]]  # origin -> (watermark, prefix total of the counter)
 
 
-def merge_count(local: LocalView, remote: list[Prefixes]) -> int:
+Covers = dict[str, tuple[int, int]]  # origin -> (watermark, covered total) of one counter
+
+
+def merge_count(local: LocalView, remote: list[Prefixes], covers: list[Covers] = ()) -> int:
     """The value of one counter covering `local` (this node: per origin its watermark, prefix
     total and held events `{seq: delta}`) and every peer's prefixes in `remote`: per origin the
-    furthest prefix, plus the local held events above it (those at or below it are inside it)."""
+    furthest prefix, plus the local held events above it (those at or below it are inside it),
+    minus, per origin, the covered total of the furthest reset in `covers` (this node's and the
+    peers', merged as reset.py merges them)."""
+    furthest: Covers = {}
+    for per_origin in covers:
+        for origin, cover in per_origin.items():
+            if origin not in furthest or further(cover, furthest[origin]):
+                furthest[origin] = cover
     best: dict[str, tuple[int, int]] = {o: (w, total) for o, (w, total, _held) in local.items()}
     for prefixes in remote:
         for origin, (w, total) in prefixes.items():
@@ -50,7 +64,7 @@ def merge_count(local: LocalView, remote: list[Prefixes]) -> int:
     for origin, (_w, _total, held) in local.items():
         covered = best[origin][0]
         value += sum(delta for seq, delta in held.items() if seq > covered)
-    return value
+    return value - sum(total for _w, total in furthest.values())
 
 
 @dataclass(frozen=True)
@@ -80,40 +94,48 @@ class ClusterReader:
         known = sorted(counter.digest())
         futures = [self._pool.submit(self._ask, peer, name, known, deadline) for peer in peers]
         done, _late = concurrent.futures.wait(futures, timeout=timeout)
-        remote, answered = [], 0
+        remote, covers, answered = [], [], 0
         for future in done:
             try:
-                prefixes, complete = future.result()
+                prefixes, peer_covers, complete = future.result()
             except Exception:  # a bug here must not fail the read: the peer did not answer
                 log.exception("read of the whole cluster: asking a peer failed")
                 continue
             remote.append(prefixes)
+            covers.append(peer_covers)
             answered += complete
-        # Taken last, so it covers everything applied here until the peers answered.
-        value = merge_count(counter.read_view(name), remote)
+        # Taken last, so it covers everything applied here until the peers answered. Covers
+        # of origins this node retired are left out: the base holds what they covered.
+        view = counter.read_view(name)
+        covers = [{o: c for o, c in peer.items() if o == RETIRED_ENTRY
+                   or not counter.is_retired(o)} for peer in covers]
+        value = merge_count(view, remote, [counter.cover_view(name), *covers])
         return ClusterCount(value, answered + 1, len(peers) + 1)
 
     def _ask(self, peer: str, name: str, known: list[str], deadline: float):
-        """(the peer's prefixes of `name`, whether every request to it succeeded)."""
+        """(the peer's prefixes of `name`, its covers of `name`, whether every request to it
+        succeeded)."""
         prefixes: Prefixes = {}
+        covers: Covers = {}
         try:
-            digest = self._fetch(peer, name, known, deadline, prefixes)
+            digest = self._fetch(peer, name, known, deadline, prefixes, covers)
             unknown = sorted(o for o, w in digest.items() if w > 0 and o not in prefixes
                              and o not in known)
             if unknown:
-                self._fetch(peer, name, unknown, deadline, prefixes)
+                self._fetch(peer, name, unknown, deadline, prefixes, covers)
         except (PeerUnreachable, PeerRefused, TimeoutError) as exc:
             log.debug("read of the whole cluster: %s did not answer: %s", peer, exc)
-            return prefixes, False
+            return prefixes, covers, False
         except BadRequest as exc:
             log.warning("ignoring malformed state from %s: %s", peer, exc.message)
-            return prefixes, False
-        return prefixes, True
+            return prefixes, covers, False
+        return prefixes, covers, True
 
     def _fetch(self, peer: str, name: str, origins: list[str], deadline: float,
-               into: Prefixes) -> dict[str, int]:
+               into: Prefixes, covers: Covers) -> dict[str, int]:
         """Ask `peer` for `origins` (in requests of at most MAX_ORIGINS_PER_PULL), adding its
-        prefixes of `name` to `into`; returns the digest of its last reply."""
+        prefixes and covers of `name` to `into` and `covers`; returns the digest of its last
+        reply."""
         digest: dict[str, int] = {}
         for start in range(0, max(len(origins), 1), MAX_ORIGINS_PER_PULL):
             remaining = deadline - self.clock.monotonic()
@@ -125,6 +147,7 @@ class ClusterReader:
                 timeout=remaining)
             for origin, prefix in decode_snapshot(reply.get("origins")).items():
                 into[origin] = (prefix["watermark"], prefix["counters"].get(name, 0))
+            covers.update(decode_covers(reply.get("covers", {})).get(name, {}))
             digest = decode_digest(reply.get("digest", {}))
         return digest
 

@@ -37,6 +37,8 @@ class Config:
     sync: str = "full"                 # SQLite synchronous: "full" survives power loss, "normal" a crash
 
     max_counters: int = 10_000         # distinct counter names a node creates locally
+    max_deleted: int = 10_000          # tombstones of deleted counters kept (reset.py); a
+                                       # delete past it gets 422
     max_body: int = 1 << 20            # bytes; larger request bodies get 413
     max_backlog: int = 100_000         # events waiting per peer; past it the backlog is dropped
     gap_cap: int = 10_000              # out-of-order events held per origin above its watermark
@@ -95,8 +97,8 @@ class Config:
             raise ValueError("--retry-base must not exceed --retry-max")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError("--port must be between 0 and 65535")
-        for name in ("max_counters", "max_body", "max_backlog", "gap_cap", "batch_max",
-                     "max_connections", "max_peers", "max_keys"):
+        for name in ("max_counters", "max_deleted", "max_body", "max_backlog", "gap_cap",
+                     "batch_max", "max_connections", "max_peers", "max_keys"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer")

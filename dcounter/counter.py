@@ -48,6 +48,7 @@ from typing import Callable
 
 from dcounter.errors import Unprocessable
 from dcounter.expiry import ExpiryIndex
+from dcounter.reset import CounterResets, Reset, TxnResets, describe_key
 from dcounter.retirement import RETIRED_ENTRY, CounterRetirement, TxnRetirement
 from dcounter.validation import INT64_MAX, INT64_MIN
 
@@ -68,13 +69,15 @@ Items = tuple[tuple[str, int], ...]  # (counter, delta) per item, in request ord
 @dataclass(frozen=True)
 class Event:
     """One increment. A bulk event has `items` (two or more), `counter` None and `delta` 0: read
-    what it changes through `parts`. A single item is always a plain event (`Event.of`)."""
+    what it changes through `parts`. A single item is always a plain event (`Event.of`). A
+    reset event (reset.py) has `reset`, `counter` None, `delta` 0 and no parts."""
     origin: str
     seq: int
     counter: str | None
     delta: int
     key: str | None = None
     items: Items | None = None
+    reset: Reset | None = None
 
     @classmethod
     def of(cls, origin: str, seq: int, items: Items, key: str | None = None) -> "Event":
@@ -88,10 +91,14 @@ class Event:
 
     @property
     def parts(self) -> Items:
+        if self.reset is not None:
+            return ()
         return self.items if self.items is not None else ((self.counter, self.delta),)
 
     def to_wire(self) -> dict:
-        if self.items is not None:  # protocol 2 only: see protocol.py
+        if self.reset is not None:  # protocol 2 only: see protocol.py
+            wire = {"id": self.id, **self.reset.wire()}
+        elif self.items is not None:  # protocol 2 only: see protocol.py
             wire = {"id": self.id, "items": [[name, delta] for name, delta in self.items]}
         else:
             wire = {"id": self.id, "counter": self.counter, "delta": self.delta}
@@ -100,7 +107,8 @@ class Event:
         return wire
 
 
-# A held event: (counter, delta, key), or (None, items, key) for a bulk event.
+# A held event: (counter, delta, key), (None, items, key) for a bulk event, or
+# (None, (), key, reset) for a reset event (reset.py).
 HeldEntry = tuple
 
 
@@ -119,9 +127,12 @@ class KeyRecord:
     count: int | None
     expires: float  # wall-clock seconds
     items: Items | None = None
+    kind: str | None = None  # "reset" or "delete" for those requests (reset.py)
 
     @property
     def parts(self) -> Items:
+        if self.kind is not None:
+            return ()
         return self.items if self.items is not None else ((self.counter, self.delta),)
 
 
@@ -196,7 +207,7 @@ class Savepoint:
     origin, total and key is saved as it was just before its first change after the savepoint,
     so taking one costs nothing and rolling back costs what was staged since."""
     __slots__ = ("origins", "totals", "keys", "outbound", "local_origin", "reorigined_from",
-                 "bounds")
+                 "bounds", "resets")
 
     def __init__(self, txn: "Txn"):
         self.origins: dict[str, _Staged | None] = {}  # None: the origin was not staged
@@ -208,9 +219,10 @@ class Savepoint:
         # The key bound's and origin retirement's staging, copied whole: it holds at most the
         # origins this transaction touched, and most jobs stage none of it.
         self.bounds = txn._bounds_state()
+        self.resets = txn._reset_state()  # covers and tombstones staged (reset.py), likewise
 
 
-class Txn(TxnRetirement):
+class Txn(TxnRetirement, TxnResets):
     """A set of staged changes. Read through it, the counter looks as it will after install.
 
     Every staging change goes through `_staged` (an origin), `_add_total` (a total) or
@@ -244,6 +256,7 @@ class Txn(TxnRetirement):
         self.base_refused: tuple[int, int] | None = None
         self.retired_refused = 0
         self.refused_now: float | None = None
+        self._init_resets()
 
     # -- savepoints ---------------------------------------------------------------------------
     def savepoint(self) -> Savepoint:
@@ -278,6 +291,7 @@ class Txn(TxnRetirement):
         del self.outbound[sp.outbound:]
         self.local_origin, self.reorigined_from = sp.local_origin, sp.reorigined_from
         self._restore_bounds(sp.bounds)
+        self._restore_resets(sp.resets)
         sp.origins, sp.totals, sp.keys = {}, {}, {}  # the state is sp's again: nothing to undo
 
     def _bounds_state(self) -> tuple:
@@ -452,7 +466,8 @@ class Txn(TxnRetirement):
                 count = record.count if record.count is not None else (self.total(counter) or 0)
                 return LocalResult(counter, count, record.event_id, True, None)
         current = self.total(counter)
-        if current is None and self._counter_count() >= self._c.max_counters:
+        if (current is None or self.hidden(counter)) \
+                and self._counter_count() >= self._c.max_counters:
             raise Unprocessable(f"too many counters (at most {self._c.max_counters})")
         value = (current or 0) + delta
         if not INT64_MIN <= value <= INT64_MAX:
@@ -490,7 +505,7 @@ class Txn(TxnRetirement):
             value = values.get(name)
             if value is None:
                 current = self.total(name)
-                if current is None:
+                if current is None or self.hidden(name):
                     if counters >= self._c.max_counters:
                         raise Unprocessable(f"increments[{index}]: too many counters (at most "
                                             f"{self._c.max_counters})")
@@ -516,8 +531,10 @@ class Txn(TxnRetirement):
                           event)
 
     def _counter_count(self) -> int:
+        """Names shown: a deleted name while hidden does not count (reset.py)."""
         new = sum(1 for name in self.totals if name not in self._c._totals)
-        return len(self._c._totals) + new
+        hidden = self._hidden_count() if (self._c._deleted or self.deleted_add) else 0
+        return len(self._c._totals) + new - hidden
 
     def remote(self, events: list[Event], now: float) -> RemoteResult:
         """Stage replicated events; duplicates and events beyond the gap cap are skipped. The key
@@ -538,6 +555,9 @@ class Txn(TxnRetirement):
                 duplicates += 1
             elif event.seq > w + self._c.gap_cap:
                 deferred += 1
+            elif event.reset is not None:
+                self._apply_reset(event.origin, event.seq, event.reset, event.key)
+                applied.append(event)
             elif event.items is not None:
                 self._apply_bulk(event.origin, event.seq, event.items, event.key)
                 applied.append(event)
@@ -545,8 +565,14 @@ class Txn(TxnRetirement):
                 self._apply(event.origin, event.seq, event.counter, event.delta, event.key)
                 applied.append(event)
             if event.key is not None and self.key(event.key, now) is None:
-                self._remember_key(event.key, KeyRecord(event.id, event.counter, event.delta,
-                                                        None, now + self._c.key_ttl, event.items))
+                if event.reset is not None:
+                    record = KeyRecord(event.id, event.reset.counter, 0, None,
+                                       now + self._c.key_ttl, None,
+                                       "delete" if event.reset.delete else "reset")
+                else:
+                    record = KeyRecord(event.id, event.counter, event.delta, None,
+                                       now + self._c.key_ttl, event.items)
+                self._remember_key(event.key, record)
         return RemoteResult(applied, duplicates, deferred, self.retired_refused - retired)
 
     def adopt(self, origin: str, watermark: int, counters: dict[str, int],
@@ -643,22 +669,21 @@ class Txn(TxnRetirement):
 
     def empty(self) -> bool:
         return not (self.origins or self.keys_add or self.keys_del or self.reorigined_from
-                    or self.activity or self.retired_add or self.origins_dropped)
+                    or self.activity or self.retired_add or self.origins_dropped
+                    or self.cover_add or self.deleted_add)
 
 
-def _describe(record: KeyRecord) -> str:
-    if record.items is not None:
-        return f"a bulk request of {len(record.items)} items"
-    return f"counter {record.counter!r}, delta {record.delta}"
+_describe = describe_key
 
 
-class Counter(CounterRetirement):
-    """Committed state: per-origin prefixes and held events, totals, idempotency keys."""
+class Counter(CounterRetirement, CounterResets):
+    """Committed state: per-origin prefixes and held events, totals, idempotency keys, covers
+    of resets and tombstones of deletes."""
 
     def __init__(self, local_origin: str, *, max_counters: int = 10_000, gap_cap: int = 10_000,
                  key_ttl: float = 86_400.0, max_keys: int = 1_000_000,
                  origin_retire_after: float = 604_800.0,
-                 new_origin: Callable[[], str] = new_origin_id):
+                 new_origin: Callable[[], str] = new_origin_id, max_deleted: int = 10_000):
         self._lock = threading.Lock()
         self.local_origin = local_origin
         self.max_counters = max_counters
@@ -683,12 +708,16 @@ class Counter(CounterRetirement):
         self._refusal_warned: float | None = None
         self._refused_unwarned = 0
         self._txn_open = False
+        self._init_resets(max_deleted)
 
     # -- loading (before the node serves) ----------------------------------------------------
     def load(self, origins: dict[str, OriginState], keys: dict[str, KeyRecord],
              retired: dict[str, int] | None = None, base: dict[str, int] | None = None,
-             activity: dict[str, tuple[int, float]] | None = None) -> None:
+             activity: dict[str, tuple[int, float]] | None = None,
+             covers: dict[str, dict[str, tuple[int, int]]] | None = None,
+             deleted: set[str] | None = None) -> None:
         with self._lock:
+            self._load_resets(covers, deleted)
             self._origins = origins
             self._keys = keys
             self._key_index.rebuild(keys)
@@ -702,6 +731,11 @@ class Counter(CounterRetirement):
                 for entry in state.held.values():
                     for name, delta in held_parts(entry):
                         totals[name] = totals.get(name, 0) + delta
+            for name, per_origin in self._cover.items():
+                for _origin, (_w, total) in per_origin.items():
+                    totals[name] = totals.get(name, 0) - total
+            for name in self._deleted:
+                totals.setdefault(name, 0)
             self._totals = totals
 
     # -- writes -------------------------------------------------------------------------------
@@ -731,6 +765,7 @@ class Counter(CounterRetirement):
             self._totals.update(txn.totals)
             self._install_keys_locked(txn)
             self._install_retirement_locked(txn)
+            self._install_resets_locked(txn)
             self.local_origin = txn.local_origin
             self._txn_open = False
 
@@ -740,12 +775,17 @@ class Counter(CounterRetirement):
             return self._totals.get(counter, 0)
 
     def counters(self) -> dict[str, int]:
+        """Every name shown: a deleted name is hidden while its count is 0 (reset.py)."""
         with self._lock:
-            return dict(self._totals)
+            if not self._deleted:
+                return dict(self._totals)
+            return {name: value for name, value in self._totals.items()
+                    if not self._hidden_locked(name)}
 
     def counter_names(self) -> int:
         with self._lock:
-            return len(self._totals)
+            return len(self._totals) - sum(1 for name in self._deleted
+                                           if self._hidden_locked(name))
 
     def digest(self) -> dict[str, int]:
         with self._lock:
@@ -840,11 +880,16 @@ class Counter(CounterRetirement):
     def read_view(self, counter: str) -> dict[str, tuple[int, int, dict[int, int]]]:
         """Per origin, for one counter: `(watermark, the prefix's total, {seq: delta} of the
         events held above the watermark)`, taken atomically. Read-only: what a read of the whole
-        cluster (`clusterread.py`) merges with its peers' prefixes."""
+        cluster (`clusterread.py`) merges with its peers' prefixes. The base of retired origins
+        is the entry `RETIRED_ENTRY` (its watermark: how many origins it holds), as in a
+        snapshot."""
         with self._lock:
-            return {origin: (state.watermark, state.prefix.get(counter, 0),
+            view = {origin: (state.watermark, state.prefix.get(counter, 0),
                              {seq: sum(delta for name, delta in held_parts(entry)
                                        if name == counter)
                               for seq, entry in state.held.items()
                               if any(name == counter for name, _ in held_parts(entry))})
                     for origin, state in self._origins.items()}
+            if self._retired:
+                view[RETIRED_ENTRY] = (len(self._retired), self._base.get(counter, 0), {})
+            return view

@@ -3,6 +3,7 @@
     client = Client(["vm1:8080", "vm2:8080"], token="...", ca="/etc/dcounter/ca.pem")
     client.incr("signups", 5)            # -> the count after, at the node that took it
     client.count("signups", consistency="all")
+    client.reset("signups")               # zero it; client.delete("typo") also hides the name
 
 Theory of operation. A `Client` knows a list of nodes and prefers the last one that answered.
 Every call goes through one loop (`Client.post` for writes, `Client.get` for reads) that decides,
@@ -143,6 +144,20 @@ class Client(Connection):
         if consistency == "all":
             params["consistency"] = "all"
         return _int(self.get("/counter/count", params=params).payload, "count")
+
+    def reset(self, counter: str, key: str | None = None) -> int:
+        """Zero `counter` for what the answering node has observed (`POST /counter/reset`):
+        increments made meanwhile elsewhere survive. Returns the count there after the reset.
+        Keyed like every write; a retry at another node before the reset reached it resets
+        again (see the README)."""
+        body = {"counter": _counter(counter)}
+        return _int(self.post("/counter/reset", body, key=key).payload, "count")
+
+    def delete(self, counter: str, key: str | None = None) -> int:
+        """A reset that also hides the name from `counters()` on every node, until an
+        increment the delete did not cover brings it back (`POST /counter/delete`)."""
+        body = {"counter": _counter(counter)}
+        return _int(self.post("/counter/delete", body, key=key).payload, "count")
 
     def counters(self) -> dict[str, int]:
         """Every counter the answering node knows, with its value there."""

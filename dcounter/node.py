@@ -47,7 +47,8 @@ from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.server import Server
 from dcounter.store import Store
 from dcounter.transport import Transport, describe_failure, failure_kind
-from dcounter.wire import decode_digest, decode_peer_list, decode_snapshot
+from dcounter.wire import (decode_covers, decode_deleted, decode_digest, decode_peer_list,
+                           decode_snapshot)
 from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
@@ -145,19 +146,21 @@ class Node:
                                f"{exc.strerror or exc}") from None
         try:
             if cfg.in_memory:
-                origin, origins, keys, retirement = new_origin_id(), {}, {}, ()
+                origin, origins, keys, retirement, resets = new_origin_id(), {}, {}, (), ()
             else:
                 self.store = Store(cfg.data_path(), sync=cfg.sync)
                 self.store.open()
                 origin, origins, keys = self.store.load()
                 retirement = self.store.load_retirement()
+                resets = self.store.load_resets()
         except BaseException:
             self.server.server_close()
             raise
         self.counter = Counter(origin, max_counters=cfg.max_counters, gap_cap=cfg.gap_cap,
                                key_ttl=cfg.idempotency_ttl, max_keys=cfg.max_keys,
-                               origin_retire_after=cfg.origin_retire_after)
-        self.counter.load(origins, keys, *retirement)
+                               origin_retire_after=cfg.origin_retire_after,
+                               max_deleted=cfg.max_deleted)
+        self.counter.load(origins, keys, *retirement, *resets)
         self.port = self.server.server_address[1]
         self.node_id = cfg.node_id(self.port)
         warning = exposure_warning(cfg)
@@ -292,6 +295,25 @@ class Node:
             self.metrics.inc("dcounter_bulk_requests_total")
         return result
 
+    def reset(self, counter: str, delete: bool, key: str | None) -> LocalResult:
+        """A reset (or delete) of `counter` made here (reset.py). Refused with 409 while this
+        node or a listed member speaks protocol 1: such a node cannot receive the reset, nor
+        learn its covers with a prefix, and would never converge with the others."""
+        kind = "delete" if delete else "reset"
+        if self.protocol < 2:
+            raise Conflict(f"a {kind} needs protocol 2; this node speaks protocol 1 "
+                           "(--protocol): finish the upgrade first")
+        old = sorted(peer for peer in self.peers.alive() if self.protocols.for_events(peer) < 2)
+        if old:
+            raise Conflict(f"a {kind} needs protocol 2 on every member; "
+                           f"{', '.join(old)} speak{'s' if len(old) == 1 else ''} protocol 1 "
+                           "(or has not answered a heartbeat yet): finish the upgrade first")
+        now = self.clock.time()
+        result = self.writer.submit(lambda txn: txn.local_reset(counter, delete, key, now))
+        if not result.replayed:
+            self.metrics.inc("dcounter_resets_local_total", kind=kind)
+        return result
+
     @property
     def protocol(self) -> int:
         """The protocol this node speaks (`--protocol`)."""
@@ -307,6 +329,17 @@ class Node:
 
     def state(self, origins: list[str]) -> dict:
         return self.counter.snapshot(origins)
+
+    def state_reply(self, origins: list[str]) -> dict:
+        """The reply to a pull: the prefixes asked for, the digest, and every cover and
+        tombstone of a reset (reset.py: a prefix may contain resets the puller never got)."""
+        covers, deleted = self.counter.covers_wire()
+        reply = {"node_id": self.node_id, "origins": self.state(origins),
+                 "digest": self.counter.digest()}
+        if covers or deleted:
+            reply["covers"] = covers
+            reply["deleted"] = deleted
+        return reply
 
     def count(self, name: str) -> int:
         return self.counter.count(name)
@@ -632,6 +665,8 @@ class Node:
             reply = self.transport.post(peer, "/counter/state",
                                         {"node_id": self.node_id, "origins": origins})
             snapshot = decode_snapshot(reply.get("origins"))
+            covers = decode_covers(reply.get("covers", {}))
+            deleted = decode_deleted(reply.get("deleted", []))
         except (PeerUnreachable, PeerRefused) as exc:
             log.debug("anti-entropy pull from %s failed: %s", peer, exc)
             return None
@@ -641,8 +676,10 @@ class Node:
         self.metrics.inc("dcounter_anti_entropy_pulls_total")
 
         def job(txn):
-            return sum(txn.adopt(o, s["watermark"], s["counters"], s.get("retired"))
-                       for o, s in snapshot.items())
+            adopted = sum(txn.adopt(o, s["watermark"], s["counters"], s.get("retired"))
+                          for o, s in snapshot.items())
+            txn.adopt_covers(covers, deleted)  # after the base: covers of retired are skipped
+            return adopted
 
         before = self.counter.local_origin
         count = self.writer.submit(job)
@@ -731,6 +768,10 @@ class Node:
                 lambda: self.counter.retired_count())
         m.gauge("dcounter_retired_origin_events_refused", "Replicated events of retired "
                 "origins refused since start.", lambda: self.counter.retired_refused)
+        m.gauge("dcounter_deleted_counters", "Tombstones of deleted counters counting toward "
+                "--max-deleted.", lambda: self.counter.deleted_count())
+        m.gauge("dcounter_resets_applied", "Resets and deletes applied here since start, local "
+                "and replicated.", lambda: self.counter.resets_applied)
         m.gauge("dcounter_idempotency_keys_evicted", "Idempotency keys forgotten before their "
                 "ttl since start, to stay within --max-keys.",
                 lambda: self.counter.keys_evicted)

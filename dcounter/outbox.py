@@ -196,12 +196,15 @@ class Outbox:
 
 
 def take_weighted(backlog: "collections.deque[Queued]", n: int, limit: int) -> list[Queued]:
-    """Up to `n` events from the head of `backlog`, each weighing 1 or a bulk event's items,
-    whose weight stays within `limit` (at least one event is taken)."""
+    """Up to `n` events from the head of `backlog`, each weighing 1, a bulk event's items or a
+    reset's covers, whose weight stays within `limit` (at least one event is taken)."""
     batch, weight = [], 0
     while len(batch) < n:
         event = backlog[0][0]
-        weight += 1 if event.items is None else len(event.items)
+        if event.reset is not None:
+            weight += max(1, len(event.reset.covers))
+        else:
+            weight += 1 if event.items is None else len(event.items)
         if batch and weight > limit:
             break
         batch.append(backlog.popleft())

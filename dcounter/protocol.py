@@ -4,8 +4,10 @@ cluster (pure; thread-safe).
 Protocols:
 
 * 1: joins, heartbeats, leaves, replicate batches of plain events, prefix pulls.
-* 2: protocol 1, plus bulk events (several counters in one event, `Event.items`) in replicate
-  batches.
+* 2: protocol 1, plus bulk events (several counters in one event, `Event.items`) and reset
+  events (`Event.reset`, reset.py) in replicate batches, and the covers of resets in state
+  replies. A reset is refused while any listed member speaks protocol 1 (node.py): such a member
+  could learn a reset's effect neither by push nor with a prefix.
 
 The rule. A node speaks its own protocol (`PROTOCOL`, or `--protocol` to speak an older one)
 and accepts a join, heartbeat or leave of any protocol from 1 up to it (another gets 409). Its
@@ -37,7 +39,7 @@ def accepted(own: int, offered) -> bool:
 
 def expressible(event: Event, protocol: int) -> bool:
     """Whether `protocol` can carry `event` in a replicate batch."""
-    return event.items is None or protocol >= 2
+    return (event.items is None and event.reset is None) or protocol >= 2
 
 
 class PeerProtocols:

@@ -11,7 +11,8 @@ one rule, in the periodic sweep (`Txn.retire_origins`). An origin is retired whe
   at this node's watermark (`note_digest`; a peer that showed it and later dropped it from its
   digest, having retired it, still counts). A node with no peers decides alone.
 
-Retiring folds the origin's prefix into the compacted *base* (per-counter totals) and remembers
+Retiring folds the origin's prefix, minus what resets covered of it (reset.py), into the
+compacted *base* (per-counter totals) and remembers
 the origin's id and final watermark (the retired set), so later events of it are refused
 (counted and logged, never failing the rest of a replicate batch) and its prefix is never
 pulled again. Because every node saw the same watermark, the prefix folded in is the same on
@@ -111,6 +112,9 @@ class TxnRetirement:
             base = self._staged_base()
             for name, total in state.prefix.items():
                 base[name] = base.get(name, 0) + total
+            # The base takes what the counter shows of the origin: its part minus its cover.
+            for name, covered in self._drop_covers(origin).items():
+                base[name] = base.get(name, 0) - covered
             self.retired_add[origin] = state.watermark
             self.origins_dropped.add(origin)
             retired.append(origin)
@@ -159,9 +163,12 @@ class TxnRetirement:
             for name, total in self._full_prefix(origin).items():
                 self._add_total(name, -total)
             for entry in self._all_held(origin).values():
-                # (counter, delta, key), or (None, items, key) for a bulk event (counter.py)
+                # (counter, delta, key), or (None, items, key) for a bulk event (counter.py),
+                # or (None, (), key, reset) for a reset event (reset.py)
                 for name, delta in (entry[1] if entry[0] is None else (entry[:2],)):
                     self._add_total(name, -delta)
+            for name, covered in self._drop_covers(origin).items():  # the peer's base has it
+                self._add_total(name, covered)
             self._staged(origin)  # saved for a savepoint before it is dropped
             self.origins.pop(origin, None)
             self.origins_dropped.add(origin)

@@ -10,10 +10,14 @@ re-sends it.
 
 Schema versions: 1 lacked the retirement tables and the `items` columns of `held` and `keys`
 (a bulk event's or bulk request's items, JSON `[[counter, delta], ...]`; NULL for a single
-increment, whose `counter` and `delta` columns hold it). A version-1 database is migrated on
+increment, whose `counter` and `delta` columns hold it), and what resets need (reset.py): the
+`covers` (per counter and origin the furthest cover) and `deleted` (tombstones) tables, the
+`reset` column of `held` (a held reset event, JSON as on the wire) and the `kind` column of
+`keys` ("reset" or "delete" for those requests). A version-1 database is migrated on
 open (in one transaction) by adding them, empty: its origins' activity is then unknown and
 stamped with the time of the first sweep, so nothing retires sooner than `origin_retire_after`
-after the upgrade. A version-2 database made before the `items` columns gains them the same way.
+after the upgrade. A version-2 database made before the `items` columns, the reset tables or
+columns gains them the same way.
 
 The directory is locked (flock) while a node uses it. A database that is corrupt, not ours, or
 of another schema version stops the node at start (`StartupError`); it is never silently
@@ -37,6 +41,7 @@ import os
 import sqlite3
 
 from dcounter.counter import KeyRecord, OriginState, Txn, new_origin_id
+from dcounter.reset import Reset
 from dcounter.errors import StartupError, StorageFailure
 
 log = logging.getLogger(__name__)
@@ -53,20 +58,27 @@ CREATE TABLE origins (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHO
 CREATE TABLE prefixes (origin TEXT NOT NULL, counter TEXT NOT NULL, total TEXT NOT NULL,
                        PRIMARY KEY (origin, counter)) WITHOUT ROWID;
 CREATE TABLE held (origin TEXT NOT NULL, seq INTEGER NOT NULL, counter TEXT NOT NULL,
-                   delta INTEGER NOT NULL, key TEXT, items TEXT,
+                   delta INTEGER NOT NULL, key TEXT, items TEXT, reset TEXT,
                    PRIMARY KEY (origin, seq)) WITHOUT ROWID;
 CREATE TABLE keys (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, counter TEXT NOT NULL,
                    delta INTEGER NOT NULL, count TEXT, expires REAL NOT NULL,
-                   items TEXT) WITHOUT ROWID;
+                   items TEXT, kind TEXT) WITHOUT ROWID;
 CREATE TABLE activity (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL,
                        changed REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE retired (origin TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE base (counter TEXT PRIMARY KEY, total TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE covers (counter TEXT NOT NULL, origin TEXT NOT NULL, watermark INTEGER NOT NULL,
+                     total TEXT NOT NULL, PRIMARY KEY (counter, origin)) WITHOUT ROWID;
+CREATE TABLE deleted (counter TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 _TABLES_V1 = {"origins", "prefixes", "held", "keys"}
-_TABLES = _TABLES_V1 | {"activity", "retired", "base"}
+_LATE_TABLES = ("covers", "deleted")  # version 2 tables an early version 2 database lacks
+_TABLES = _TABLES_V1 | {"activity", "retired", "base"} | set(_LATE_TABLES)
 _MIGRATE_1_TO_2 = _SCHEMA[_SCHEMA.index("CREATE TABLE activity"):]  # the tables version 2 added
-_ITEM_COLUMNS = ("held", "keys")  # the tables version 2 gave an `items` column
+# The columns version 2 added to version 1's tables: a bulk event's or request's items, a held
+# reset event, a reset's or delete's key. Added by ALTER TABLE, they may stand in another order:
+# rows are always written with their columns named.
+_ADDED_COLUMNS = (("held", "items"), ("keys", "items"), ("held", "reset"), ("keys", "kind"))
 
 
 class Store:
@@ -167,8 +179,10 @@ class Store:
             self._migrate_from_1()
             tables |= _TABLES
             version = str(SCHEMA_VERSION)
-        elif version == str(SCHEMA_VERSION) and _TABLES <= tables and self._lacks_items():
-            self._migrate(lambda conn: None, "an early schema version 2")
+        elif version == str(SCHEMA_VERSION) and _TABLES - set(_LATE_TABLES) <= tables and (
+                self._missing_columns() or not _TABLES <= tables):
+            self._migrate(self._add_late_tables, "an early schema version 2")
+            tables |= _TABLES
         if version != str(SCHEMA_VERSION):
             raise StartupError(f"data directory {self.directory}: schema version {version} is "
                                f"not supported (this dcounter reads version {SCHEMA_VERSION})")
@@ -182,19 +196,28 @@ class Store:
                     conn.execute(statement)
         self._migrate(add_tables, "schema version 1")
 
-    def _lacks_items(self) -> bool:
-        return any("items" not in {row[1] for row in self._conn.execute(
-            f"PRAGMA table_info({table})")} for table in _ITEM_COLUMNS)
+    def _missing_columns(self) -> list[tuple[str, str]]:
+        return [(table, column) for table, column in _ADDED_COLUMNS
+                if column not in {row[1] for row in self._conn.execute(
+                    f"PRAGMA table_info({table})")}]
+
+    @staticmethod
+    def _add_late_tables(conn) -> None:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master "
+                                                 "WHERE type='table'")}
+        for statement in _SCHEMA.split(";"):
+            for table in _LATE_TABLES:
+                if f"CREATE TABLE {table} " in statement and table not in tables:
+                    conn.execute(statement)
 
     def _migrate(self, change, source: str) -> None:
-        """`change(conn)`, the `items` columns, and the schema version: one transaction."""
+        """`change(conn)`, the added columns, and the schema version: one transaction."""
         conn = self._conn
         conn.execute("BEGIN")
         try:
             change(conn)
-            if self._lacks_items():
-                for table in _ITEM_COLUMNS:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN items TEXT")
+            for table, column in self._missing_columns():
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
             conn.execute("UPDATE meta SET value=? WHERE name='schema_version'",
                          (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
@@ -238,16 +261,18 @@ class Store:
                 "SELECT origin, watermark FROM origins")}
             for o, name, total in conn.execute("SELECT origin, counter, total FROM prefixes"):
                 origins.setdefault(o, OriginState()).prefix[name] = int(total)
-            for o, seq, name, delta, key, items in conn.execute(
-                    "SELECT origin, seq, counter, delta, key, items FROM held"):
+            for o, seq, name, delta, key, items, reset in conn.execute(
+                    "SELECT origin, seq, counter, delta, key, items, reset FROM held"):
                 origins.setdefault(o, OriginState()).held[seq] = \
+                    (None, (), key, _reset(reset)) if reset is not None else \
                     (name, delta, key) if items is None else (None, _items(items), key)
             keys = {key: KeyRecord(event_id, name, delta, None if count is None else int(count),
-                                   expires)
+                                   expires, None, kind)
                     if items is None else
                     KeyRecord(event_id, None, 0, None, expires, _items(items))
-                    for key, event_id, name, delta, count, expires, items in conn.execute(
-                        "SELECT key, event_id, counter, delta, count, expires, items FROM keys")}
+                    for key, event_id, name, delta, count, expires, items, kind in conn.execute(
+                        "SELECT key, event_id, counter, delta, count, expires, items, kind "
+                        "FROM keys")}
         except (sqlite3.Error, ValueError, TypeError) as exc:
             raise StartupError(f"data directory {self.directory}: cannot read state ({exc})") \
                 from None
@@ -268,6 +293,21 @@ class Store:
             raise StartupError(f"data directory {self.directory}: cannot read state ({exc})") \
                 from None
         return retired, base, activity
+
+    def load_resets(self) -> tuple[dict[str, dict[str, tuple[int, int]]], set[str]]:
+        """The covers of resets (counter -> origin -> (watermark, covered total)) and the
+        deleted names (see reset.py)."""
+        conn = self._conn
+        try:
+            covers: dict[str, dict[str, tuple[int, int]]] = {}
+            for name, origin, w, total in conn.execute(
+                    "SELECT counter, origin, watermark, total FROM covers"):
+                covers.setdefault(name, {})[origin] = (w, int(total))
+            deleted = {name for (name,) in conn.execute("SELECT counter FROM deleted")}
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise StartupError(f"data directory {self.directory}: cannot read state ({exc})") \
+                from None
+        return covers, deleted
 
     # -- writing (the writer only, one group at a time) -------------------------------------------
     def write(self, txn: Txn) -> None:
@@ -303,22 +343,24 @@ class Store:
                 conn.executemany("DELETE FROM held WHERE origin=? AND seq=?",
                                  [(origin, seq) for seq in staged.held_del])
             if staged.held_add:
-                conn.executemany("INSERT OR REPLACE INTO held VALUES (?, ?, ?, ?, ?, ?)",
-                                 [(origin, seq, name, delta, key, None) if name is not None
-                                  else (origin, seq, "", 0, key, _items_text(delta))
-                                  for seq, (name, delta, key) in staged.held_add.items()])
+                conn.executemany("INSERT OR REPLACE INTO held (origin, seq, counter, delta, "
+                                 "key, items, reset) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 [_held_row(origin, seq, entry)
+                                  for seq, entry in staged.held_add.items()])
         if txn.keys_del:
             conn.executemany("DELETE FROM keys WHERE key=?", [(k,) for k in txn.keys_del])
         if txn.keys_add:
             conn.executemany(
-                "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO keys (key, event_id, counter, delta, count, expires, "
+                "items, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(key, r.event_id, r.counter or "", r.delta,
                   None if r.count is None else str(r.count), r.expires,
-                  None if r.items is None else _items_text(r.items))
+                  None if r.items is None else _items_text(r.items), r.kind)
                  for key, r in txn.keys_add.items()])
         if txn.reorigined_from is not None:
             conn.execute("UPDATE meta SET value=? WHERE name='origin'", (txn.local_origin,))
         Store._write_retirement_locked(conn, txn)
+        Store._write_resets_locked(conn, txn)
 
     @staticmethod
     def _write_retirement_locked(conn: sqlite3.Connection, txn: Txn) -> None:
@@ -337,6 +379,19 @@ class Store:
             conn.execute("DELETE FROM base")
             conn.executemany("INSERT INTO base VALUES (?, ?)",
                              [(name, str(total)) for name, total in txn.base.items()])
+
+    @staticmethod
+    def _write_resets_locked(conn: sqlite3.Connection, txn: Txn) -> None:
+        if txn.cover_add:
+            conn.executemany("DELETE FROM covers WHERE counter=? AND origin=?",
+                             [key for key, cover in txn.cover_add.items() if cover is None])
+            conn.executemany("INSERT OR REPLACE INTO covers VALUES (?, ?, ?, ?)",
+                             [(name, origin, w, str(total))
+                              for (name, origin), cover in txn.cover_add.items()
+                              if cover is not None for w, total in (cover,)])
+        if txn.deleted_add:
+            conn.executemany("INSERT OR IGNORE INTO deleted VALUES (?)",
+                             [(name,) for name in txn.deleted_add])
 
     @property
     def is_open(self) -> bool:
@@ -358,6 +413,27 @@ class Store:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+
+def _held_row(origin: str, seq: int, entry: tuple) -> tuple:
+    """A held event's row: (counter, delta, key), (None, items, key) or (None, (), key, reset)
+    as counter.py holds them."""
+    if len(entry) == 4:
+        reset = entry[3]
+        return (origin, seq, reset.counter, 0, entry[2], None,
+                json.dumps(reset.wire(), separators=(",", ":")))
+    name, delta, key = entry
+    if name is not None:
+        return (origin, seq, name, delta, key, None, None)
+    return (origin, seq, "", 0, key, _items_text(delta), None)
+
+
+def _reset(text: str) -> Reset:
+    """A held reset as `_held_row` stored it; anything else is a corrupt database."""
+    data = json.loads(text)
+    return Reset(data["reset"], tuple(sorted((origin, int(w), int(total))
+                                             for origin, (w, total) in data["covers"].items())),
+                 bool(data["delete"]))
 
 
 def _items_text(items) -> str:

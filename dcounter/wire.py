@@ -19,6 +19,10 @@ Bounds (the README's "Range" section), chosen so that everything accepted can be
 * origins in a digest, a pull or a snapshot: at most MAX_ORIGINS_PER_PULL; entries in a peer
   list: at most MAX_PEER_LIST.
 * items in a bulk event: 2 to MAX_ITEMS (protocol 2; a single item is a plain event).
+* covers of a reset event (protocol 2, reset.py): at most MAX_ORIGINS_PER_PULL + 1 origins (the
+  base is `RETIRED_ENTRY`), each `[watermark, total]` bounded like a snapshot's prefix (the base's
+  total: within +-2^127, a sum of many origins); the covers and deleted names of a state reply:
+  at most MAX_COVERED_COUNTERS counters each.
 
 This module imports nothing of the node: only `validation`, `errors` and the `Event` type.
 """
@@ -29,12 +33,16 @@ import re
 
 from dcounter import validation
 from dcounter.counter import MAX_ITEMS, Event
+from dcounter.reset import Reset
+from dcounter.retirement import RETIRED_ENTRY
 from dcounter.errors import BadRequest
 from dcounter.validation import INT64_MAX, MAX_DELTA
 
 MAX_SEQ = INT64_MAX  # sequence numbers and watermarks: SQLite's INTEGER
 MAX_ORIGINS_PER_PULL = 10_000
 MAX_PEER_LIST = 1024
+MAX_COVERED_COUNTERS = 100_000
+MAX_BASE_TOTAL = 2 ** 127
 
 
 def check_fields(data: dict, required=(), optional=(), where: str = "body") -> None:
@@ -76,6 +84,8 @@ def decode_event(value) -> Event:
         raise BadRequest("each event must be an object")
     if "items" in value:
         return decode_bulk_event(value)
+    if "reset" in value:
+        return decode_reset_event(value)
     check_fields(value, required=("id", "counter", "delta"), optional=("key",), where="event")
     parts = validation.split_event_id(value["id"])
     if parts is None or not 1 <= parts[1] <= MAX_SEQ:
@@ -169,3 +179,59 @@ def decode_bulk_event(value: dict) -> Event:
     if key is not None:
         validation.idempotency_key(key, "event key")
     return Event(parts[0], parts[1], None, 0, key, tuple(decoded))
+
+
+def decode_reset_event(value: dict) -> Event:
+    """`{"id", "reset": counter, "covers": {origin: [watermark, total]}, "delete": bool[, "key"]}`
+    (protocol 2, reset.py)."""
+    check_fields(value, required=("id", "reset", "covers", "delete"), optional=("key",),
+                 where="event")
+    parts = validation.split_event_id(value["id"])
+    if parts is None or not 1 <= parts[1] <= MAX_SEQ:
+        raise BadRequest("event id must be '<origin>:<seq>' with seq from 1 to 2^63-1")
+    name = validation.counter_name(value["reset"], "reset counter")
+    if not isinstance(value["delete"], bool):
+        raise BadRequest("a reset's delete must be true or false")
+    covers = _decode_cover_map(value["covers"], "a reset's covers")
+    key = value.get("key")
+    if key is not None:
+        validation.idempotency_key(key, "event key")
+    reset = Reset(name, tuple(sorted((o, w, total) for o, (w, total) in covers.items())),
+                  value["delete"])
+    return Event(parts[0], parts[1], None, 0, key, None, reset)
+
+
+def _decode_cover_map(value, where: str) -> dict[str, tuple[int, int]]:
+    """`{origin: [watermark, total]}` -> `{origin: (watermark, total)}`."""
+    if not isinstance(value, dict) or len(value) > MAX_ORIGINS_PER_PULL + 1:
+        raise BadRequest(f"{where} must be an object of at most {MAX_ORIGINS_PER_PULL + 1} "
+                         "origin -> [watermark, total]")
+    covers = {}
+    for origin, cover in value.items():
+        validation.origin(origin, f"{where}: origin")
+        if not isinstance(cover, list) or len(cover) != 2 or not all(map(_is_int, cover)):
+            raise BadRequest(f"{where}: each cover must be [watermark, total]")
+        w, total = cover
+        if not 1 <= w <= MAX_SEQ:
+            raise BadRequest(f"{where}: a watermark must be from 1 to 2^63-1")
+        bound = MAX_BASE_TOTAL if origin == RETIRED_ENTRY else w * MAX_DELTA
+        if not -bound <= total <= bound:
+            raise BadRequest(f"{where}: the total covered of {origin} is more than {w} events "
+                             "can add up to")
+        covers[origin] = (w, total)
+    return covers
+
+
+def decode_covers(value) -> dict[str, dict[str, tuple[int, int]]]:
+    """The covers of a state reply: `{counter: {origin: [watermark, total]}}`."""
+    if not isinstance(value, dict) or len(value) > MAX_COVERED_COUNTERS:
+        raise BadRequest(f"covers must be an object of at most {MAX_COVERED_COUNTERS} counters")
+    return {validation.counter_name(name, "covers counter"): _decode_cover_map(covers, "covers")
+            for name, covers in value.items()}
+
+
+def decode_deleted(value) -> list[str]:
+    """The deleted names of a state reply."""
+    if not isinstance(value, list) or len(value) > MAX_COVERED_COUNTERS:
+        raise BadRequest(f"deleted must be a list of at most {MAX_COVERED_COUNTERS} counters")
+    return [validation.counter_name(name, "deleted counter") for name in value]

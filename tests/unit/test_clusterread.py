@@ -146,3 +146,17 @@ def test_a_malformed_reply_is_not_an_answer_and_is_logged(cluster, caplog):
         assert read(node) == (200, {"counter": "c", "count": 2, "answered": 1, "members": 2,
                                     "complete": False})
     assert "ignoring malformed state from n9:7009" in caplog.text
+
+
+def test_a_read_of_the_whole_cluster_alone_counts_the_base_of_retired_origins():
+    from dcounter.counter import Counter, Event
+    c = Counter("mine", origin_retire_after=10.0)
+    for fn in (lambda txn: txn.remote([Event("old", 1, "c", 4)], 0.0),
+               lambda txn: txn.retire_origins(0.0, [], set()),
+               lambda txn: txn.retire_origins(100.0, [], set()),
+               lambda txn: txn.local("c", 1, None, 100.0)):
+        txn = c.begin()
+        fn(txn)
+        c.install(txn)
+    assert c.retired_count() == 1 and c.count("c") == 5
+    assert merge_count(c.read_view("c"), []) == 5  # the base as the entry `_retired`

@@ -240,3 +240,20 @@ def test_import_dcounter_does_not_load_the_client():
     result = subprocess.run([sys.executable, "-B", "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.stdout == "ok\n", result.stderr
+
+
+@responses.activate
+@pytest.mark.parametrize("method", ["reset", "delete"])
+def test_reset_and_delete_are_keyed_writes_that_answer_the_count(client, method):
+    path = f"/counter/{method}"
+    responses.post(A + path, body=lost_answer())
+    responses.post(A + path, json={"counter": "c", "count": 0, "event_id": "o:2"},
+                   match=[matchers.json_params_matcher({"counter": "c"})])
+    assert getattr(client, method)("c") == 0
+    (_, key), (_, again) = keys(path)
+    assert key == again  # pinned to the node after an unknown outcome, with the same key
+    responses.post(A + path, status=404, json={"error": "no counter 'nope' at this node"})
+    with pytest.raises(Refused, match="nope"):
+        getattr(client, method)("nope")
+    with pytest.raises(InvalidRequest):
+        getattr(client, method)("bad name")

@@ -21,7 +21,8 @@ class Opened:
         self.origin, origins, keys = self.store.load()
         counter_options.setdefault("key_ttl", 60.0)
         self.counter = Counter(self.origin, **counter_options)
-        self.counter.load(origins, keys, *self.store.load_retirement())
+        self.counter.load(origins, keys, *self.store.load_retirement(),
+                          *self.store.load_resets())
         self.committed: list[Event] = []
         self.writer = Writer(self.counter, self.store, on_commit=self.committed.extend)
         self.writer.start()
