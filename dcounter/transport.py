@@ -3,7 +3,8 @@
 It owns a `requests.Session` (kept-alive connections, a pool per peer), applies timeouts to
 every call, signs requests when the cluster has a secret, and turns every failure of the
 `requests` library into our own `PeerUnreachable` (no answer) or `PeerRefused` (a non-2xx
-answer). Nothing else in the package imports `requests`.
+answer). Nothing else in the package imports `requests`. A `PeerUnreachable` says whether the
+request may have left (`sent`): a refused connection or a connect timeout sent nothing.
 """
 
 import json
@@ -11,6 +12,7 @@ import logging
 import threading
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from dcounter.errors import PeerRefused, PeerUnreachable
@@ -73,7 +75,8 @@ class Transport:
                                           allow_redirects=False)
         except requests.RequestException as exc:
             self._observe(path, False)
-            raise PeerUnreachable(f"{node_id}: {type(exc).__name__}") from exc
+            raise PeerUnreachable(f"{node_id}: {type(exc).__name__}",
+                                  sent=not _never_sent(exc)) from exc
         ok = 200 <= response.status_code < 300
         self._observe(path, ok)
         if not ok:
@@ -102,3 +105,18 @@ class Transport:
 
     def close(self) -> None:
         self._session.close()
+
+
+def _never_sent(exc: BaseException, depth: int = 0) -> bool:
+    """True when the connection was never made (refused, a connect timeout, an unknown name), so
+    the request certainly never left. urllib3's NewConnectionError is a ConnectTimeoutError; the
+    cause is searched through requests' and urllib3's wrappers."""
+    if isinstance(exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError,
+                        ConnectionRefusedError)):
+        return True
+    if depth > 6:
+        return False
+    for inner in (*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__):
+        if isinstance(inner, BaseException) and _never_sent(inner, depth + 1):
+            return True
+    return False
