@@ -305,8 +305,8 @@ class Node:
                 answer = decode_forward_reply(reply)
             except PeerUnreachable as exc:
                 if not exc.sent:  # nothing left: the home cannot have counted it
-                    log.info("the home of a key, %s, refused the connection (%s); applying "
-                             "the increment here", target, exc)
+                    log.debug("the home of a key, %s, refused the connection (%s); applying "
+                              "the increment here", target, exc)
                     return None, target
                 raise Unavailable(f"the home of this idempotency key, {target}, did not answer "
                                   f"({exc}): the increment may have been counted there; retry "
@@ -322,6 +322,8 @@ class Node:
                     excluded.add(target)  # it does not forward: choose among the others
                     continue
                 self.metrics.inc("dcounter_increments_forwarded_total")
+                if exc.status == 401:
+                    self._warn_unauthorized(target, exc.message)
                 if action is keyhome.AfterRefusal.RELAY:
                     raise Relayed(exc.status, exc.message) from None
                 raise Unavailable(f"the home of this idempotency key, {target}, answered "

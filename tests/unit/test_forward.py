@@ -6,7 +6,8 @@ the answer comes from the home, not from an event that reached the node meanwhil
 
 import json
 
-from dcounter.api import ROUTES, App
+from dcounter.api import ROUTES, App, Route
+from dcounter.errors import Unauthorized
 from dcounter.keyhome import home
 from tests.fakes import make_request
 from tests.unit.test_cluster import Cluster, cluster_of  # noqa: F401 (a fixture)
@@ -164,6 +165,22 @@ def test_a_node_without_the_forward_route_is_not_used_as_a_home(cluster_of):
     second = home(key, [n1, n3])
     assert body(first)["event_id"].startswith(c[second].counter.local_origin + ":")
     assert c.counts()[n2] == 0 and sum(c.counts().values()) == 7
+
+
+def test_a_home_that_refuses_this_nodes_signature_gives_503_and_nothing_here(cluster_of):
+    c = formed(cluster_of)
+    n1, n2, n3 = c.ids
+
+    def refuse(_node, _request):
+        raise Unauthorized("bad signature")
+
+    home_node = c[n2]
+    home_node.app = App(home_node, routes=[r for r in ROUTES if r.path != "/counter/forward"]
+                        + [Route("POST", "/counter/forward", refuse, "peer")])
+    c.net.attach(home_node)  # its secret differs from n1's
+    answer = post_increment(c, n1, 2, key_at(c, n2))
+    assert answer.status == 503 and "401" in body(answer)["error"]
+    assert c.counts() == {n1: 0, n2: 0, n3: 0}
 
 
 def test_a_retry_after_the_home_went_away_counts_again_the_documented_window(cluster_of):
