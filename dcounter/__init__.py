@@ -1,7 +1,8 @@
 """dcounter: a distributed counter served over HTTP.
 
-Increments are applied and acknowledged at the node that receives them and replicated
-asynchronously to every peer; every event has a unique id, so re-deliveries never double count.
+Increments are applied and acknowledged at the node that receives them (a keyed one at its
+key's home) and replicated asynchronously to every peer; every event has a unique id, so
+re-deliveries never double count.
 
 `from dcounter import Client` is the Python client (`dcounter.library`); it and its exceptions
 are imported on first use, so a node that imports this package does not load them.

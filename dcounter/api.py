@@ -4,7 +4,8 @@ Each route validates its whole input before it asks the node to change anything,
 request changes nothing. Errors are raised as `DcounterError`s and turned into JSON responses in
 one place, `App.handle`. Routes carry a kind - `peer` (inter-node), `write`, `read` or `open` -
 which the authentication policy (`auth.py`) checks before the route runs; `admin` (forgetting a
-member) takes a peer's signature or the client token.
+member) takes a peer's signature or the client token. A keyed increment may be decided at another
+node, its key's home (`Node.increment`, keyhome.py); the answer is relayed the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dcounter.membership import backoff_warnings
 from dcounter.protocol import accepted
 from dcounter.validation import MAX_DELTA
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_events,
-                           decode_peer_list)
+                           decode_forward, decode_peer_list)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,14 @@ def _bulk_item(item, names: set[str]) -> tuple[str, int]:
     if type(delta) is not int or not 0 < abs(delta) <= MAX_DELTA:  # bool is not int here
         validation.delta(delta)
     return name, delta
+
+
+def forward(node, request: Request):
+    """A keyed increment forwarded by the node that received it to the key's home (keyhome.py):
+    applied here whatever this node's own view says, never forwarded again."""
+    _sender, name, delta, key = decode_forward(json_body(request))
+    result = node.increment(name, delta, key, forwarded=True)
+    return 200, {**result.payload(), "replayed": result.replayed}
 
 
 def replicate(node, request: Request):
@@ -349,6 +358,7 @@ ROUTES = [
     Route("POST", "/counter/increments", increments, "write"),
     Route("POST", "/counter/reset", reset, "write"),
     Route("POST", "/counter/delete", delete, "write"),
+    Route("POST", "/counter/forward", forward, "peer"),
     Route("POST", "/counter/replicate", replicate, "peer"),
     Route("POST", "/counter/state", state, "peer"),
     Route("GET", "/counter/count", count, "read"),

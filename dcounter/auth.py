@@ -3,8 +3,8 @@
 Theory of operation. Every route has a kind (`api.Route.kind`), and `App` asks `Auth.check`
 about it before the route runs, so a refused request changes nothing:
 
-    peer   join, heartbeat, leave, replicate, state. With a cluster secret they must carry a
-           valid signature; the client token is not accepted in its place.
+    peer   join, heartbeat, leave, replicate, state, forward. With a cluster secret they must
+           carry a valid signature; the client token is not accepted in its place.
     admin  forgetting a member (`POST /nodes/forget`): sent by an operator or passed on by a
            node. A request that carries a signature must carry a valid one; otherwise the
            rules of `write` apply (the client token when there is one, else open).

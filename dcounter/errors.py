@@ -74,8 +74,23 @@ class TooManyPeers(Unavailable):
     """A new peer would list more peers than --max-peers allows; it is not listed."""
 
 
+class Relayed(DcounterError):
+    """Another node's error answer, passed on to the client with the node's own status (a keyed
+    increment decided at its key's home, keyhome.py)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class PeerUnreachable(Exception):
-    """A peer could not be reached or did not answer in time."""
+    """A peer could not be reached or did not answer in time. `sent` is False when the request
+    certainly never left (the connection was refused or never made): the peer cannot have acted
+    on it."""
+
+    def __init__(self, message: str = "", sent: bool = True):
+        super().__init__(message)
+        self.sent = sent
 
 
 class PeerRefused(Exception):

@@ -12,17 +12,17 @@ after each failed attempt, where the next one goes and whether it may go at all:
 - A read goes to the next node on any failure that asking again may cure (no connection, no
   answer in time, 503): reads change nothing, so asking anywhere is safe.
 - A write carries an idempotency key (a random one unless the caller gives one), the same on
-  every attempt. The node that took a keyed write answers a retry with the original answer, so
-  a retry at the SAME node counts once (within its `--idempotency-ttl`). A retry at ANOTHER node
-  counts once only after the event has been replicated there, which nobody can know from
-  outside. So a write fails over to another node only when the failed attempt certainly
-  changed nothing: the connection could not be made (refused, a connect timeout, an unknown
-  name; nothing was sent) or the node answered 503 (a refused request changes nothing). After an
-  attempt whose outcome is unknown (sent, then no answer in time, or the connection dropped),
-  the write is pinned to that node: it is retried there, with backoff, and leaves it only when
-  that node refuses connections (it is down, and waiting for it could be forever). That one
-  failover after an unknown outcome is the README's documented window: if the first attempt
-  did count there and its event has not reached the next node, the retry counts again.
+  every attempt. Every node sends a keyed write to its key's home, which answers a retry with
+  the original answer, so a retry at ANY node counts once (within `--idempotency-ttl`) unless
+  membership changed or a fault touched the key's home between the first attempt and the last
+  answer (the README's windows). A write fails over to another node at once when the failed
+  attempt certainly changed nothing: the connection could not be made (refused, a connect
+  timeout, an unknown name; nothing was sent) or the node answered 503 (a refused request
+  changes nothing). After an attempt whose outcome is unknown (sent, then no answer in time, or
+  the connection dropped), the write is pinned to that node: it is retried there, with backoff,
+  and leaves it only when that node refuses connections (it is down, and waiting for it could
+  be forever). A node going down is a fault that may touch keys' homes, so that failover is
+  where the windows matter; staying with a node that is only slow keeps retries out of them.
 - Every other answer (400, 401, 404, 409, 413, 422, 500 ...) is final and raised at once, typed.
 - A TLS failure is final: a certificate does not become trusted by asking again.
 
@@ -218,7 +218,7 @@ class Client(Connection):
                     pinned, uncertain = node, True
                 elif pinned == node:
                     # The node that may have counted it refuses connections: it is down, and
-                    # may stay down. Fail over, accepting the documented window.
+                    # may stay down. Fail over, accepting the documented windows.
                     pinned = None
             except Unavailable as exc:  # changed nothing; a pinned write stays pinned
                 last = exc

@@ -17,6 +17,11 @@ _HELP = {
                                                 "node (POST /counter/increments)."),
     "dcounter_increments_replicated_total": ("counter",
                                              "Events from other origins applied by replication."),
+    "dcounter_increments_forwarded_total": ("counter", "Keyed increments sent to their key's "
+                                            "home and answered there (relayed)."),
+    "dcounter_increments_forward_refused_total": ("counter", "Keyed increments applied here "
+                                                  "because their key's home refused the "
+                                                  "connection."),
     "dcounter_replicate_batches_sent_total": ("counter", "Replicate requests that succeeded."),
     "dcounter_replicate_batches_failed_total": ("counter", "Replicate requests that failed."),
     "dcounter_replicate_events_sent_total": ("counter", "Events delivered in replicate requests."),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from dcounter import tls, validation
+from dcounter import keyhome, tls, validation
 from dcounter.antientropy import AntiEntropy
 from dcounter.api import App
 from dcounter.auth import Auth, exposure_warning
@@ -34,7 +34,7 @@ from dcounter.contacts import Contacts, Kind, run_within
 from dcounter.counter import (BulkResult, Counter, Event, Items, LocalResult, RemoteResult,
                               new_origin_id)
 from dcounter.errors import (BadRequest, Conflict, NotFound, PeerRefused, PeerUnreachable,
-                             StartupError, StorageFailure)
+                             Relayed, StartupError, StorageFailure, Unavailable)
 from dcounter.history import History
 from dcounter.membership import (Contact, backoff_warnings, contact_from, contact_to,
                                  in_words, join_reply_peers, link_changes, members_view,
@@ -47,8 +47,8 @@ from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.server import Server
 from dcounter.store import Store
 from dcounter.transport import Transport, describe_failure, failure_kind
-from dcounter.wire import (decode_covers, decode_deleted, decode_digest, decode_peer_list,
-                           decode_snapshot)
+from dcounter.wire import (decode_covers, decode_deleted, decode_digest, decode_forward_reply,
+                           decode_peer_list, decode_snapshot)
 from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
@@ -280,11 +280,21 @@ class Node:
             pass
 
     # -- operations used by the API -------------------------------------------------------------
-    def increment(self, counter: str, delta: int, key: str | None) -> LocalResult:
+    def increment(self, counter: str, delta: int, key: str | None,
+                  forwarded: bool = False) -> LocalResult:
+        """A keyed increment whose key's home is another member is decided there and its answer
+        relayed (`forward`); a forwarded one, and one without a key, is applied here."""
+        refused_home = None
+        if key is not None and not forwarded:
+            relayed, refused_home = self.forward(counter, delta, key)
+            if relayed is not None:
+                return relayed
         now = self.clock.time()
         result = self.writer.submit(lambda txn: txn.local(counter, delta, key, now))
         if not result.replayed:
             self.metrics.inc("dcounter_increments_local_total")
+            if refused_home is not None:
+                self.metrics.inc("dcounter_increments_forward_refused_total")
         return result
 
     def increment_many(self, items: Items, key: str | None) -> BulkResult:
@@ -318,6 +328,53 @@ class Node:
     def protocol(self) -> int:
         """The protocol this node speaks (`--protocol`)."""
         return self.config.protocol
+
+    def forward(self, counter: str, delta: int, key: str) -> tuple[LocalResult | None,
+                                                                   str | None]:
+        """Send a keyed increment to its key's home and relay the answer (keyhome.py). Returns
+        (the home's answer, None), or (None, the home that refused the connection, if one did)
+        when it is to be applied here. Raises `Relayed` for the home's error answer and
+        `Unavailable` when the outcome at the home is unknown: nothing is applied here then."""
+        excluded: set[str] = set()
+        while True:
+            # A peer of the previous protocol has no forward route: never a home.
+            members = [peer for peer in self.peers.alive() if self.protocols.for_events(peer) >= 2]
+            target = keyhome.forward_to(key, self.node_id, members, excluded=excluded)
+            if target is None:
+                return None, None
+            payload = {"node_id": self.node_id, "counter": counter, "delta": delta, "key": key}
+            try:
+                reply = self.transport.post(target, keyhome.FORWARD_PATH, payload)
+                answer = decode_forward_reply(reply)
+            except PeerUnreachable as exc:
+                if not exc.sent:  # nothing left: the home cannot have counted it
+                    log.debug("the home of a key, %s, refused the connection (%s); applying "
+                              "the increment here", target, exc)
+                    return None, target
+                raise Unavailable(f"the home of this idempotency key, {target}, did not answer "
+                                  f"({exc}): the increment may have been counted there; retry "
+                                  f"with the same key") from None
+            except BadRequest as exc:
+                log.warning("ignoring malformed forward reply from %s: %s", target, exc.message)
+                raise Unavailable(f"the home of this idempotency key, {target}, gave an answer "
+                                  f"this node cannot read: the increment may have been counted "
+                                  f"there; retry with the same key") from None
+            except PeerRefused as exc:
+                action = keyhome.after_refusal(exc.status)
+                if action is keyhome.AfterRefusal.NOT_A_HOME:
+                    excluded.add(target)  # it does not forward: choose among the others
+                    continue
+                self.metrics.inc("dcounter_increments_forwarded_total")
+                if exc.status == 401:
+                    self._warn_failure(target, exc)
+                if action is keyhome.AfterRefusal.RELAY:
+                    raise Relayed(exc.status, exc.message) from None
+                raise Unavailable(f"the home of this idempotency key, {target}, answered "
+                                  f"{exc.status} ({exc.message}); retry with the same "
+                                  f"key") from None
+            self.metrics.inc("dcounter_increments_forwarded_total")
+            name, count, event_id, replayed = answer
+            return LocalResult(name, count, event_id, replayed, None), None
 
     def replicate(self, sender: str, events: list[Event]) -> RemoteResult:
         now = self.clock.time()

@@ -10,6 +10,8 @@ for rate-limiting a warning per peer and cause) and `describe_failure(exc)` says
 phrase an operator can act on ("connection refused", "certificate not trusted: set --tls-ca"),
 for log lines and the status page. Both look through the chain of causes `requests` and
 urllib3 wrap, so they take our exceptions and theirs alike.
+A `PeerUnreachable` says whether the request may have left (`sent`): a refused connection
+or a connect timeout sent nothing.
 """
 
 import json
@@ -20,6 +22,7 @@ import ssl
 import threading
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from dcounter.errors import PeerRefused, PeerUnreachable
@@ -82,7 +85,8 @@ class Transport:
                                           allow_redirects=False)
         except requests.RequestException as exc:
             self._observe(path, False)
-            raise PeerUnreachable(f"{node_id}: {type(exc).__name__}") from exc
+            raise PeerUnreachable(f"{node_id}: {type(exc).__name__}",
+                                  sent=not _never_sent(exc)) from exc
         ok = 200 <= response.status_code < 300
         self._observe(path, ok)
         if not ok:
@@ -238,3 +242,16 @@ def describe_failure(exc: BaseException) -> str:
     innermost = _causes(exc)[-1]
     text = re.sub(r"^\S+:[0-9]+: ", "", str(innermost))  # our own "host:port: ..." prefix
     return text[:200] or type(innermost).__name__
+def _never_sent(exc: BaseException, depth: int = 0) -> bool:
+    """True when the connection was never made (refused, a connect timeout, an unknown name), so
+    the request certainly never left. urllib3's NewConnectionError is a ConnectTimeoutError; the
+    cause is searched through requests' and urllib3's wrappers."""
+    if isinstance(exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError,
+                        ConnectionRefusedError)):
+        return True
+    if depth > 6:
+        return False
+    for inner in (*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__):
+        if isinstance(inner, BaseException) and _never_sent(inner, depth + 1):
+            return True
+    return False

@@ -235,3 +235,25 @@ def decode_deleted(value) -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_COVERED_COUNTERS:
         raise BadRequest(f"deleted must be a list of at most {MAX_COVERED_COUNTERS} counters")
     return [validation.counter_name(name, "deleted counter") for name in value]
+
+
+def decode_forward(data: dict) -> tuple[str, str, int, str]:
+    """A keyed increment forwarded to its key's home (`POST /counter/forward`):
+    `{"node_id", "counter", "delta", "key"}` -> (sender, counter, delta, key)."""
+    check_fields(data, required=("node_id", "counter", "delta", "key"))
+    return (validation.node_id(data["node_id"]), validation.counter_name(data["counter"]),
+            validation.delta(data["delta"]), validation.idempotency_key(data["key"]))
+
+
+def decode_forward_reply(data: dict) -> tuple[str, int, str, bool]:
+    """The home's answer to a forward: `{"counter", "count", "event_id", "replayed"}` ->
+    (counter, count, event_id, replayed)."""
+    check_fields(data, required=("counter", "count", "event_id", "replayed"), where="reply")
+    if not _is_int(data["count"]):
+        raise BadRequest("count must be an integer")
+    if validation.split_event_id(data["event_id"]) is None:
+        raise BadRequest("event_id must be '<origin>:<seq>'")
+    if not isinstance(data["replayed"], bool):
+        raise BadRequest("replayed must be true or false")
+    return (validation.counter_name(data["counter"]), data["count"], data["event_id"],
+            data["replayed"])

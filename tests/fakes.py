@@ -9,7 +9,8 @@ real routes, validation and error handling run. Faults: `partition(a, b)` / `iso
 `fault_paths`, requests dropped, replies dropped (the request was applied but the sender sees a
 failure), requests duplicated, and requests held back and delivered late by `deliver_late()`
 (after the sender gave up and retried: reordering). Fault draws come from a seeded
-`random.Random`.
+`random.Random`. A target that is cut off or not attached fails like a refused connection
+(`sent=False`); a dropped request or reply like a timeout (`sent=True`).
 """
 
 import json
@@ -171,7 +172,7 @@ class FakeNetwork:
         app = self._reachable(source, target)
         if app is None:
             self._count("unreachable")
-            raise PeerUnreachable(f"{target}: unreachable from {source}")
+            raise PeerUnreachable(f"{target}: unreachable from {source}", sent=False)
         with self._lock:
             faulty = path in self.fault_paths
             drop_request = faulty and self._rng.random() < self.drop_request_rate

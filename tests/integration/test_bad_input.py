@@ -218,6 +218,19 @@ for body in ({"origins": "x"}, {"origins": [5]}, {"origins": ["bad origin"]},
              {"origins": [], "node_id": "nope"}):
     CASES.append(("POST", "/counter/state", body, {}, 400))
 
+# forward (a keyed increment sent to its key's home)
+FORWARD = {"node_id": STRANGER, "counter": "default", "delta": 1, "key": "fwd-1"}
+for body in BAD_BODIES + [b"", {}]:
+    CASES.append(("POST", "/counter/forward", body, {}, 400))
+for field, values in (("node_id", BAD_NODE_IDS), ("counter", BAD_COUNTERS),
+                      ("delta", BAD_DELTAS), ("key", ["", "k" * 256, "new\nline", 5, None])):
+    for value in values:
+        CASES.append(("POST", "/counter/forward", {**FORWARD, field: value}, {}, 400))
+for field in FORWARD:
+    CASES.append(("POST", "/counter/forward",
+                  {k: v for k, v in FORWARD.items() if k != field}, {}, 400))
+CASES.append(("POST", "/counter/forward", {**FORWARD, "x": 1}, {}, 400))
+
 # join and heartbeat
 MEMBERSHIP_BAD = [{"node_id": node_id} for node_id in BAD_NODE_IDS] + [
     {"cluster": "default"},

@@ -17,6 +17,7 @@ import pytest
 from dcounter.api import MAX_ORIGINS_PER_PULL
 from dcounter.config import Config
 from dcounter.counter import Event
+from dcounter.keyhome import home
 from dcounter.node import Node
 from tests.fakes import FakeClock, FakeNetwork, make_request
 
@@ -295,7 +296,8 @@ def test_an_idempotent_retry_at_another_node_counts_once(cluster_of):
     c.drain_replication()
     assert c.counts() == {n1: 4, n2: 4}
     assert json.loads(retry.body) == json.loads(first.body) | {"count": 4}
-    assert json.loads(retry.body)["event_id"] == f"{c[n1].counter.local_origin}:1"
+    # One event, made by the key's home (n1 or n2) whichever node took the first attempt.
+    assert json.loads(retry.body)["event_id"] == json.loads(first.body)["event_id"]
 
 
 def test_a_node_of_another_cluster_never_merges(cluster_of):
@@ -445,8 +447,10 @@ def test_a_lead_made_of_pushes_in_flight_is_not_pulled_and_their_keys_arrive(clu
     c = cluster_of(2)
     n1, n2 = c.ids
     c.form()
+    # A key whose home is n1, so that n1 applies it itself and pushes it to n2.
+    key = next(k for k in (f"client-{n}" for n in range(100)) if home(k, c.ids) == n1)
     c.net.hold(n2)  # n1's push to n2 is on its way
-    c.increment(n1, delta=3, key="client-7")
+    c.increment(n1, delta=3, key=key)
     wait_for(lambda: c.net.waiting.get(n2) == 1, "the push to be in flight")
     c[n2].heartbeat_once()  # n1's reply shows it ahead
     c[n2].pull_once()  # too early: the push may still arrive
@@ -456,8 +460,11 @@ def test_a_lead_made_of_pushes_in_flight_is_not_pulled_and_their_keys_arrive(clu
     c[n2].heartbeat_once()
     c[n2].pull_once()
     assert c[n2].metrics.value("dcounter_anti_entropy_pulls_total") == 0
-    retry = c.increment(n2, delta=3, key="client-7")
-    assert retry.headers["Idempotent-Replayed"] == "true"
+    # The key arrived with the push: n2 itself knows it (a retry sent to n2 as a client's
+    # would be forwarded to n1, the home, so it is put to n2 as a forwarded request).
+    retry = c[n2].app.handle(make_request("POST", "/counter/forward", {
+        "node_id": n1, "counter": "c", "delta": 3, "key": key}))
+    assert json.loads(retry.body)["replayed"] is True
     assert c.counts() == {n1: 3, n2: 3}
 
 

@@ -1,6 +1,7 @@
 """The transport against the `responses` library: the one network seam, mocked at its edge."""
 
 import json
+import socket
 
 import pytest
 import requests
@@ -130,3 +131,37 @@ def test_the_environment_proxy_is_ignored(monkeypatch):
         t.post("p:1", "/x", {})
         assert mock.calls[0].request.url == "http://p:1/x"
     t.close()
+
+
+def test_a_refused_connection_says_nothing_was_sent_and_a_silent_peer_that_it_may_have_been():
+    """Real loopback sockets: whether a request may have left decides what a keyed increment's
+    forward does (keyhome.py)."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the connection is refused
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the handshake completes in the backlog; nobody ever answers
+    transport = Transport(timeout=0.2)
+    try:
+        with pytest.raises(PeerUnreachable) as refused:
+            transport.post(f"127.0.0.1:{refused_port}", "/counter/forward", {})
+        assert refused.value.sent is False
+        with pytest.raises(PeerUnreachable) as timed_out:
+            transport.post(f"127.0.0.1:{silent.getsockname()[1]}", "/counter/forward", {})
+        assert timed_out.value.sent is True
+    finally:
+        transport.close()
+        silent.close()
+
+
+@responses.activate
+@pytest.mark.parametrize("error, sent", [
+    (requests.ConnectTimeout("slow"), False), (requests.ReadTimeout("slow"), True),
+    (requests.ConnectionError("reset"), True)])
+def test_whether_a_failed_request_was_sent(transport, error, sent):
+    responses.post(URL, body=error)
+    with pytest.raises(PeerUnreachable) as info:
+        transport.post("peer.example:7001", "/nodes/heartbeat", {})
+    assert info.value.sent is sent
