@@ -14,15 +14,13 @@ Two sources, because the simulator models no CPU:
   than the peer timeout while the load goes on, the load stops, the halves heal, and the time
   until every node lists every other node, shows the same counters and digest and has nothing
   left to send or pull (simcheck.unsettled) is measured, per seed.
-* **Real processes**: `size` in-memory nodes (`python -m dcounter`, the default timings) on
-  free loopback ports, idle; over a window, each node's served membership requests
-  (`dcounter_http_requests_total` deltas) and its CPU time (utime + stime from /proc). The same
-  for one node alone gives the fixed cost of an idle node, so what the members cost is the
-  difference; divided by the peers, the CPU one member costs each node.
+* **Real processes** (scaleprocs.py, `--real N`, `--blackhole N,K`): the CPU an idle member
+  costs each node, and whether silenced peers drag the others down.
+* **The rule** (`supported_size`): the largest cluster in which what the members cost a node
+  stays within a budget (5 %) of one core.
 
 The message counter wraps the simulated network's `send` from outside: nothing in the
-simulator's modules knows it is counted. Every run is bounded in virtual time; the real-process
-run ends the processes it started, by pid.
+simulator's modules knows it is counted. Every run is bounded in virtual time.
 """
 
 from __future__ import annotations
@@ -31,12 +29,9 @@ import argparse
 import collections
 import json
 import math
-import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 from dcounter.config import Config
@@ -45,7 +40,6 @@ from dcounter.errors import DcounterError
 CATEGORIES = ("membership", "replication", "anti_entropy")
 CATEGORY = {"join": "membership", "heartbeat": "membership", "leave": "membership",
             "replicate": "replication", "state": "anti_entropy"}
-MEMBERSHIP_ROUTES = ("/nodes/heartbeat", "/nodes/join", "/nodes/leave")
 SIZES = (3, 5, 10, 20, 50)
 FORM_DEADLINE = 120.0  # virtual seconds for a fresh cluster to list every node everywhere
 HEAL_DEADLINE = 120.0  # virtual seconds after a heal to converge
@@ -228,86 +222,6 @@ def sim_table(sizes=SIZES, rate: float = 100.0, window: float = 20.0,
     return rows
 
 
-# -- real processes --------------------------------------------------------------------------
-
-def _node_sample(port: int, pid: int) -> dict:
-    from dcounter import bench
-    client = bench.Client(port)
-    try:
-        status, body = client.request("GET", "/metrics")
-    finally:
-        client.close()
-    if status != 200:
-        raise RuntimeError(f"/metrics on port {port}: HTTP {status}")
-    membership = other = 0.0
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(" ")
-        if name.startswith("dcounter_http_requests_total{"):
-            if any(f'route="{route}"' in name for route in MEMBERSHIP_ROUTES):
-                membership += float(value)
-            else:
-                other += float(value)
-    return {"membership": membership, "other": other, "cpu": bench.cpu_seconds(pid),
-            "sockets": _sockets(pid)}
-
-
-def _sockets(pid: int) -> int:
-    """Open sockets of a process (its listening socket, connections in and out)."""
-    count = 0
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                    count += 1
-            except OSError:
-                pass
-    except OSError:
-        return 0
-    return count
-
-
-def measure_processes(size: int, window: float = 30.0, settle: float = 5.0) -> dict:
-    """Start `size` in-memory nodes with the default timings, wait until they list each other
-    and `settle` seconds more, then measure `window` seconds of idling. Per node: membership
-    requests served per second, CPU seconds per second, open sockets."""
-    from dcounter import bench
-    procs = bench.Processes()
-    workdir = tempfile.mkdtemp(prefix="dcounter-scale-")
-    try:
-        target = bench.start_cluster(procs, workdir, size, durable=False)
-        time.sleep(settle)  # joins and the first heartbeats are not the steady state
-        pairs = list(zip(target.ports, target.pids))
-        before = [_node_sample(port, pid) for port, pid in pairs]
-        began = time.monotonic()
-        time.sleep(window)
-        after = [_node_sample(port, pid) for port, pid in pairs]
-        seconds = time.monotonic() - began
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
-    membership = [(a["membership"] - b["membership"]) / seconds for a, b in zip(after, before)]
-    cpu = [(a["cpu"] - b["cpu"]) / seconds for a, b in zip(after, before)]
-    # The /metrics scrapes themselves are served too; everything else must be nothing.
-    other = [(a["other"] - b["other"] - 1) / seconds for a, b in zip(after, before)]
-    return {"nodes": size, "seconds": seconds,
-            "membership_per_node_s": statistics.mean(membership),
-            "cpu_per_node": statistics.mean(cpu), "cpu_max": max(cpu),
-            "other_per_node_s": statistics.mean(other),
-            "sockets_max": max(a["sockets"] for a in after)}
-
-
-def real_point(size: int = 10, window: float = 30.0) -> dict:
-    """The idle cluster of `size` against one idle node: what one member costs each node."""
-    alone = measure_processes(1, window)
-    cluster = measure_processes(size, window)
-    peers = size - 1
-    per_member_cpu = (cluster["cpu_per_node"] - alone["cpu_per_node"]) / peers
-    per_request = ((cluster["cpu_per_node"] - alone["cpu_per_node"])
-                   / cluster["membership_per_node_s"]) if cluster["membership_per_node_s"] else None
-    return {"alone": alone, "cluster": cluster, "per_member_cpu": per_member_cpu,
-            "cpu_per_membership_request": per_request}
-
-
 # -- the supported size ----------------------------------------------------------------------
 
 def supported_size(per_member_cpu: float, budget: float = 0.05) -> int:
@@ -344,27 +258,6 @@ def render_sim(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render_real(point: dict) -> str:
-    a, c = point["alone"], point["cluster"]
-    size = c["nodes"]
-    lines = [
-        f"real processes, idle, {c['seconds']:.0f} s each:",
-        f"  1 node:  CPU {a['cpu_per_node'] * 100:.2f} % of a core",
-        f"  {size} nodes: membership requests served {c['membership_per_node_s']:.2f}/s per "
-        f"node, CPU {c['cpu_per_node'] * 100:.2f} % of a core per node (max "
-        f"{c['cpu_max'] * 100:.2f} %), other requests {c['other_per_node_s']:.2f}/s, "
-        f"sockets at most {c['sockets_max']} per process",
-        f"  one member costs each node {point['per_member_cpu'] * 100:.3f} % of a core",
-    ]
-    if point["cpu_per_membership_request"] is not None:
-        lines.append(f"  CPU per membership request served (and one sent): "
-                     f"{point['cpu_per_membership_request'] * 1000:.2f} ms")
-    if point["per_member_cpu"] > 0:
-        lines.append(f"  members within 5 % of a core: {supported_size(point['per_member_cpu'])} "
-                     "nodes")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dcounter.simscale",
@@ -384,6 +277,9 @@ def main(argv=None) -> int:
                         help="also measure N real in-memory nodes, idle, against one (e.g. 10)")
     parser.add_argument("--real-window", type=float, default=30.0,
                         help="seconds each real-process measurement lasts (default %(default)s)")
+    parser.add_argument("--blackhole", default=None, metavar="N,K",
+                        help="start N real in-memory nodes, silence K of them (SIGSTOP) and "
+                             "watch whether the others keep listing each other")
     parser.add_argument("--no-sim", action="store_true", help="skip the simulator")
     args = parser.parse_args(argv)
     try:
@@ -396,6 +292,15 @@ def main(argv=None) -> int:
         parser.error("--rate must be 0 or more; --window, --seeds and --real-window positive")
     if args.real == 1 or args.real < 0:
         parser.error("--real must be 2 or more")
+    blackhole_args = None
+    if args.blackhole is not None:
+        try:
+            blackhole_args = [int(x) for x in args.blackhole.split(",")]
+        except ValueError:
+            blackhole_args = None
+        if (blackhole_args is None or len(blackhole_args) != 2
+                or not 0 < blackhole_args[1] <= blackhole_args[0] - 2):
+            parser.error("--blackhole takes N,K with 0 < K <= N - 2")
     if not args.no_sim:
         started = time.monotonic()
         rows = sim_table(sizes, args.rate, args.window, args.seeds,
@@ -404,7 +309,17 @@ def main(argv=None) -> int:
                                                   file=sys.stderr, flush=True))
         print(render_sim(rows))
     if args.real:
-        print(render_real(real_point(args.real, args.real_window)))
+        from dcounter import scaleprocs  # starts processes: only when asked
+        point = scaleprocs.real_point(args.real, args.real_window)
+        print(scaleprocs.render_real(point))
+    if blackhole_args:
+        from dcounter import scaleprocs
+        result = scaleprocs.blackhole(*blackhole_args)
+        first = result["first_miss"]
+        print(f"{result['nodes']} nodes, {result['stopped']} silenced: over "
+              f"{result['watch']:.0f} s a running node did not list another running one "
+              f"{result['misses']} time(s)"
+              + (f", first after {first:.1f} s" if first is not None else ""))
     return 0
 
 

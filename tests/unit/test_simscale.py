@@ -91,3 +91,16 @@ def test_bad_arguments_are_refused(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_incoming_connections_are_counted_per_listening_port():
+    import socket
+
+    from dcounter.scaleprocs import _incoming
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert _incoming(port) == 0
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = server.accept()
+            with accepted:
+                assert _incoming(port) == 1
