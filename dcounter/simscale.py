@@ -39,7 +39,11 @@ from dcounter.errors import DcounterError
 
 CATEGORIES = ("membership", "replication", "anti_entropy")
 CATEGORY = {"join": "membership", "heartbeat": "membership", "leave": "membership",
-            "replicate": "replication", "state": "anti_entropy"}
+            "replicate": "replication", "state": "anti_entropy",
+            # the same kinds named by their routes
+            "/nodes/join": "membership", "/nodes/heartbeat": "membership",
+            "/nodes/leave": "membership", "/counter/replicate": "replication",
+            "/counter/state": "anti_entropy"}
 SIZES = (3, 5, 10, 20, 50)
 FORM_DEADLINE = 120.0  # virtual seconds for a fresh cluster to list every node everywhere
 HEAL_DEADLINE = 120.0  # virtual seconds after a heal to converge
@@ -70,7 +74,9 @@ class MessageCount:
                 self._membership_calls.discard(call_id)
                 self.membership_bytes += _json_size(body)
             return
-        category = CATEGORY.get(kind, kind)
+        category = CATEGORY.get(kind)
+        if category is None:  # figures that leave a kind out would be wrong, not smaller
+            raise ValueError(f"unknown message kind {kind!r}: add it to simscale.CATEGORY")
         self.requests[(src, category)] += 1
         if category == "membership":
             self.membership_bytes += _json_size(body)

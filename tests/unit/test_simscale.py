@@ -77,6 +77,14 @@ def test_the_counter_sorts_requests_and_counts_membership_replies_only_when_coun
     assert rates["membership_bytes"] == membership / 2
 
 
+def test_a_message_of_an_unknown_kind_stops_the_count():
+    net = _Net()
+    count = MessageCount(net)
+    count.counting = True
+    with pytest.raises(ValueError, match="gossip"):
+        net.send("a", "b", ("gossip", 1, {}))
+
+
 def test_the_supported_size_follows_the_rule():
     assert supported_size(0.001) == 51  # 50 peers at 0.1 % of a core each: 5 %
     assert supported_size(0.01, budget=0.1) == 11
