@@ -12,6 +12,9 @@ Everything runs on loopback, in processes this module starts and ends by pid:
   that POSTs between a shared start and deadline), else a multi-process Python keep-alive
   generator. Either way every request sent gets its answer before the generator stops, so the
   acknowledged increments (2xx) are exact.
+* with `--keyed`, every cluster also runs with a unique Idempotency-Key per increment, as the
+  client library sends them (rows "..., keyed"; their ratios are to the plain runs), and the
+  share of increments forwarded to their key's home (`dcounter_increments_forwarded_total`).
 
 Runs are interleaved (bare, cluster, cluster, bare, ...) and repeated, and the table quotes
 medians; a ratio to the bare server is each run's rate over the bare runs just before and after
