@@ -12,6 +12,9 @@ Everything runs on loopback, in processes this module starts and ends by pid:
   that POSTs between a shared start and deadline), else a multi-process Python keep-alive
   generator. Either way every request sent gets its answer before the generator stops, so the
   acknowledged increments (2xx) are exact.
+* with `--keyed`, every cluster also runs with a unique Idempotency-Key per increment, as the
+  client library sends them (rows "..., keyed"; their ratios are to the plain runs), and the
+  share of increments forwarded to their key's home (`dcounter_increments_forwarded_total`).
 
 Runs are interleaved (bare, cluster, cluster, bare, ...) and repeated, and the table quotes
 medians; a ratio to the bare server is each run's rate over the bare runs just before and after
@@ -265,9 +268,16 @@ def start_bare(procs: Processes, workdir: str) -> Target:
     return Target("bare", [proc.pid], [port], [proc], kind="bare")
 
 
-def start_cluster(procs: Processes, workdir: str, size: int, durable: bool,
-                  extra: list[str] | None = None) -> Target:
+def config_name(size: int, durable: bool, keyed: bool = False) -> str:
+    """A cluster row's name: "3 nodes, durable", or "3 nodes, durable, keyed" for the runs
+    whose every increment carries its own Idempotency-Key."""
     name = f"{size} node{'s' if size > 1 else ''}, {'durable' if durable else 'in-memory'}"
+    return name + ", keyed" if keyed else name
+
+
+def start_cluster(procs: Processes, workdir: str, size: int, durable: bool,
+                  extra: list[str] | None = None, keyed: bool = False) -> Target:
+    name = config_name(size, durable, keyed)
     run_dir = tempfile.mkdtemp(prefix=f"n{size}{'d' if durable else 'm'}-", dir=workdir)
     started, outputs = [], []
 
@@ -332,13 +342,15 @@ class Scrape:
     commits: float = 0.0  # dcounter_commit_seconds_count: groups committed
     commit_seconds: float = 0.0  # dcounter_commit_seconds_sum
     committed_jobs: float = 0.0  # dcounter_commit_group_size_sum: requests in those groups
+    forwarded: float = 0.0  # dcounter_increments_forwarded_total: keyed, sent to their home
 
     def __sub__(self, other: "Scrape") -> "Scrape":
         return Scrape(self.internal - other.internal,
                       {le: n - other.delay_buckets.get(le, 0)
                        for le, n in self.delay_buckets.items()},
                       self.commits - other.commits, self.commit_seconds - other.commit_seconds,
-                      self.committed_jobs - other.committed_jobs)
+                      self.committed_jobs - other.committed_jobs,
+                      self.forwarded - other.forwarded)
 
 
 def scrape(ports: list[int]) -> Scrape:
@@ -365,6 +377,8 @@ def scrape(ports: list[int]) -> Scrape:
                 result.commit_seconds += float(value)
             elif name == "dcounter_commit_group_size_sum":
                 result.committed_jobs += float(value)
+            elif name == "dcounter_increments_forwarded_total":
+                result.forwarded += float(value)
     return result
 
 
@@ -405,6 +419,7 @@ end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local start_at, stop_at, budget, sent = 0, math.huge, 0, 0
+KEYED_REQUEST
 
 function init(args)
   start_at = tonumber(args[1])
@@ -435,7 +450,46 @@ function done(summary, latency, requests)
                          '"quantiles_us":[%s]}\n', summary.requests, e.status,
                          e.connect + e.read + e.write + e.timeout, table.concat(q, ",")))
 end
-""".replace("QUANTILES", str(QUANTILES))
+"""
+
+# Keyed runs: a unique Idempotency-Key per request, `<prefix>-<thread>-<n>` (the prefix is random
+# per wrk process, the thread numbered in `setup`, n counts the thread's requests). Only keyed
+# runs define `request()`: with it wrk builds every request anew, which plain runs need not pay.
+# It comes before `init`, which sets the prefix: a local declared after it would stay empty.
+WRK_KEYED = r"""
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_id", threads)
+end
+
+local key_prefix, keyed_sent = "", 0
+function request()
+  keyed_sent = keyed_sent + 1
+  return wrk.format(nil, nil, {["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = string.format("%s-%d-%d", key_prefix, thread_id or 0, keyed_sent)})
+end
+"""
+
+
+def wrk_script(keyed: bool) -> str:
+    """The Lua script for wrk; its arguments are the start, the deadline, the budget, the body
+    and (keyed) the key prefix."""
+    text = WRK_SCRIPT.replace("QUANTILES", str(QUANTILES))
+    if not keyed:
+        return text.replace("KEYED_REQUEST\n", "")
+    text = text.replace("KEYED_REQUEST\n", WRK_KEYED)
+    return text.replace("  wrk.body = args[4]\n", "  wrk.body = args[4]\n  key_prefix = args[5]\n")
+
+
+def key_prefix() -> str:
+    """A random prefix for one load process's idempotency keys, so no two runs share a key."""
+    return os.urandom(6).hex()
+
+
+def idempotency_key(prefix: str, thread: int, n: int) -> str:
+    """The Python load generator's key for the n-th request of one connection thread."""
+    return f"{prefix}-{thread}-{n}"
 
 
 @dataclass
@@ -480,7 +534,8 @@ class Load:
     """One load (a set of generator processes) against a target's ports."""
 
     def __init__(self, bench: "Bench", ports: list[int], connections: int, start: float,
-                 stop: float, budget: int = 0, counter: str = BENCH_COUNTER):
+                 stop: float, budget: int = 0, counter: str = BENCH_COUNTER,
+                 keyed: bool = False):
         self.bench = bench
         self.ports = ports
         self.start_at = start
@@ -498,13 +553,15 @@ class Load:
             self.outputs.append(out)
             if bench.loadgen == "wrk":
                 args = ["wrk", "-t1", f"-c{conns[i]}", f"-d{run_for}s", "--timeout", "30s",
-                        "-s", bench.wrk_script, f"http://127.0.0.1:{port}/counter/increment",
+                        "-s", bench.wrk_scripts[keyed],
+                        f"http://127.0.0.1:{port}/counter/increment",
                         "--", repr(start), repr(stop if stop != math.inf else 1e12),
-                        str(budgets[i]), self.body]
+                        str(budgets[i]), self.body] + ([key_prefix()] if keyed else [])
             else:
                 spec = {"port": port, "connections": conns[i], "start": start,
                         "stop": stop if stop != math.inf else 1e12, "budget": budgets[i],
-                        "body": self.body, "hard_stop": time.monotonic() + run_for}
+                        "body": self.body, "hard_stop": time.monotonic() + run_for,
+                        "key_prefix": key_prefix() if keyed else None}
                 args = [sys.executable, "-m", "dcounter.bench", "--load-worker",
                         json.dumps(spec)]
             with open(out, "wb") as f:
@@ -555,8 +612,10 @@ def load_worker(spec: dict) -> int:
             sent[0] += 1
         return True
 
-    def connection() -> None:
+    def connection(thread: int) -> None:
         mine, ok, bad, errors = [], 0, 0, 0
+        headers = {"Content-Type": "application/json"}
+        prefix, n = spec.get("key_prefix"), 0
         conn = None
         pause = spec["start"] - time.monotonic()
         if pause > 0:
@@ -567,9 +626,11 @@ def load_worker(spec: dict) -> int:
                     conn = http.client.HTTPConnection("127.0.0.1", spec["port"], timeout=30)
                     conn.connect()
                     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if prefix:
+                    n += 1
+                    headers["Idempotency-Key"] = idempotency_key(prefix, thread, n)
                 began = time.monotonic()
-                conn.request("POST", "/counter/increment", body=body,
-                             headers={"Content-Type": "application/json"})
+                conn.request("POST", "/counter/increment", body=body, headers=headers)
                 response = conn.getresponse()
                 response.read()
                 mine.append(time.monotonic() - began)
@@ -590,8 +651,8 @@ def load_worker(spec: dict) -> int:
             counts["non2xx"] += bad
             counts["errors"] += errors
 
-    threads = [threading.Thread(target=connection, daemon=True)
-               for _ in range(spec["connections"])]
+    threads = [threading.Thread(target=connection, args=(i + 1,), daemon=True)
+               for i in range(spec["connections"])]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -635,6 +696,8 @@ class RunResult:
     commit_ms_mean: float | None = None  # durable: mean time of a group commit, all nodes
     commit_group_mean: float | None = None  # durable: mean requests per group commit
     rep: int = 0
+    keyed: bool = False  # every increment carried its own Idempotency-Key
+    forwarded_share: float | None = None  # keyed: acked increments forwarded to the key's home
 
 
 class Converge:
@@ -763,9 +826,12 @@ class Bench:
         self.procs = Processes()
         self.workdir = tempfile.mkdtemp(prefix="dcounter-bench-")
         self.loadgen = choose_loadgen(args.loadgen)
-        self.wrk_script = os.path.join(self.workdir, "increment.lua")
-        with open(self.wrk_script, "w") as f:
-            f.write(WRK_SCRIPT)
+        self.wrk_scripts = {}  # keyed -> path
+        for keyed in (False, True):
+            self.wrk_scripts[keyed] = os.path.join(self.workdir,
+                                                   f"increment{'-keyed' if keyed else ''}.lua")
+            with open(self.wrk_scripts[keyed], "w") as f:
+                f.write(wrk_script(keyed))
         self.grace = 0.5  # seconds for the answers still in flight at the deadline
         self._ids = 0
 
@@ -815,18 +881,20 @@ class Bench:
                 client.close()
 
     # -- one run ------------------------------------------------------------------------------
-    def run(self, kind: str, size: int = 1, durable: bool | None = None) -> RunResult:
+    def run(self, kind: str, size: int = 1, durable: bool | None = None,
+            keyed: bool = False) -> RunResult:
         if kind == "bare":
             target = start_bare(self.procs, self.workdir)
         else:
             target = start_cluster(self.procs, self.workdir, size, durable,
-                                   self.args.node_args)
+                                   self.args.node_args, keyed)
         try:
-            return self._measure(target, size, durable)
+            return self._measure(target, size, durable, keyed)
         finally:
             self.procs.stop(target.procs)
 
-    def _measure(self, target: Target, size: int, durable: bool | None) -> RunResult:
+    def _measure(self, target: Target, size: int, durable: bool | None,
+                 keyed: bool = False) -> RunResult:
         args = self.args
         self.warm_up(target)
         rss_warm = [rss_kib(pid) for pid in target.pids]
@@ -835,7 +903,7 @@ class Bench:
         cpu_before = [cpu_seconds(pid) for pid in target.pids]
         start = time.monotonic() + 0.3
         stop = start + args.duration
-        load = Load(self, target.ports, args.connections, start, stop)
+        load = Load(self, target.ports, args.connections, start, stop, keyed=keyed)
         converge = Converge(target.ports, stop, limit=10.0)
         probe = Probe(target.ports, start, stop, args.probe_interval) \
             if dcounter and size > 1 else None
@@ -856,9 +924,11 @@ class Bench:
             for client in clients:
                 client.close()
         internal, delay_p99, within = None, None, None
-        commit_ms = group = None
+        commit_ms = group = forwarded = None
         if dcounter:
             moved = scrape(target.ports) - before
+            if keyed:
+                forwarded = forwarded_share(moved.forwarded, result.acknowledged)
             internal = moved.internal / max(1, result.acknowledged)
             if moved.commits > 0:
                 commit_ms = 1000 * moved.commit_seconds / moved.commits
@@ -880,7 +950,8 @@ class Bench:
             replication_missed=probe.missed if probe else 0,
             delivery_p99_ms=None if delay_p99 is None else delay_p99 * 1000,
             delivered_within_100ms=within, cpu_us_per_increment=cpu_us,
-            commit_ms_mean=commit_ms, commit_group_mean=group)
+            commit_ms_mean=commit_ms, commit_group_mean=group, keyed=keyed,
+            forwarded_share=forwarded)
 
     # -- the memory check ---------------------------------------------------------------------
     def memory_check(self) -> dict:
@@ -911,6 +982,12 @@ class Bench:
                     "max_growth_kib": max(growth)}
         finally:
             self.procs.stop(target.procs)
+
+
+def forwarded_share(forwarded: float, acknowledged: int) -> float | None:
+    """The share of acknowledged increments that the node receiving them forwarded to their
+    key's home (with N nodes about (N - 1) / N: keys' homes are spread evenly)."""
+    return forwarded / acknowledged if acknowledged else None
 
 
 def choose_loadgen(wanted: str) -> str:
@@ -1036,6 +1113,8 @@ def summarise(runs: list[RunResult]) -> list[dict]:
             "commit_ms_mean_spread": _spread([r.commit_ms_mean for r in group]),
             "commit_group_mean": _median([r.commit_group_mean for r in group]),
             "non2xx": sum(r.non2xx for r in group), "errors": sum(r.errors for r in group),
+            "keyed": first.keyed,
+            "forwarded_share": _median([r.forwarded_share for r in group]),
         })
     return rows
 
@@ -1063,11 +1142,21 @@ def render_compact(rows: list[dict], memory: dict | None) -> str:
                       _fmt(row["ratio_to_bare"], ".2f"), _fmt(row["ratio_to_one_node"], ".2f"),
                       _fmt(row["p50_ms"], ".1f"), _fmt(row["p99_ms"], ".1f"), converge,
                       _fmt(row["delivery_p99_ms"]), match])
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(widths[i]) if i in (0, len(line) - 1) else
-                       cell.rjust(widths[i]) for i, cell in enumerate(line)).rstrip()
-             for line in table]
+
+    def columns(table):
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        return ["  ".join(cell.ljust(widths[i]) if i in (0, len(line) - 1) else
+                          cell.rjust(widths[i]) for i, cell in enumerate(line)).rstrip()
+                for line in table]
+
+    lines = columns(table)
+    if max(len(line) for line in lines) > 100:
+        # Long names (the keyed rows) leave no room for a failure's detail: it goes below.
+        details = [f"{line[0]}: {line[-1].partition(': ')[2]}" for line in table[1:]
+                   if ": " in line[-1]]
+        lines = columns([line[:-1] + [line[-1].partition(": ")[0]] for line in table]) + details
     lines.append("(p50, p99, converge and repl p99 in ms; --markdown prints every column)")
+    lines += forwarded_notes(rows)
     if memory:
         def mib(values):
             return " ".join(f"{v / 1024:.1f}" for v in values)
@@ -1079,6 +1168,13 @@ def render_compact(rows: list[dict], memory: dict | None) -> str:
                   f"{2 * step:,} {mib(memory['rss_second_kib'])}",
                   f"  growth over the second {step:,}: {growth}"]
     return "\n".join(lines)
+
+
+def forwarded_notes(rows: list[dict]) -> list[str]:
+    """One line per keyed row: the share of its increments forwarded to their key's home."""
+    return [f"{row['config']}: {100 * row['forwarded_share']:.1f} % of increments forwarded to "
+            f"their key's home"
+            for row in rows if row.get("keyed") and row.get("forwarded_share") is not None]
 
 
 def _with_spread(row: dict, name: str, spec: str) -> str:
@@ -1130,6 +1226,9 @@ def render_table(rows: list[dict], memory: dict | None) -> str:
             f"{_with_spread(row, 'cpu_vs_bare', '.2f')} | "
             f"{_with_spread(row, 'capacity_of_n_machines', '.2f')} | "
             f"{_with_spread(row, 'cpu_us_per_replicated_event', '.0f')} | {commit} |")
+    notes = forwarded_notes(rows)
+    if notes:
+        lines += [""] + notes
     if memory:
         growth = ", ".join(f"{g / 1024:+.2f}" for g in memory["growth_second_kib"])
         lines.append("")
@@ -1204,6 +1303,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "0 skips it)")
     parser.add_argument("--node-args", type=str.split, default=[],
                         help="extra flags for every dcounter node, e.g. '--sync normal'")
+    parser.add_argument("--keyed", action="store_true",
+                        help="also run every cluster with a unique Idempotency-Key per increment "
+                             "(rows \"..., keyed\"; such increments go to their key's home)")
     parser.add_argument("--memory-only", action="store_true",
                         help="run only the memory check")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
@@ -1245,10 +1347,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.duration:g} s per run, {args.reps} repetition(s)")
         for rep in range(0 if args.memory_only else args.reps):
             for size in sizes:
-                plan = [("bare", 1, None)] + [("dcounter", size, mode == "durable")
-                                               for mode in modes]
-                for kind, n, durable in plan:
-                    run = bench.run(kind, n, durable)
+                plan = [("bare", 1, None, False)] + [("dcounter", size, mode == "durable", keyed)
+                                                      for keyed in (False, True)[:1 + args.keyed]
+                                                      for mode in modes]
+                for kind, n, durable, keyed in plan:
+                    run = bench.run(kind, n, durable, keyed)
                     run.rep = rep
                     runs.append(run)
                     bench.log(f"  rep {rep + 1}: {run.config}: {run.increments_per_s:.0f} inc/s, "
