@@ -19,6 +19,8 @@ Bounds (the README's "Range" section), chosen so that everything accepted can be
 * origins in a digest, a pull or a snapshot: at most MAX_ORIGINS_PER_PULL; entries in a peer
   list: at most MAX_PEER_LIST.
 * items in a bulk event: 2 to MAX_ITEMS (protocol 2; a single item is a plain event).
+* a run of the compact replicate body (protocol 2): at least one event, and its last sequence
+  number (`first` plus its events, less one) within 2^63-1.
 
 This module imports nothing of the node: only `validation`, `errors` and the `Event` type.
 """
