@@ -26,7 +26,7 @@ from dcounter.membership import backoff_warnings
 from dcounter.protocol import accepted
 from dcounter.validation import MAX_DELTA
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_events,
-                           decode_forward, decode_peer_list)
+                           decode_forward, decode_peer_list, decode_runs)
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +173,26 @@ def forward(node, request: Request):
 
 def replicate(node, request: Request):
     data = json_body(request)
-    if "event_id" in data and "events" not in data:
+    if "event_id" in data and "events" not in data and "runs" not in data:
         # The original system sends each increment's uuid to every peer: a node cannot tell
         # whether another node counted it too, so accepting it would count it once per node.
         raise NotAPeer("the original system's replicate form {node_id, event_id} is not "
                        "accepted: it would be counted once per node that receives it; "
                        + SEE_CUTOVER, _sender(data, request))
-    check_fields(data, required=("node_id", "events"))
-    sender = validation.node_id(data["node_id"])
-    if not isinstance(data["events"], list):
-        raise BadRequest("events must be a list")
-    events = decode_events(data["events"])
+    # Protocol 1 sends `events`, a list of event objects; protocol 2 the compact `runs`
+    # (wire.py). Exactly one of them.
+    if "runs" in data and "events" not in data:
+        check_fields(data, required=("node_id", "runs"))
+        sender = validation.node_id(data["node_id"])
+        if node.protocol < 2:
+            raise BadRequest("runs need protocol 2; this node speaks protocol 1")
+        events = decode_runs(data["runs"])
+    else:
+        check_fields(data, required=("node_id", "events"))
+        sender = validation.node_id(data["node_id"])
+        if not isinstance(data["events"], list):
+            raise BadRequest("events must be a list")
+        events = decode_events(data["events"])
     if node.protocol < 2 and any(event.items is not None or event.reset is not None
                                  for event in events):
         raise BadRequest("bulk and reset events need protocol 2; this node speaks protocol 1")

@@ -343,6 +343,9 @@ class Scrape:
     commit_seconds: float = 0.0  # dcounter_commit_seconds_sum
     committed_jobs: float = 0.0  # dcounter_commit_group_size_sum: requests in those groups
     forwarded: float = 0.0  # dcounter_increments_forwarded_total: keyed, sent to their home
+    heartbeats: float = 0.0  # dcounter_http_requests_total of /nodes/heartbeat (in internal)
+    batches_sent: float = 0.0  # dcounter_replicate_batches_sent_total
+    events_sent: float = 0.0  # dcounter_replicate_events_sent_total
 
     def __sub__(self, other: "Scrape") -> "Scrape":
         return Scrape(self.internal - other.internal,
@@ -350,7 +353,10 @@ class Scrape:
                        for le, n in self.delay_buckets.items()},
                       self.commits - other.commits, self.commit_seconds - other.commit_seconds,
                       self.committed_jobs - other.committed_jobs,
-                      self.forwarded - other.forwarded)
+                      self.forwarded - other.forwarded,
+                      self.heartbeats - other.heartbeats,
+                      self.batches_sent - other.batches_sent,
+                      self.events_sent - other.events_sent)
 
 
 def scrape(ports: list[int]) -> Scrape:
@@ -368,6 +374,8 @@ def scrape(ports: list[int]) -> Scrape:
             if name.startswith("dcounter_http_requests_total{"):
                 if any(f'route="{route}"' in name for route in INTERNAL_ROUTES):
                     result.internal += float(value)
+                if 'route="/nodes/heartbeat"' in name:
+                    result.heartbeats += float(value)
             elif name.startswith(DELAY + "_bucket{"):
                 le = float(name.split('le="', 1)[1].split('"', 1)[0])
                 result.delay_buckets[le] = result.delay_buckets.get(le, 0) + float(value)
@@ -379,6 +387,10 @@ def scrape(ports: list[int]) -> Scrape:
                 result.committed_jobs += float(value)
             elif name == "dcounter_increments_forwarded_total":
                 result.forwarded += float(value)
+            elif name == "dcounter_replicate_batches_sent_total":
+                result.batches_sent += float(value)
+            elif name == "dcounter_replicate_events_sent_total":
+                result.events_sent += float(value)
     return result
 
 
@@ -695,6 +707,8 @@ class RunResult:
     cpu_us_per_increment: float | None = None  # µs of CPU, all node processes, per acked inc
     commit_ms_mean: float | None = None  # durable: mean time of a group commit, all nodes
     commit_group_mean: float | None = None  # durable: mean requests per group commit
+    heartbeat_per_increment: float | None = None  # the heartbeats' share of internal/inc
+    events_per_batch: float | None = None  # events per replicate request delivered
     rep: int = 0
     keyed: bool = False  # every increment carried its own Idempotency-Key
     forwarded_share: float | None = None  # keyed: acked increments forwarded to the key's home
@@ -924,12 +938,16 @@ class Bench:
             for client in clients:
                 client.close()
         internal, delay_p99, within = None, None, None
+        heartbeats = per_batch = None
         commit_ms = group = forwarded = None
         if dcounter:
             moved = scrape(target.ports) - before
             if keyed:
                 forwarded = forwarded_share(moved.forwarded, result.acknowledged)
             internal = moved.internal / max(1, result.acknowledged)
+            heartbeats = moved.heartbeats / max(1, result.acknowledged)
+            if moved.batches_sent > 0:
+                per_batch = moved.events_sent / moved.batches_sent
             if moved.commits > 0:
                 commit_ms = 1000 * moved.commit_seconds / moved.commits
                 group = moved.committed_jobs / moved.commits
@@ -951,7 +969,8 @@ class Bench:
             delivery_p99_ms=None if delay_p99 is None else delay_p99 * 1000,
             delivered_within_100ms=within, cpu_us_per_increment=cpu_us,
             commit_ms_mean=commit_ms, commit_group_mean=group, keyed=keyed,
-            forwarded_share=forwarded)
+            forwarded_share=forwarded, heartbeat_per_increment=heartbeats,
+            events_per_batch=per_batch)
 
     # -- the memory check ---------------------------------------------------------------------
     def memory_check(self) -> dict:
@@ -1089,6 +1108,8 @@ def summarise(runs: list[RunResult]) -> list[dict]:
             "converge_ms_max": (None if any(r.converge_ms is None for r in group)
                                 else max(r.converge_ms for r in group)),
             "internal_per_increment": _median([r.internal_per_increment for r in group]),
+            "heartbeat_per_increment": _median([r.heartbeat_per_increment for r in group]),
+            "events_per_batch": _median([r.events_per_batch for r in group]),
             "delivery_p99_ms": _median([r.delivery_p99_ms for r in group]),
             "delivery_p99_ms_max": max((r.delivery_p99_ms for r in group
                                         if r.delivery_p99_ms is not None), default=None),
@@ -1357,7 +1378,10 @@ def main(argv: list[str] | None = None) -> int:
                     bench.log(f"  rep {rep + 1}: {run.config}: {run.increments_per_s:.0f} inc/s, "
                               f"p99 {_fmt(run.p99_ms, '.1f')} ms, converge "
                               f"{_fmt(run.converge_ms)} ms, internal/inc "
-                              f"{_fmt(run.internal_per_increment, '.3f')}, counts match "
+                              f"{_fmt(run.internal_per_increment, '.3f')} (heartbeats "
+                              f"{_fmt(run.heartbeat_per_increment, '.3f')}), events/batch "
+                              f"{_fmt(run.events_per_batch, '.1f')}, CPU µs/inc "
+                              f"{_fmt(run.cpu_us_per_increment)}, counts match "
                               f"{run.counts_match}")
         if args.memory_increments:
             bench.log(f"  memory check: {args.memory_increments:,} increments per step")

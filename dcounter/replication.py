@@ -8,8 +8,9 @@ unexpected error counts as a failed send (logged with its traceback) and the out
 then drops a batch that keeps failing so. Backoff is keyed by the outbox, never by the peer's
 name, so a link removed while its send was in flight cannot touch the peer's next link.
 
-A peer of an older protocol is sent only the events its protocol can express (`protocol.py`);
-the others count as delivered to it, and reach it through anti-entropy.
+A peer of protocol 2 gets the compact body (`wire.encode_runs`); a peer of an older protocol
+the list of event objects, and only the events its protocol can express (`protocol.py`): the
+others count as delivered to it, and reach it through anti-entropy.
 
 Threads start only in `Replicator.start()`; a link added before it waits for it, a link added
 after starts at once. A removed peer's backlog is dropped (anti-entropy catches the peer up).
@@ -23,6 +24,7 @@ from dcounter.errors import PeerRefused, PeerUnreachable
 from dcounter.outbox import EVENTS_PER_PEER, LINGER_CAP, LinkState, Outbox, Queued
 from dcounter.protocol import PeerProtocols, expressible
 from dcounter.retry import RetrySchedule
+from dcounter.wire import encode_runs
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +215,9 @@ class Replicator:
         for link in links:
             link.enqueue(events)
 
-    def _payload(self, batch: list[Event]) -> dict:
+    def _payload(self, batch: list[Event], protocol: int) -> dict:
+        if protocol >= 2:  # the compact body: runs of consecutive events per origin
+            return {"node_id": self.self_id, "runs": encode_runs(batch)}
         return {"node_id": self.self_id, "events": [e.to_wire() for e in batch]}
 
     def post_batch(self, peer: str, batch: list[Event], timeout: float | None = None) -> None:
@@ -228,7 +232,7 @@ class Replicator:
             if not batch:
                 return
         try:
-            self.transport.post(peer, "/counter/replicate", self._payload(batch),
+            self.transport.post(peer, "/counter/replicate", self._payload(batch, protocol),
                                 **({} if timeout is None else {"timeout": timeout}))
         except Exception:
             if self.metrics:

@@ -270,6 +270,18 @@ def test_replicate_applies_once(node):
     assert headers["Idempotent-Replayed"] == "true"
 
 
+def test_replicate_applies_runs_once(node):
+    batch = {"node_id": "n2:7002", "runs": [
+        {"origin": "o2", "first": 1, "events": [["c", 2], ["c", 3, "client-key"]]},
+        {"origin": "o3", "first": 5, "events": [{"items": [["c", 1], ["d", 4]]}]}]}
+    assert post(node, "/counter/replicate", batch)[:2] == \
+        (200, {"applied": 3, "duplicates": 0, "deferred": 0})
+    assert post(node, "/counter/replicate", batch)[1] == \
+        {"applied": 0, "duplicates": 3, "deferred": 0}
+    assert node.count("c") == 6 and node.count("d") == 4
+    assert node.counter.digest()["o2"] == 2
+
+
 @pytest.mark.parametrize("bad_event", [
     "o2:5", {"id": "o2:0", "counter": "c", "delta": 1}, {"id": "o2", "counter": "c", "delta": 1},
     {"id": "o2:5", "counter": "c", "delta": 0}, {"id": "o2:5", "counter": "c", "delta": True},
@@ -291,6 +303,9 @@ def test_one_bad_event_refuses_the_whole_batch(node, bad_event):
     {}, {"events": []}, {"node_id": "bad", "events": []}, {"node_id": "n2:7002", "events": {}},
     {"node_id": "n2:7002", "events": [], "x": 1}, {"node_id": "n2:7002"},
     {"node_id": "n2:7002", "event_id": ""}, {"node_id": "n2:7002", "event_id": 5},
+    {"node_id": "n2:7002", "runs": {}}, {"node_id": "n2:7002", "runs": [], "events": []},
+    {"node_id": "n2:7002", "runs": [], "x": 1}, {"runs": []}, {"node_id": "bad", "runs": []},
+    {"node_id": "n2:7002", "runs": [{"origin": "o2", "first": 1, "events": [["c", 0]]}]},
 ])
 def test_malformed_replicate_requests_are_400(node, body):
     assert_error(post(node, "/counter/replicate", body), 400)

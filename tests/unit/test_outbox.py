@@ -245,3 +245,75 @@ def test_an_old_outboxs_outcome_never_touches_its_successor():
     old.sent_ok(in_flight, clock.monotonic())
     assert new.attempts == 1 and new.state is LinkState.BACKOFF
     assert schedule.pop_due(clock.monotonic() + 0.1) == [new]
+
+
+# -- a sender at saturation: batches sized by count, or by time when starved ---------------------
+
+BUDGET = 0.02 * LINGER_CAP  # the default linger's delay budget: 70 ms
+
+
+def saturate(*, every: float, flight: float, seconds: float = 2.0, goal: int = 48):
+    """Drive one outbox as its sender thread does: events arrive every `every` seconds, each
+    batch takes `flight` seconds to be acknowledged, and the sender looks at the outbox only
+    when `enqueue` wakes it, after an outcome, or at `next_wakeup`. Returns the batches
+    (time taken, [(event, queued at)]) in order."""
+    box, clock = make(max_backlog=100_000, batch_max=2_000, batch_linger=0.02, goal=goal)
+    tick = 1 / 4096  # exact in binary: the fake clock lands on every step
+    steps, per_event = round(seconds / tick), max(1, round(every / tick))
+    flight_steps = round(flight / tick)
+    batches, seq, due, back_at, in_flight = [], 1, None, None, None
+    for step in range(steps):
+        now = clock.monotonic()
+        if in_flight is not None and step >= back_at:
+            box.sent_ok(in_flight, now)
+            in_flight, due = None, now  # the sender loops straight back to the outbox
+        if step % per_event == 0:
+            if box.enqueue(events(seq, 1), now):
+                due = now
+            seq += 1
+        if in_flight is None and due is not None and now >= due:
+            batch = box.take_batch(now)
+            if batch is None:
+                due = box.next_wakeup(now)
+            else:
+                batches.append((now, batch))
+                in_flight, back_at, due = batch, step + flight_steps, None
+        clock.advance(tick)
+    return batches
+
+
+def waits(batches) -> list[float]:
+    return [taken - queued for taken, batch in batches for _, queued in batch]
+
+
+def test_a_starved_link_sends_one_request_per_delay_budget_and_no_event_waits_longer():
+    # 250 events a second on a link whose goal is 48 (a five-node cluster): the goal is never
+    # reached within the budget, so time sizes the batches.
+    batches = saturate(every=0.004, flight=0.01)
+    starts = [taken for taken, _ in batches]
+    gaps = [b - a for a, b in zip(starts[1:], starts[2:])]  # the first goes at once: idle
+    assert min(gaps) >= BUDGET - 0.001 and max(gaps) <= BUDGET + 0.005
+    assert len(batches) <= 2.0 / BUDGET + 2
+    assert max(waits(batches)) <= BUDGET + 0.001
+    assert sum(len(batch) for _, batch in batches[1:-1]) / len(batches[2:]) >= 16
+
+
+def test_a_flight_longer_than_the_budget_paces_the_link_and_everything_goes_at_its_end():
+    # Acknowledgements take 120 ms (a peer starved of CPU): one batch in flight at a time, the
+    # next taken the moment the previous is acknowledged, holding all that arrived meanwhile.
+    batches = saturate(every=0.004, flight=0.12)
+    starts = [taken for taken, _ in batches]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(gap == pytest.approx(0.12, abs=0.001) for gap in gaps)
+    assert all(len(batch) >= 29 for _, batch in batches[1:])
+    assert max(waits(batches)) <= 0.12 + 0.001
+
+
+def test_a_busy_link_that_reaches_its_goal_sends_a_batch_per_linger():
+    # 2000 events a second, goal 24 (three nodes): batches go at the linger, each past its goal.
+    batches = saturate(every=0.0005, flight=0.005, goal=24)
+    starts = [taken for taken, _ in batches]
+    gaps = [b - a for a, b in zip(starts[1:], starts[2:])]
+    assert all(gap == pytest.approx(0.02, abs=0.001) for gap in gaps)
+    assert all(len(batch) >= 24 for _, batch in batches[2:])
+    assert max(waits(batches)) <= 0.02 + 0.001

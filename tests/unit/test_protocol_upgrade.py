@@ -2,6 +2,7 @@
 in-memory FakeNetwork, driven step by step (see test_cluster.py)."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -150,3 +151,43 @@ def test_a_protocol_1_node_refuses_protocol_2(cluster_of, path):
     body = {"node_id": "n5:7005", "protocol": 2, "origin": "o5"}
     response = old.app.handle(make_request("POST", path, body))
     assert response.status == 409
+
+
+def test_protocol_2_peers_get_runs_and_the_old_node_the_event_list(cluster_of):
+    c = mixed(cluster_of)
+    n1, n2, n3 = c.ids
+    bodies: dict[str, list[dict]] = {node_id: [] for node_id in c.ids}
+    for node_id in c.ids:
+        original = c[node_id].app.handle
+
+        def handle(request, node_id=node_id, original=original):
+            if request.path == "/counter/replicate":
+                bodies[node_id].append(json.loads(request.body))
+            return original(request)
+
+        c[node_id].app.handle = handle
+    for node_id in c.ids:
+        for _ in range(3):
+            c.increment(node_id, "a", 1)
+    bulk(c, n1, [("a", 2), ("b", 1)])
+    c.drain_replication()
+    assert bodies[n3] and all(set(body) == {"node_id", "events"} for body in bodies[n3])
+    for node_id in (n1, n2):
+        assert all(set(body) == {"node_id", "runs"} if body["node_id"] != n3
+                   else set(body) == {"node_id", "events"} for body in bodies[node_id])
+    assert any(body["node_id"] == n1 for body in bodies[n2])
+    for name in "ab":
+        for _ in range(3):
+            if c.converged(name):
+                break
+            c.anti_entropy_round()
+        assert c.converged(name), (name, c.counts(name), c.acknowledged[name])
+
+
+def test_the_old_node_refuses_runs_with_400(cluster_of):
+    c = mixed(cluster_of)
+    n1, n3 = c.ids[0], c.ids[2]
+    body = {"node_id": n1, "runs": [{"origin": "o", "first": 1, "events": [["a", 1]]}]}
+    response = c[n3].app.handle(make_request("POST", "/counter/replicate", body))
+    assert response.status == 400 and b"protocol 2" in response.body
+    assert c[n3].counters() == {}

@@ -14,6 +14,7 @@ from dcounter.counter import Event
 from dcounter.errors import PeerUnreachable
 from dcounter.replication import Replicator
 from dcounter.retry import RetryPolicy, RetrySchedule
+from dcounter.wire import decode_runs
 from tests.fakes import FakeClock
 
 DEADLINE = 10.0  # seconds of real time a poll may take before the test fails
@@ -41,7 +42,10 @@ class ScriptedTransport:
         self.delivered: list[tuple[str, str]] = []  # (peer, event id)
 
     def post(self, peer, path, payload, timeout=None):
-        ids = [event["id"] for event in payload["events"]]
+        if "runs" in payload:  # protocol 2's compact body
+            ids = [event.id for event in decode_runs(payload["runs"])]
+        else:
+            ids = [event["id"] for event in payload["events"]]
         with self._lock:
             self.attempts.append((peer, ids))
             n = len(self.attempts)

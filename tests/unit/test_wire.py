@@ -8,7 +8,8 @@ from dcounter.counter import MAX_ITEMS, Event
 from dcounter.errors import BadRequest
 from dcounter.validation import INT64_MAX, MAX_DELTA
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, MAX_PEER_LIST, MAX_SEQ, decode_digest,
-                           decode_event, decode_events, decode_peer_list, decode_snapshot)
+                           decode_event, decode_events, decode_peer_list, decode_runs,
+                           decode_snapshot, encode_runs)
 
 
 # -- digests --------------------------------------------------------------------------------------
@@ -190,3 +191,145 @@ def test_bulk_events_within_bounds():
 def test_bulk_events_out_of_bounds(wire):
     with pytest.raises(BadRequest):
         decode_event(wire)
+
+
+# -- runs: the compact replicate body (protocol 2) ------------------------------------------------
+
+def test_runs_group_consecutive_events_of_an_origin_and_decode_to_the_same_events():
+    events = [Event("o", 1, "c", 1), Event("o", 2, "c", -3, "k"),
+              Event("o", 3, None, 0, None, (("a", 1), ("b", 2))),
+              Event("o", 4, None, 0, "bulk key", (("a", MAX_DELTA), ("a", -1))),
+              Event("p", MAX_SEQ, "c", 1), Event("o", 6, "d", 2), Event("o", 5, "d", 2)]
+    runs = encode_runs(events)
+    assert runs == [
+        {"origin": "o", "first": 1, "events": [
+            ["c", 1], ["c", -3, "k"], {"items": [["a", 1], ["b", 2]]},
+            {"items": [["a", MAX_DELTA], ["a", -1]], "key": "bulk key"}]},
+        {"origin": "p", "first": MAX_SEQ, "events": [["c", 1]]},
+        {"origin": "o", "first": 6, "events": [["d", 2]]},
+        {"origin": "o", "first": 5, "events": [["d", 2]]},
+    ]
+    assert decode_runs(runs) == events
+    assert encode_runs([]) == [] and decode_runs([]) == []
+
+
+def _run(first=1, events=(("c", 1),), origin="o"):
+    return {"origin": origin, "first": first, "events": [list(e) for e in events]}
+
+
+@pytest.mark.parametrize("runs", [
+    "runs", {"o": 1}, [None], [[]], [{}],
+    [{"origin": "o", "first": 1}],
+    [{**_run(), "other": 1}],
+    [{"origin": "o", "first": 1, "event": [["c", 1]]}],
+    [_run(origin="o:p")], [_run(origin="")], [_run(origin=1)], [_run(origin="o" * 65)],
+    [_run(first=0)], [_run(first=-1)], [_run(first=MAX_SEQ + 1)], [_run(first=1.0)],
+    [_run(first=True)], [_run(first="1")],
+    [_run(first=MAX_SEQ, events=[("c", 1), ("c", 1)])],  # the second would be 2^63
+    [_run(events=[])], [{"origin": "o", "first": 1, "events": {"c": 1}}],
+    [_run(events=[("c", 0)])], [_run(events=[("c", MAX_DELTA + 1)])], [_run(events=[("c", True)])],
+    [_run(events=[("c", 1.0)])], [_run(events=[("bad name", 1)])], [_run(events=[(1, 1)])],
+    [_run(events=[("c",)])], [_run(events=[("c", 1, "k", 4)])], [_run(events=[("c", 1, "")])],
+    [_run(events=[("c", 1, None)])], [_run(events=[("c", 1), ("c" * 129, 1)])],
+    [{"origin": "o", "first": 1, "events": ["c"]}],
+    [{"origin": "o", "first": 1, "events": [{"counter": "c", "delta": 1}]}],
+    [{"origin": "o", "first": 1, "events": [{"items": [["c", 1]]}]}],
+    [{"origin": "o", "first": 1, "events": [{"items": [["c", 1], ["d", 0]]}]}],
+    [{"origin": "o", "first": 1, "events": [{"items": [["c", 1]] * (MAX_ITEMS + 1)}]}],
+    [{"origin": "o", "first": 1, "events": [{"items": [["c", 1], ["d", 1]], "key": ""}]}],
+    [{"origin": "o", "first": 1, "events": [{"items": [["c", 1], ["d", 1]], "id": "o:1"}]}],
+    [_run(), _run(first=0)],  # a bad run after a good one refuses the whole batch
+])
+def test_runs_out_of_bounds(runs):
+    with pytest.raises(BadRequest):
+        decode_runs(runs)
+
+
+def test_runs_at_their_bounds():
+    longest = [("c", 1)] * 1000
+    assert len(decode_runs([_run(first=MAX_SEQ - 999, events=longest)])) == 1000
+    assert decode_runs([_run(first=MAX_SEQ)]) == [Event("o", MAX_SEQ, "c", 1)]
+    assert decode_runs([_run(origin="o" * 64, events=[("c" * 128, -MAX_DELTA, "k" * 255)])]) \
+        == [Event("o" * 64, 1, "c" * 128, -MAX_DELTA, "k" * 255)]
+    most = decode_runs([{"origin": "o", "first": 1, "events": [{"items": [["c", 1]] * MAX_ITEMS}]}])
+    assert len(most[0].items) == MAX_ITEMS
+
+
+def _accepts(decode, value) -> bool:
+    try:
+        decode(value)
+    except BadRequest:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_runs_and_event_lists_decode_the_same_events(seed):
+    """The same random pieces (origin, seq, counter, delta, key, bulk items) as a list of event
+    objects and as runs: both refuse, or both decode to the same events; and runs encoded from
+    the decoded events decode to them again."""
+    rng = random.Random(seed)
+    for _ in range(200):
+        as_events, as_runs = [], []
+        for _ in range(rng.randint(0, 6)):
+            origin = _pick(rng, _ORIGINS, 4) if rng.random() < 0.9 else "o"
+            seq = rng.choice([1, 2, 7, MAX_SEQ] if rng.random() < 0.9 else [0, -1, MAX_SEQ + 1])
+            # An origin that is no string has no event id: the id is that value itself.
+            ident = f"{origin}:{seq}" if isinstance(origin, str) else origin
+            key = _pick(rng, _KEYS, 5) if rng.random() < 0.2 else None
+            if rng.random() < 0.15:
+                items = [[_pick(rng, _COUNTERS, 4), _pick(rng, _DELTAS, 5)]
+                         for _ in range(rng.choice([2, 3, 1, 0]))]
+                old = {"id": ident, "items": items}
+                new = {"items": items}
+                if key is not None:
+                    old["key"] = new["key"] = key
+            else:
+                counter, delta = _pick(rng, _COUNTERS, 4), _pick(rng, _DELTAS, 5)
+                old = {"id": ident, "counter": counter, "delta": delta}
+                new = [counter, delta]
+                if key is not None:
+                    old["key"] = key
+                    new.append(key)
+            as_events.append(old)
+            as_runs.append({"origin": origin, "first": seq, "events": [new]})
+        expected = _outcome(decode_events, as_events)
+        got = _outcome(decode_runs, as_runs)
+        if isinstance(expected, tuple):  # refused: the messages may differ
+            assert isinstance(got, tuple), (as_events, got)
+        else:
+            assert got == expected, as_runs
+            assert decode_runs(encode_runs(expected)) == expected
+
+
+def test_random_runs_are_refused_with_a_bad_request_or_decoded():
+    """Any JSON shape in a run's place gives events or a BadRequest, never another error."""
+    rng = random.Random(7)
+    atoms = [None, 1, -1, 0, 1.5, True, "", "o", "c", [], {}, MAX_SEQ, MAX_SEQ + 1, ["c", 1],
+             {"items": [["c", 1], ["d", 1]]}, {"items": 1}]
+    for _ in range(2000):
+        run = {"origin": rng.choice(atoms + ["o"] * 5), "first": rng.choice(atoms + [1] * 5),
+               "events": rng.choice([rng.choice(atoms), [rng.choice(atoms) for _ in range(3)]])}
+        if rng.random() < 0.1:
+            del run[rng.choice(list(run))]
+        try:
+            decode_runs([run])
+        except BadRequest:
+            pass
+
+
+def test_resets_travel_in_runs_and_decode_to_the_same_events():
+    from dcounter.reset import Reset
+    reset = Reset("c", (("o", 2, 5), ("p", 7, -1)), delete=True)
+    events = [Event("o", 3, "c", 1), Event("o", 4, None, 0, "k", None, reset),
+              Event("o", 5, None, 0, None, None, Reset("d", ()))]
+    runs = encode_runs(events)
+    assert runs == [{"origin": "o", "first": 3, "events": [
+        ["c", 1], {"reset": "c", "covers": {"o": [2, 5], "p": [7, -1]}, "delete": True,
+                   "key": "k"},
+        {"reset": "d", "covers": {}, "delete": False}]}]
+    assert decode_runs(runs) == events
+    bad = [{"origin": "o", "first": 1, "events": [{"reset": "c", "covers": {"o": [0, 1]},
+                                                   "delete": False}]}]
+    with pytest.raises(BadRequest):
+        decode_runs(bad)
