@@ -10,6 +10,19 @@ that origin unchanged: a push that arrives moves the watermark and starts the wa
 lead the own watermark has reached is over. Pushes that were dropped (a backlog past its bound),
 or events held above a gap, leave the watermark where it is, and are pulled.
 
+Held events. A peer may hold events of an origin above its watermark that no node will ever
+push here (their origin lost them with its data, or its link to this node was replaced). So a
+heartbeat of protocol 2 also carries, per origin with held events, a summary of them
+(`counter.held_summary`), and where a peer shows the same watermark as this node but a
+different summary, the peer has a *held lead*: the pull (`POST /counter/state` asking for held
+events) brings them, and adopting merges them. It ends when this node's summary equals the
+peer's (this node holds exactly what the peer showed: equal sets at equal watermarks) or its
+watermark passes the peer's (then the peer is behind, and the roles swap). A held lead waits
+`settle` like any other, restarted whenever this node's watermark or summary for the origin
+moves (pushes are arriving). Where this node holds more than the peer, the pull brings nothing
+new; the peer pulls from this node in turn and the summaries meet, so the nodes converge on the
+union of what each holds.
+
 Rules kept here:
 
 * A peer's digest replaces what was known of its leads: origins it no longer leads on are
@@ -30,12 +43,36 @@ import threading
 from dataclasses import dataclass
 from typing import Mapping
 
+Summaries = Mapping[str, tuple]  # origin -> held summary (counter.held_summary)
+
 
 @dataclass
 class Lead:
     since: float   # monotonic seconds: when the wait for this lead (re)started
     own: int       # this node's watermark for the origin when the wait started
     theirs: int    # the highest watermark the peer has shown for it
+    held: tuple | None = None      # a held lead: the peer's summary of its held events
+    own_held: tuple | None = None  # a held lead: this node's summary when the wait started
+
+    def over(self, mine: int, mine_held) -> bool:
+        """Reached: this node's watermark passed the peer's, or (a held lead) equals it with the
+        same held events."""
+        if self.held is None or mine != self.theirs:
+            return mine >= self.theirs
+        return mine_held == self.held
+
+    def moved(self, mine: int, mine_held) -> bool:
+        """This node's state for the origin changed since the wait started."""
+        return mine != self.own or (self.held is not None and mine_held != self.own_held)
+
+
+def held_leads(digest: Mapping[str, int], held: Summaries, own: Mapping[str, int],
+               own_held: Summaries) -> list[str]:
+    """The origins on which a peer (`digest`, `held`) shows the same watermark as this node
+    (`own`, `own_held`) but other held events."""
+    return sorted(origin for origin, summary in held.items()
+                  if digest.get(origin, 0) == own.get(origin, 0)
+                  and summary != own_held.get(origin))
 
 
 class AntiEntropy:
@@ -47,8 +84,11 @@ class AntiEntropy:
         self.rounds = 0  # comparisons with a peer that ended with nothing to pull
 
     def observe(self, peer: str, digest: Mapping[str, int], own: Mapping[str, int],
-                now: float) -> list[str]:
-        """`peer` showed `digest`; `own` is this node's digest. Returns the origins it leads on."""
+                now: float, held: Summaries | None = None,
+                own_held: Summaries | None = None) -> list[str]:
+        """`peer` showed `digest` and the summaries of its held events `held`; `own` and
+        `own_held` are this node's. Returns the origins it leads on."""
+        held, own_held = held or {}, own_held or {}
         with self._lock:
             self._seen[peer] = dict(digest)
             known = self._leads.get(peer, {})
@@ -58,10 +98,17 @@ class AntiEntropy:
                 if theirs <= mine:
                     continue
                 lead = known.get(origin)
-                if lead is None or lead.own != mine:
+                if lead is None or lead.own != mine or lead.held is not None:
                     lead = Lead(since=now, own=mine, theirs=theirs)
                 else:
                     lead.theirs = max(lead.theirs, theirs)
+                leads[origin] = lead
+            for origin in held_leads(digest, held, own, own_held):
+                mine, mine_held = own.get(origin, 0), own_held.get(origin)
+                lead = known.get(origin)
+                if lead is None or lead.held is None or lead.moved(mine, mine_held):
+                    lead = Lead(since=now, own=mine, theirs=mine, own_held=mine_held)
+                lead.held = held[origin]
                 leads[origin] = lead
             if leads:
                 self._leads[peer] = leads
@@ -76,21 +123,23 @@ class AntiEntropy:
             return bool(self._leads)
 
     def due_pulls(self, own: Mapping[str, int], now: float,
-                  local_origin: str | None = None) -> dict[str, list[str]]:
-        """The pulls to make now: {peer: [origins]}. Leads the own watermark has reached are
-        dropped; leads whose own watermark moved start their wait again; a lead on
-        `local_origin` is due at once."""
+                  local_origin: str | None = None,
+                  own_held: Summaries | None = None) -> dict[str, list[str]]:
+        """The pulls to make now: {peer: [origins]}. Leads reached (`Lead.over`) are dropped;
+        leads whose own state moved start their wait again; a lead on `local_origin` is due
+        at once."""
+        own_held = own_held or {}
         with self._lock:
             best: dict[str, tuple[int, str]] = {}  # origin -> (-theirs, peer): lowest wins
             for peer in sorted(self._leads):
                 leads = self._leads[peer]
                 for origin in sorted(leads):
                     lead = leads[origin]
-                    mine = own.get(origin, 0)
-                    if mine >= lead.theirs:
+                    mine, mine_held = own.get(origin, 0), own_held.get(origin)
+                    if lead.over(mine, mine_held):
                         del leads[origin]
-                    elif origin != local_origin and mine != lead.own:
-                        lead.since, lead.own = now, mine
+                    elif origin != local_origin and lead.moved(mine, mine_held):
+                        lead.since, lead.own, lead.own_held = now, mine, mine_held
                     elif origin == local_origin or now - lead.since >= self.settle:
                         choice = (-lead.theirs, peer)
                         if origin not in best or choice < best[origin]:
@@ -104,20 +153,21 @@ class AntiEntropy:
             return pulls
 
     def pulled(self, peer: str, origins, own: Mapping[str, int], now: float,
-               ok: bool) -> None:
+               ok: bool, own_held: Summaries | None = None) -> None:
         """A pull of `origins` from `peer` ended (`ok`: the peer answered). Leads reached are
         over; the others wait again before the next pull."""
+        own_held = own_held or {}
         with self._lock:
             leads = self._leads.get(peer, {})
             for origin in origins:
                 lead = leads.get(origin)
                 if lead is None:
                     continue
-                mine = own.get(origin, 0)
-                if mine >= lead.theirs:
+                mine, mine_held = own.get(origin, 0), own_held.get(origin)
+                if lead.over(mine, mine_held):
                     del leads[origin]
                 else:
-                    lead.since, lead.own = now, mine
+                    lead.since, lead.own, lead.own_held = now, mine, mine_held
             if ok:
                 self.rounds += 1
             if peer in self._leads and not leads:

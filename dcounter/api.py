@@ -25,8 +25,9 @@ from dcounter.http_types import Request, Response, error_response
 from dcounter.membership import backoff_warnings
 from dcounter.protocol import accepted
 from dcounter.validation import MAX_DELTA
-from dcounter.wire import (MAX_ORIGINS_PER_PULL, check_fields, decode_digest, decode_events,
-                           decode_forward, decode_peer_list, decode_runs)
+from dcounter.wire import (MAX_ORIGINS_PER_PULL, MAX_SEQ, check_fields, decode_digest,
+                           decode_events, decode_forward, decode_held_summaries,
+                           decode_peer_list, decode_runs)
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def replicate(node, request: Request):
 
 def state(node, request: Request):
     data = json_body(request)
-    check_fields(data, required=("origins",), optional=("node_id",))
+    check_fields(data, required=("origins",), optional=("node_id", "held"))
     if "node_id" in data:
         validation.node_id(data["node_id"])
     origins = data["origins"]
@@ -211,9 +212,14 @@ def state(node, request: Request):
         raise BadRequest(f"origins must be a list of at most {MAX_ORIGINS_PER_PULL} origin ids")
     for origin in origins:
         validation.origin(origin, "origins entry")
+    # `held` (protocol 2): how many held events per origin the puller takes (its --gap-cap).
+    held = data.get("held", 0)
+    if isinstance(held, bool) or not isinstance(held, int) or not 0 <= held <= MAX_SEQ:
+        raise BadRequest("held must be an integer from 0 to 2^63-1: the held events per origin "
+                         "to answer")
     # The digest lets a read of the whole cluster ask for origins it did not know of; the
     # covers of resets travel with every reply (reset.py).
-    return 200, node.state_reply(origins)
+    return 200, node.state_reply(origins, held)
 
 
 def read_timeout(text: str) -> float:
@@ -272,16 +278,17 @@ def counters(node, request: Request):
 
 
 def _membership_request(request: Request, node) -> tuple:
-    """The body of a join or heartbeat: (sender, origin, digest, peers, protocol)."""
+    """The body of a join or heartbeat: (sender, origin, digest, peers, protocol, held)."""
     data = json_body(request)
     refuse_non_peers(data, request)
     check_fields(data, required=("node_id",),
-                 optional=("cluster", "protocol", "origin", "digest", "peers"))
+                 optional=("cluster", "protocol", "origin", "digest", "peers", "held"))
     sender = validation.node_id(data["node_id"])
     check_membership_fields(node, data, sender)
     digest = decode_digest(data["digest"]) if "digest" in data else {}
     peers = decode_peer_list(data["peers"]) if "peers" in data else []
-    return sender, data.get("origin"), digest, peers, data.get("protocol")
+    held = decode_held_summaries(data["held"]) if "held" in data else {}
+    return sender, data.get("origin"), digest, peers, data.get("protocol"), held
 
 
 def join(node, request: Request):

@@ -40,6 +40,7 @@ what peers exchange about it are in retirement.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
@@ -115,6 +116,26 @@ HeldEntry = tuple
 def held_parts(entry: HeldEntry) -> Items:
     """The (counter, delta) items of a held event."""
     return entry[1] if entry[0] is None else ((entry[0], entry[1]),)
+
+
+def held_event(origin: str, seq: int, entry: HeldEntry) -> Event:
+    """A held event as the event it was."""
+    if entry[0] is None:
+        return Event(origin, seq, None, 0, entry[2], entry[1])
+    return Event(origin, seq, entry[0], entry[1], entry[2])
+
+
+# What a heartbeat says of an origin's held events: (how many, the highest seq, a fingerprint of
+# the set of seqs). Two nodes at the same watermark hold the same events exactly when their
+# summaries are equal (up to a 63-bit hash collision).
+HeldSummary = tuple[int, int, int]
+
+
+def held_summary(seqs) -> HeldSummary:
+    ordered = sorted(seqs)
+    digest = hashlib.blake2b(b"".join(seq.to_bytes(8, "big") for seq in ordered),
+                             digest_size=8).digest()
+    return len(ordered), ordered[-1], int.from_bytes(digest, "big") & INT64_MAX
 
 
 @dataclass(frozen=True)
@@ -608,6 +629,15 @@ class Txn(TxnRetirement, TxnResets):
         self._fold_contiguous(origin, staged)
         return True
 
+    def adopt_held(self, origin: str, events: list[Event], now: float) -> int:
+        """Merge a peer's held events of `origin` (a pull's answer, after `adopt` of its prefix):
+        each applies like a replicated event (once, above the watermark, within the gap cap,
+        its key remembered) and folds in when contiguous. Returns how many applied. A retired
+        origin's are skipped, like its prefix."""
+        if self.is_retired(origin):
+            return 0
+        return len(self.remote([e for e in events if e.origin == origin], now).applied)
+
     def reorigin(self) -> None:
         """Take a fresh origin: a peer holds events of ours above our watermark (a restored
         backup or cloned disk), so our next sequence numbers would collide with them."""
@@ -800,8 +830,11 @@ class Counter(CounterRetirement, CounterResets):
             state = self._origins.get(origin)
             return state.watermark if state else 0
 
-    def snapshot(self, origins: list[str]) -> dict[str, dict]:
-        """The prefixes of the given origins, taken atomically, for anti-entropy."""
+    def snapshot(self, origins: list[str], held: int = 0) -> dict[str, dict]:
+        """The prefixes of the given origins, taken atomically, for anti-entropy. With `held`,
+        each origin also carries up to that many of its held events, lowest seqs first, in
+        their wire form (`"held"`), and an origin that has only held events is included with
+        watermark 0."""
         with self._lock:
             out = {}
             for origin in origins:
@@ -809,9 +842,21 @@ class Counter(CounterRetirement, CounterResets):
                     out[origin] = {"watermark": len(self._retired), "counters": dict(self._base),
                                    "retired": dict(self._retired)}
                 state = self._origins.get(origin)
-                if state is not None and state.watermark > 0:
-                    out[origin] = {"watermark": state.watermark, "counters": dict(state.prefix)}
+                if state is None or not (state.watermark > 0 or (held and state.held)):
+                    continue
+                out[origin] = {"watermark": state.watermark, "counters": dict(state.prefix)}
+                if held and state.held:
+                    out[origin]["held"] = [held_event(origin, seq, state.held[seq]).to_wire()
+                                           for seq in sorted(state.held)[:held]]
             return out
+
+    def held_summaries(self) -> dict[str, HeldSummary]:
+        """Per origin holding events above its watermark, their `held_summary`: what a heartbeat
+        of protocol 2 carries, so that a peer at the same watermark can tell whether it lacks
+        some of them."""
+        with self._lock:
+            return {origin: held_summary(state.held) for origin, state in self._origins.items()
+                    if state.held}
 
     def behind(self, digest: dict[str, int]) -> list[str]:
         """Origins for which `digest` (a peer's) is ahead of us."""

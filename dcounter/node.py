@@ -48,7 +48,7 @@ from dcounter.server import Server
 from dcounter.store import Store
 from dcounter.transport import Transport, describe_failure, failure_kind
 from dcounter.wire import (decode_covers, decode_deleted, decode_digest, decode_forward_reply,
-                           decode_peer_list, decode_snapshot)
+                           decode_held_summaries, decode_peer_list, decode_snapshot)
 from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
@@ -384,14 +384,15 @@ class Node:
         self.peers.refresh(sender, self.clock.monotonic())
         return result
 
-    def state(self, origins: list[str]) -> dict:
-        return self.counter.snapshot(origins)
+    def state(self, origins: list[str], held: int = 0) -> dict:
+        return self.counter.snapshot(origins, held)
 
-    def state_reply(self, origins: list[str]) -> dict:
-        """The reply to a pull: the prefixes asked for, the digest, and every cover and
-        tombstone of a reset (reset.py: a prefix may contain resets the puller never got)."""
+    def state_reply(self, origins: list[str], held: int = 0) -> dict:
+        """The reply to a pull: the prefixes asked for (with up to `held` held events per
+        origin), the digest, and every cover and tombstone of a reset (reset.py: a prefix may
+        contain resets the puller never got)."""
         covers, deleted = self.counter.covers_wire()
-        reply = {"node_id": self.node_id, "origins": self.state(origins),
+        reply = {"node_id": self.node_id, "origins": self.state(origins, held),
                  "digest": self.counter.digest()}
         if covers or deleted:
             reply["covers"] = covers
@@ -409,14 +410,24 @@ class Node:
         return self.reader.read(self.counter, name, self.peers.alive(), timeout)
 
     # -- membership, server side -------------------------------------------------------------------
-    def _membership_payload(self, include_digest: bool = True, peer: str | None = None) -> dict:
-        """A join, heartbeat or leave to `peer` (its protocol), or a reply (ours)."""
+    def _membership_payload(self, include_digest: bool = True, peer: str | None = None,
+                            held: bool = False) -> dict:
+        """A join, heartbeat or leave to `peer` (its protocol), or a reply (ours). The summaries
+        of held events (`held`, protocol 2) go to a peer known to speak protocol 2 (a node of
+        the previous release refuses a field it does not know), and in a reply when `held`:
+        the request was of protocol 2."""
         payload = {"node_id": self.node_id, "cluster": self.config.cluster,
                    "protocol": self.protocols.for_requests(peer) if peer else self.protocol,
                    "origin": self.counter.local_origin}
         if include_digest:
             payload["digest"] = self.counter.digest()
             payload["peers"] = self.peers.alive()
+            send_held = held if peer is None else self.protocols.for_events(peer) >= 2
+            if send_held:
+                summaries = self.counter.held_summaries()
+                if summaries:
+                    payload["held"] = {origin: list(summary)
+                                       for origin, summary in summaries.items()}
         return payload
 
     def _contacted(self, peer: str, contact: Contact, reached_us: bool) -> Contact:
@@ -450,19 +461,23 @@ class Node:
                                                     self.clock.monotonic()),
                               reached_us=True)
 
-    def on_join(self, sender, origin, digest, peers, protocol=None) -> dict:
+    def on_join(self, sender, origin, digest, peers, protocol=None, held=None) -> dict:
         self.protocols.note_request(sender, protocol)
         self._accept_contact(sender, origin)
-        self._learn(sender, digest, peers)
-        reply = self._membership_payload()
+        self._learn(sender, digest, peers, held)
+        reply = self._membership_payload(held=self._speaks_held(protocol))
         reply["peers"] = join_reply_peers(self.node_id, self.peers.alive(), sender)
         return reply
 
-    def on_heartbeat(self, sender, origin, digest, peers, protocol=None) -> dict:
+    def on_heartbeat(self, sender, origin, digest, peers, protocol=None, held=None) -> dict:
         self.protocols.note_request(sender, protocol)
         self._accept_contact(sender, origin)
-        self._learn(sender, digest, peers)
-        return self._membership_payload()
+        self._learn(sender, digest, peers, held)
+        return self._membership_payload(held=self._speaks_held(protocol))
+
+    def _speaks_held(self, protocol) -> bool:
+        """Whether a request of `protocol` gets the held summaries in its reply."""
+        return self.protocol >= 2 and isinstance(protocol, int) and protocol >= 2
 
     def on_leave(self, sender, origin) -> bool:
         if self.peers.left(sender, self.clock.monotonic()):
@@ -526,9 +541,11 @@ class Node:
         not_told = {p: results.get(p) or "no answer in time" for p in peers if p not in told}
         return told, not_told
 
-    def _learn(self, source: str, digest: dict[str, int], peers: list[str]) -> list[str]:
-        """Peers and digest heard from `source`: second-hand ids become candidates; origins
-        where `source` is ahead are leads, pulled once they last (antientropy.py)."""
+    def _learn(self, source: str, digest: dict[str, int], peers: list[str],
+               held: dict | None = None) -> list[str]:
+        """Peers, digest and held summaries heard from `source`: second-hand ids become
+        candidates; origins where `source` is ahead, or shows other held events at our
+        watermark, are leads, pulled once they last (antientropy.py)."""
         new = self.peers.add_candidates([p for p in peers if p != self.node_id],
                                         self.clock.monotonic())
         if new:
@@ -537,7 +554,8 @@ class Node:
         if self.peers.is_self(source):
             return []
         ahead = self.anti_entropy.observe(source, digest, self.counter.digest(),
-                                          self.clock.monotonic())
+                                          self.clock.monotonic(), held,
+                                          self.counter.held_summaries())
         if ahead:
             self._pull_wakeup.set()
         return ahead
@@ -612,6 +630,7 @@ class Node:
                 validation.origin(origin)
             digest = decode_digest(reply.get("digest", {}))
             peers = decode_peer_list(reply.get("peers", []))
+            held = decode_held_summaries(reply["held"]) if "held" in reply else {}
         except BadRequest as exc:
             log.warning("ignoring malformed reply from %s: %s", peer, exc.message)
             return False
@@ -629,7 +648,7 @@ class Node:
                             peer, len(self.peers.alive()))
         else:
             self._warnings.clear(lambda key: key[0] == peer)  # whatever was wrong, is not now
-        self._learn(peer, digest, peers)
+        self._learn(peer, digest, peers, held)
         return contact is not Contact.FULL
 
     def rejoin_once(self) -> list[str]:
@@ -703,7 +722,8 @@ class Node:
         if not self.anti_entropy.waiting():
             return 0
         due = self.anti_entropy.due_pulls(self.counter.digest(), self.clock.monotonic(),
-                                          local_origin=self.counter.local_origin)
+                                          local_origin=self.counter.local_origin,
+                                          own_held=self.counter.held_summaries())
         adopted = 0
         for peer, origins in due.items():
             count = None
@@ -711,17 +731,22 @@ class Node:
                 count = self._pull(peer, origins)
             finally:
                 self.anti_entropy.pulled(peer, origins, self.counter.digest(),
-                                         self.clock.monotonic(), ok=count is not None)
+                                         self.clock.monotonic(), ok=count is not None,
+                                         own_held=self.counter.held_summaries())
             adopted += count or 0
         return adopted
 
     def _pull(self, peer: str, origins: list[str]) -> int | None:
-        """Pull `origins`' prefixes from `peer`; returns how many were adopted, None when the
+        """Pull `origins`' prefixes from `peer`, with their held events (up to --gap-cap per
+        origin) when it speaks protocol 2; returns how many origins changed, None when the
         peer did not answer usefully."""
+        request = {"node_id": self.node_id, "origins": origins}
+        held = self.config.gap_cap if self.protocols.for_events(peer) >= 2 else 0
+        if held:
+            request["held"] = held
         try:
-            reply = self.transport.post(peer, "/counter/state",
-                                        {"node_id": self.node_id, "origins": origins})
-            snapshot = decode_snapshot(reply.get("origins"))
+            reply = self.transport.post(peer, "/counter/state", request)
+            snapshot = decode_snapshot(reply.get("origins"), max_held=held)
             covers = decode_covers(reply.get("covers", {}))
             deleted = decode_deleted(reply.get("deleted", []))
         except (PeerUnreachable, PeerRefused) as exc:
@@ -732,11 +757,16 @@ class Node:
             return None
         self.metrics.inc("dcounter_anti_entropy_pulls_total")
 
+        now = self.clock.time()
+
         def job(txn):
-            adopted = sum(txn.adopt(o, s["watermark"], s["counters"], s.get("retired"))
-                          for o, s in snapshot.items())
+            changed = 0
+            for o, s in snapshot.items():
+                adopted = txn.adopt(o, s["watermark"], s["counters"], s.get("retired"))
+                merged = txn.adopt_held(o, s["held"], now) if s.get("held") else 0
+                changed += bool(adopted or merged)
             txn.adopt_covers(covers, deleted)  # after the base: covers of retired are skipped
-            return adopted
+            return changed
 
         before = self.counter.local_origin
         count = self.writer.submit(job)

@@ -13,7 +13,9 @@ message or a timer, each a short method that mirrors one decision of `node.py` /
     rejoin_tick      join every due candidate (seeds, removed peers, second-hand ids)
     cleanup_tick     expire silent peers (their links go), expire idempotency keys
     enqueue/push     per-peer backlog, batches of `batch_max`, linger, backoff (RetrySchedule)
-    learn/pull_once  a peer ahead on an origin: pull its prefix after a short settle, adopt it
+    learn/pull_once  a peer ahead on an origin, or holding other events above the same
+                     watermark (`antientropy.held_leads`): pull its prefix and held events after
+                     a short settle, adopt and merge them
     on_join/on_heartbeat/on_leave/on_replicate/on_state   the server side
 
 Commits are synchronous (`commit(job)`): a job stages into a `Txn`, the store writes it (or
@@ -31,12 +33,14 @@ from __future__ import annotations
 import copy
 import enum
 
+from dcounter.antientropy import held_leads
 from dcounter.config import Config
 from dcounter.counter import Counter, Event, KeyRecord, OriginState
 from dcounter.errors import DcounterError, StorageFailure
 from dcounter.peers import PeerStore
 from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.simnet import NodeClock
+from dcounter.wire import decode_snapshot
 
 
 class MemoryStore:
@@ -130,6 +134,7 @@ class SimNode:
         self.links: dict[str, Link] = {}
         self.pending: dict[int, tuple] = {}
         self.pulls: dict[str, dict[str, int]] = {}
+        self.held_pulls: dict[str, dict[str, tuple]] = {}  # peer -> held leads: its summaries
         self.pull_armed = False
         self.contacting: set[str] = set()
         # Peers whose digest this node compared with its own and pulled what it lacked from
@@ -240,7 +245,8 @@ class SimNode:
     # -- membership, server side -----------------------------------------------------------------
     def membership_payload(self) -> dict:
         return {"node_id": self.node_id, "origin": self.counter.local_origin,
-                "digest": self.counter.digest(), "peers": self.peers.alive()}
+                "digest": self.counter.digest(), "peers": self.peers.alive(),
+                "held": self.counter.held_summaries()}
 
     def accept_contact(self, sender: str, origin: str | None) -> None:
         if origin is not None and origin == self.counter.local_origin:
@@ -251,14 +257,14 @@ class SimNode:
 
     def on_join(self, sender: str, body: dict) -> dict:
         self.accept_contact(sender, body["origin"])
-        self.learn(sender, body["digest"], body["peers"])
+        self.learn(sender, body["digest"], body["peers"], body["held"])
         reply = self.membership_payload()
         reply["peers"] = [self.node_id] + [p for p in reply["peers"] if p != sender]
         return reply
 
     def on_heartbeat(self, sender: str, body: dict) -> dict:
         self.accept_contact(sender, body["origin"])
-        self.learn(sender, body["digest"], body["peers"])
+        self.learn(sender, body["digest"], body["peers"], body["held"])
         return self.membership_payload()
 
     def on_leave(self, sender: str, body: dict) -> dict:
@@ -266,14 +272,19 @@ class SimNode:
         self.remove_link(sender)
         return {}
 
-    def learn(self, source: str, digest: dict[str, int], peers: list[str]) -> list[str]:
-        """Second-hand ids become candidates; origins where `source` is ahead are pulled."""
+    def learn(self, source: str, digest: dict[str, int], peers: list[str],
+              held: dict[str, tuple]) -> list[str]:
+        """Second-hand ids become candidates; origins where `source` is ahead, or shows other
+        held events at our watermark, are pulled."""
         self.peers.add_candidates([p for p in peers if p != self.node_id], self.now())
-        behind = self.counter.behind(digest)
+        held_ahead = held_leads(digest, held, self.counter.digest(),
+                                self.counter.held_summaries())
+        behind = self.counter.behind(digest) + held_ahead
         if behind and not self.peers.is_self(source):
             wanted = self.pulls.setdefault(source, {})
             for origin in behind:
-                wanted[origin] = max(wanted.get(origin, 0), digest[origin])
+                wanted[origin] = max(wanted.get(origin, 0), digest.get(origin, 0))
+            self.held_pulls.setdefault(source, {}).update({o: held[o] for o in held_ahead})
             if not self.pull_armed:
                 self.pull_armed = True
                 self.timer(self.sim.pull_settle, self.pull_once)
@@ -292,7 +303,7 @@ class SimNode:
             return
         if self.peers.contact_succeeded(peer, self.now(), reply["origin"]):
             self.add_link(peer)
-        if not self.learn(peer, reply["digest"], reply["peers"]):
+        if not self.learn(peer, reply["digest"], reply["peers"], reply["held"]):
             self.compared.add(peer)
 
     def rejoin_tick(self) -> None:
@@ -403,22 +414,26 @@ class SimNode:
     def pull_once(self) -> None:
         self.pull_armed = False
         pulls, self.pulls = self.pulls, {}
+        held, self.held_pulls = self.held_pulls, {}
         for peer, wanted in pulls.items():
-            origins = self.counter.behind(wanted)
+            origins = self.counter.behind(wanted) + held_leads(
+                wanted, held.get(peer, {}), self.counter.digest(), self.counter.held_summaries())
             if not origins:
                 self.compared.add(peer)
             else:
-                self.call(peer, "state", {"origins": sorted(origins)},
+                self.call(peer, "state", {"origins": sorted(origins), "held": self.cfg.gap_cap},
                           lambda r, p=peer: self.adopt(p, r))
 
     def on_state(self, sender: str, body: dict) -> dict:
-        return {"origins": self.counter.snapshot(body["origins"])}
+        return {"origins": self.counter.snapshot(body["origins"], body["held"])}
 
     def adopt(self, peer: str, reply: dict) -> None:
-        snapshot = reply["origins"]
+        now = self.clock.time()
 
         def job(txn):
-            return sum(txn.adopt(o, s["watermark"], s["counters"]) for o, s in snapshot.items())
+            snapshot = decode_snapshot(reply["origins"], max_held=self.cfg.gap_cap)
+            return sum(txn.adopt(o, s["watermark"], s["counters"])
+                       + txn.adopt_held(o, s.get("held", []), now) for o, s in snapshot.items())
 
         try:
             self.commit(job)

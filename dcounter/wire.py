@@ -25,8 +25,13 @@ Bounds (the README's "Range" section), chosen so that everything accepted can be
   at most MAX_COVERED_COUNTERS counters each.
 * a run of the compact replicate body (protocol 2): at least one event, and its last sequence
   number (`first` plus its events, less one) within 2^63-1.
+* held events (protocol 2): a heartbeat's summary per origin `[count, max seq, fingerprint]`,
+  count and max seq 1 to 2^63-1 with count <= max, fingerprint 0 to 2^63-1; in a snapshot, at
+  most the number the puller asked for (its --gap-cap) per origin, each an event of that origin
+  above the snapshot's watermark.
 
-This module imports nothing of the node: only `validation`, `errors` and the `Event` type.
+This module imports nothing of the node: only `validation`, `errors` and the `Event` and
+`HeldSummary` types.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from __future__ import annotations
 import re
 
 from dcounter import validation
-from dcounter.counter import MAX_ITEMS, Event
+from dcounter.counter import MAX_ITEMS, Event, HeldSummary
 from dcounter.reset import Reset
 from dcounter.retirement import RETIRED_ENTRY
 from dcounter.errors import BadRequest
@@ -71,6 +76,23 @@ def decode_digest(value) -> dict[str, int]:
         if not _is_int(watermark) or not 0 <= watermark <= MAX_SEQ:
             raise BadRequest("digest watermarks must be integers from 0 to 2^63-1")
     return value
+
+
+def decode_held_summaries(value) -> dict[str, HeldSummary]:
+    """`{origin: [count, max seq, fingerprint]}` (protocol 2's `held` of a heartbeat), as
+    tuples."""
+    if not isinstance(value, dict) or len(value) > MAX_ORIGINS_PER_PULL:
+        raise BadRequest("held must be an object of origin -> [count, max seq, fingerprint]")
+    summaries = {}
+    for origin, summary in value.items():
+        validation.origin(origin, "held origin")
+        if not (isinstance(summary, list) and len(summary) == 3
+                and all(_is_int(n) and 0 <= n <= MAX_SEQ for n in summary)
+                and 1 <= summary[0] <= summary[1]):
+            raise BadRequest("each held summary must be [count, max seq, fingerprint]: integers "
+                             "up to 2^63-1, 1 <= count <= max seq")
+        summaries[origin] = tuple(summary)
+    return summaries
 
 
 def decode_peer_list(value) -> list[str]:
@@ -131,11 +153,15 @@ def decode_events(values: list) -> list[Event]:
     return events
 
 
-def decode_snapshot(value) -> dict[str, dict]:
-    """`{origin: {"watermark": w, "counters": {name: total}}}`, the reply to a pull: w from 1 to
-    2^63-1, each total within +-(w x (2^53-1))."""
+def decode_snapshot(value, max_held: int = 0) -> dict[str, dict]:
+    """`{origin: {"watermark": w, "counters": {name: total}[, "held": [event, ...]]}}`, the reply
+    to a pull: w from 1 to 2^63-1, each total within +-(w x (2^53-1)). `held` (protocol 2) is
+    accepted only when the pull asked for it (`max_held`, at most that many): events of the
+    origin above w, returned decoded (`Event`s); an origin with held events may have w 0. The
+    result is a new mapping: `value` is not changed."""
     if not isinstance(value, dict) or len(value) > MAX_ORIGINS_PER_PULL:
         raise BadRequest(f"origins must be an object of at most {MAX_ORIGINS_PER_PULL} origins")
+    decoded = {}
     for origin, prefix in value.items():
         validation.origin(origin)
         if not isinstance(prefix, dict):
@@ -144,8 +170,10 @@ def decode_snapshot(value) -> dict[str, dict]:
         counters = prefix.get("counters")
         if not _is_int(w) or not isinstance(counters, dict):
             raise BadRequest("state needs a watermark and counters")
-        if not 1 <= w <= MAX_SEQ:
-            raise BadRequest("a state's watermark must be from 1 to 2^63-1")
+        held = _decode_held(origin, w, prefix["held"], max_held) if "held" in prefix else []
+        if not (1 if not held else 0) <= w <= MAX_SEQ:
+            raise BadRequest("a state's watermark must be from 1 to 2^63-1 (0 only with held "
+                             "events)")
         bound = w * MAX_DELTA
         for name, total in counters.items():
             validation.counter_name(name)
@@ -153,7 +181,22 @@ def decode_snapshot(value) -> dict[str, dict]:
                 raise BadRequest("counter totals must be integers")
             if not -bound <= total <= bound:
                 raise BadRequest(f"total of {name!r} is more than {w} events can add up to")
-    return value
+        decoded[origin] = dict(prefix, held=held) if held else prefix
+    return decoded
+
+
+def _decode_held(origin: str, watermark: int, value, max_held: int) -> list[Event]:
+    """A snapshot's held events of `origin`: 1 to `max_held` events of the origin, each above
+    the snapshot's watermark."""
+    if not max_held:
+        raise BadRequest("held events in a state that did not ask for them")
+    if not isinstance(value, list) or not 1 <= len(value) <= max_held:
+        raise BadRequest(f"held must be a list of 1 to {max_held} events")
+    events = decode_events(value)
+    for event in events:
+        if event.origin != origin or event.seq <= watermark:
+            raise BadRequest(f"held events of {origin} must be its events above the watermark")
+    return events
 
 
 def decode_bulk_event(value: dict) -> Event:

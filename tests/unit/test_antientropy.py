@@ -122,3 +122,52 @@ def test_covers_says_whether_a_peers_last_digest_has_every_event_of_ours():
     assert ae.covers("b", {"o1": 3}) is True
     ae.retain_digests(["c"])  # ...until the member is dropped
     assert ae.covers("b", {"o1": 3}) is None
+
+
+# -- held events -----------------------------------------------------------------------------------
+
+A, B = (2, 9, 111), (2, 9, 222)  # two held summaries: same count and max seq, other events
+
+
+def test_other_held_events_at_our_watermark_are_a_lead_pulled_after_the_settle_time():
+    ae, clock = make()
+    own, own_held = {"o1": 5}, {"o1": A}
+    assert ae.observe("p", {"o1": 5}, own, clock.monotonic(), {"o1": B}, own_held) == ["o1"]
+    assert ae.due_pulls(own, clock.monotonic(), own_held=own_held) == {}
+    clock.advance(SETTLE)
+    assert ae.due_pulls(own, clock.monotonic(), own_held=own_held) == {"p": ["o1"]}
+    ae.pulled("p", ["o1"], own, clock.monotonic(), ok=True, own_held={"o1": B})
+    assert not ae.waiting()  # we hold what the peer showed: the lead is over
+
+
+def test_held_events_are_no_lead_when_equal_or_when_the_watermarks_differ():
+    ae, clock = make()
+    assert ae.observe("p", {"o1": 5}, {"o1": 5}, 0.0, {"o1": A}, {"o1": A}) == []
+    assert ae.observe("p", {"o1": 4}, {"o1": 5}, 0.0, {"o1": B}, {}) == []  # the peer is behind
+    # Ahead and holding: an ordinary lead, whose pull brings the held events too.
+    assert ae.observe("p", {"o1": 6}, {"o1": 5}, 0.0, {"o1": B}, {}) == ["o1"]
+    clock.advance(SETTLE)
+    assert ae.due_pulls({"o1": 6}, clock.monotonic(), own_held={}) == {}
+    # An origin we do not know at all, which the peer holds events of above watermark 0.
+    assert ae.observe("p", {}, {}, 0.0, {"o2": A}, {}) == ["o2"]
+
+
+def test_a_held_lead_waits_again_while_our_held_events_move_and_ends_past_the_peer():
+    ae, clock = make()
+    ae.observe("p", {"o1": 5}, {"o1": 5}, clock.monotonic(), {"o1": B}, {})
+    clock.advance(SETTLE - 0.5)
+    assert ae.due_pulls({"o1": 5}, clock.monotonic(), own_held={"o1": A}) == {}  # a push came
+    clock.advance(SETTLE - 0.5)
+    assert ae.due_pulls({"o1": 5}, clock.monotonic(), own_held={"o1": A}) == {}
+    clock.advance(0.5)
+    assert ae.due_pulls({"o1": 5}, clock.monotonic(), own_held={"o1": A}) == {"p": ["o1"]}
+    assert ae.due_pulls({"o1": 7}, clock.monotonic(), own_held={}) == {}  # past the peer
+    assert not ae.waiting()
+
+
+def test_a_watermark_lead_is_preferred_to_a_held_lead_on_the_same_origin():
+    ae, clock = make()
+    ae.observe("a", {"o1": 5}, {"o1": 5}, clock.monotonic(), {"o1": B}, {})
+    ae.observe("b", {"o1": 8}, {"o1": 5}, clock.monotonic(), {}, {})
+    clock.advance(SETTLE)
+    assert ae.due_pulls({"o1": 5}, clock.monotonic(), own_held={}) == {"b": ["o1"]}

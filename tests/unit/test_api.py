@@ -488,3 +488,63 @@ def test_a_join_of_another_cluster_is_logged_once_then_with_backoff(node, caplog
         assert_error(post(node, "/nodes/join", body), 409)
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
     assert get(node, "/nodes")[1] == []
+
+
+# -- held events (protocol 2) ---------------------------------------------------------------------
+
+def hold_one(node):
+    """A replicated event of origin o9 held above a gap (seq 1 never came)."""
+    status, _, _ = post(node, "/counter/replicate",
+                        {"node_id": "n9:7009", "events": [{"id": "o9:2", "counter": "c",
+                                                           "delta": 3}]})
+    assert status == 200 and node.counter.held_total() == 1
+
+
+def test_a_protocol_2_heartbeat_gets_the_held_summaries_and_a_protocol_1_one_does_not(node):
+    hold_one(node)
+    reply = post(node, "/nodes/heartbeat", peer("n2:7002", protocol=2))[1]
+    count, top, fingerprint = reply["held"]["o9"]
+    assert (count, top) == (1, 2) and isinstance(fingerprint, int)
+    assert "held" not in post(node, "/nodes/heartbeat", peer("n3:7003", protocol=1))[1]
+
+
+def test_a_state_request_asking_for_held_events_gets_them(node):
+    hold_one(node)
+    payload = post(node, "/counter/state", {"origins": ["o9"], "held": 10})[1]
+    assert payload["origins"] == {"o9": {"watermark": 0, "counters": {},
+                                         "held": [{"id": "o9:2", "counter": "c", "delta": 3}]}}
+    assert post(node, "/counter/state", {"origins": ["o9"]})[1]["origins"] == {}
+
+
+@pytest.mark.parametrize("held", [-1, True, "10", 1.5, None, 2**63])
+def test_a_state_request_with_a_bad_held_bound_is_400(node, held):
+    assert_error(post(node, "/counter/state", {"origins": [], "held": held}), 400)
+
+
+@pytest.mark.parametrize("held", [[], {"o": [1, 1]}, {"o": [0, 1, 0]}, {"bad origin": [1, 1, 0]}])
+def test_a_membership_request_with_malformed_held_summaries_is_400(node, held):
+    for path in ("/nodes/join", "/nodes/heartbeat"):
+        assert_error(post(node, path, peer("n2:7002", protocol=2, held=held)), 400)
+    assert get(node, "/nodes")[1] == []
+
+
+def test_a_peer_holding_other_events_at_our_watermark_is_pulled_from(node):
+    """n9 shows, at our watermark 0 for o9, a held event we lack; its answer is merged."""
+    peer_id = "n9:7009"
+    held_event = {"id": "o9:2", "counter": "c", "delta": 3}
+    asked = []
+
+    def state(_node, request):
+        asked.append(json.loads(request.body))
+        return 200, {"node_id": peer_id, "origins": {"o9": {"watermark": 0, "counters": {},
+                                                          "held": [held_event]}}}
+
+    node.transport.network.attach(SimpleNamespace(
+        node_id=peer_id, app=App(None, [Route("POST", "/counter/state", state, "peer")])))
+    summary = {"o9": [1, 2, 12345]}
+    for _ in range(2):
+        post(node, "/nodes/heartbeat", peer(peer_id, protocol=2, held=summary))
+        node.clock.advance(node.config.heartbeat_interval)
+    assert node.pull_once() == 1
+    assert asked == [{"node_id": NODE_ID, "origins": ["o9"], "held": node.config.gap_cap}]
+    assert node.counter.counters() == {"c": 3} and node.counter.held_total() == 1

@@ -502,3 +502,37 @@ def test_origins_past_the_old_digest_limit_are_retired_and_a_late_joiner_counts_
     refused = c[n1].replicate(n2, [Event("r0o1", 2, "c", 1), Event("fresh", 1, "c", 1)])
     assert refused.retired == 1 and len(refused.applied) == 1
     assert "dcounter_retired_origin_events_refused 1" in c[n1].metrics.render()
+
+
+def test_an_event_held_above_a_gap_that_died_with_its_node_reaches_every_node(cluster_of):
+    """n1's first event dies with it (in memory, never delivered); its second reached n3 only,
+    which holds it above the gap. Anti-entropy gives it to n2 and to n1's next incarnation:
+    every node shows the same value."""
+    c = cluster_of(3)
+    n1, n2, n3 = c.ids
+    c.form()
+    assert c.fully_connected()
+    c.net.isolate(n1)
+    c.increment(n1, delta=2)  # seq 1: waits in n1's links, which fail
+    wait_for(lambda: all(link["state"] == "backoff"
+                         for link in c[n1].replicator.backlogs().values()), "failed sends")
+    c.clock.advance(7.0)
+    assert c[n1].cleanup_once() == [n2, n3]  # their links go, and seq 1 with them
+    c.net.heal()
+    c.net.partition(n1, n2)
+    c.clock.advance(10.0)  # the rejoin backoff has passed
+    c[n1].rejoin_once()
+    assert c[n1].peers.alive() == [n3]
+    c.increment(n1, delta=5)  # seq 2: a new link pushes it to n3, above its gap
+    wait_for(lambda: c[n3].count("c") == 5, "the push to n3")
+    assert c[n3].counter.held_total() == 1
+    old = c.nodes.pop(n1)
+    c.net.detach(n1)
+    old.stop(leave=False)
+    c.add(n1, dataclasses.replace(old.config))  # in memory: seq 1 died with it
+    c.net.heal()
+    for _ in range(3):
+        c.clock.advance(10.0)
+        c.anti_entropy_round()
+    assert c.fully_connected()
+    assert c.counts() == {n1: 5, n2: 5, n3: 5}

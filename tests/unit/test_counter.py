@@ -795,3 +795,71 @@ def test_a_group_with_more_new_keys_than_max_keys_keeps_the_newest():
     run(c, lambda txn: [txn.local("c", 1, f"k{i}", 1.0 + i) for i in range(4)])
     assert c.key_count() == 2 and c.count("c") == 5
     assert c.key("k3", 5.0) is not None and c.key("k2", 5.0) is not None
+
+
+# -- held events travel with anti-entropy ---------------------------------------------------------
+
+def test_a_snapshot_asked_for_held_events_carries_them_lowest_first_within_the_bound():
+    c = make_counter()
+    remote(c, Event("peer", 1, "c", 1), Event("peer", 4, "c", 2, "k4"), Event("peer", 7, "d", 3),
+           Event("only", 3, "c", 5))
+    assert c.snapshot(["peer", "only"]) == {"peer": {"watermark": 1, "counters": {"c": 1}}}
+    assert c.snapshot(["peer", "only"], held=2) == {
+        "peer": {"watermark": 1, "counters": {"c": 1},
+                 "held": [{"id": "peer:4", "counter": "c", "delta": 2, "key": "k4"},
+                          {"id": "peer:7", "counter": "d", "delta": 3}]},
+        "only": {"watermark": 0, "counters": {}, "held": [{"id": "only:3", "counter": "c",
+                                                           "delta": 5}]}}
+    assert c.snapshot(["peer"], held=1)["peer"]["held"] == [
+        {"id": "peer:4", "counter": "c", "delta": 2, "key": "k4"}]
+
+
+def test_held_summaries_are_equal_exactly_when_the_held_events_are():
+    a, b = make_counter(), make_counter()
+    remote(a, Event("o", 2, "c", 1), Event("o", 5, "c", 1))
+    remote(b, Event("o", 3, "c", 1), Event("o", 5, "c", 1))
+    count, top, _ = a.held_summaries()["o"]
+    assert (count, top) == (2, 5)
+    assert a.held_summaries() != b.held_summaries()  # same count and max, other events
+    remote(a, Event("o", 3, "c", 1))
+    remote(b, Event("o", 2, "c", 1))
+    assert a.held_summaries() == b.held_summaries()
+    assert make_counter().held_summaries() == {}
+
+
+def test_adopting_held_events_merges_them_once_and_folds_what_became_contiguous():
+    c = make_counter(gap_cap=10)
+    remote(c, Event("o", 1, "c", 1), Event("o", 3, "c", 10))
+    events = [Event("o", 2, "c", 100), Event("o", 3, "c", 10), Event("o", 5, "d", 7, "k5"),
+              Event("o", 30, "c", 1000)]  # 30 is past the gap cap: deferred
+    assert run(c, lambda txn: txn.adopt_held("o", events, 0.0)) == 2
+    assert c.watermark("o") == 3 and c.held_total() == 1
+    assert c.counters() == {"c": 111, "d": 7}
+    assert c.key("k5", 0.0).event_id == "o:5"
+    assert run(c, lambda txn: txn.adopt_held("o", events, 0.0)) == 0  # applied once
+    assert c.counters() == {"c": 111, "d": 7}
+
+
+def test_adopting_a_prefix_and_held_events_in_one_transaction_rolls_back_whole():
+    c = make_counter()
+    remote(c, Event("o", 1, "c", 1))
+    txn = c.begin()
+    sp = txn.savepoint()
+    txn.adopt("o", 4, {"c": 4})
+    txn.adopt_held("o", [Event("o", 6, "c", 2), Event("o", 5, "c", 1)], 0.0)
+    assert txn.watermark("o") == 6 and txn.total("c") == 7
+    txn.rollback_to(sp)
+    assert txn.watermark("o") == 1 and txn.total("c") == 1
+    c.install(txn)
+    assert c.counters() == {"c": 1} and c.held_total() == 0
+
+
+def test_held_events_of_a_retired_origin_are_skipped_and_ours_above_our_watermark_reorigin():
+    c = make_counter()
+    local(c)
+    assert run(c, lambda txn: txn.adopt_held(LOCAL, [Event(LOCAL, 3, "c", 5)], 0.0)) == 1
+    assert c.local_origin != LOCAL and c.counters() == {"c": 6}
+    txn = c.begin()
+    txn.retired_add["gone"] = 4
+    assert txn.adopt_held("gone", [Event("gone", 6, "c", 1)], 0.0) == 0
+    c.abort(txn)

@@ -191,3 +191,23 @@ def test_the_old_node_refuses_runs_with_400(cluster_of):
     response = c[n3].app.handle(make_request("POST", "/counter/replicate", body))
     assert response.status == 400 and b"protocol 2" in response.body
     assert c[n3].counters() == {}
+
+
+def test_held_events_travel_between_protocol_2_nodes_and_the_old_node_never_sees_them(
+        cluster_of):
+    c = mixed(cluster_of)
+    n1, n2, n3 = c.ids
+    bodies = []
+    original = c[n3].app.handle
+
+    def handle(request):  # what reaches the old node
+        bodies.append(request.body)
+        return original(request)
+
+    c[n3].app.handle = handle
+    c[n2].replicate("n9:7009", [Event("dead", 2, "c", 5)])  # held above a gap nobody fills
+    for _ in range(2):
+        c.clock.advance(10.0)
+        c.anti_entropy_round()
+    assert c[n1].count("c") == 5 and c[n1].counter.held_total() == 1
+    assert bodies and not any(b"held" in body for body in bodies)

@@ -144,10 +144,10 @@ def test_a_restored_node_with_traffic_after_one_peer_converges():
     assert run_seed(39, 5, eager_restored=True).passed
 
 
-@pytest.mark.xfail(strict=True, reason="an event held above a gap whose events died with a wiped "
-                   "node stays held (and counted) at the nodes it reached, and never reaches the "
-                   "others: digests carry watermarks, prefixes carry no held events")
 def test_a_held_event_of_a_wiped_origin_reaches_every_node():
+    """Seed 675: n4's links holding events 22-25 of its origin were replaced; the new link to n5
+    pushed only 26, held there above the gap, then n4 lost its data. Heartbeats show held
+    events and pulls carry them, so 26 reaches every node."""
     assert run_seed(675, 5).passed
 
 

@@ -8,8 +8,8 @@ from dcounter.counter import MAX_ITEMS, Event
 from dcounter.errors import BadRequest
 from dcounter.validation import INT64_MAX, MAX_DELTA
 from dcounter.wire import (MAX_ORIGINS_PER_PULL, MAX_PEER_LIST, MAX_SEQ, decode_digest,
-                           decode_event, decode_events, decode_peer_list, decode_runs,
-                           decode_snapshot, encode_runs)
+                           decode_event, decode_events, decode_held_summaries, decode_peer_list,
+                           decode_runs, decode_snapshot, encode_runs)
 
 
 # -- digests --------------------------------------------------------------------------------------
@@ -159,6 +159,56 @@ def test_snapshots_within_bounds(snapshot):
 def test_snapshots_out_of_bounds(snapshot):
     with pytest.raises(BadRequest):
         decode_snapshot(snapshot)
+
+
+# -- held events (protocol 2) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("held", [{}, {"o": [1, 1, 0]}, {"o": [2, MAX_SEQ, MAX_SEQ]},
+                                  {f"o{i}": [1, 5, i] for i in range(MAX_ORIGINS_PER_PULL)}])
+def test_held_summaries_within_bounds(held):
+    assert decode_held_summaries(held) == {o: tuple(s) for o, s in held.items()}
+
+
+@pytest.mark.parametrize("held", [
+    [], {"o": []}, {"o": [1, 1]}, {"o": [1, 1, 0, 0]}, {"o": [0, 1, 0]}, {"o": [3, 2, 0]},
+    {"o": [1, MAX_SEQ + 1, 0]}, {"o": [1, 1, -1]}, {"o": [1, 1, MAX_SEQ + 1]},
+    {"o": [1, 1, True]}, {"o": [1.0, 1, 0]}, {"o": (1, 1, 0)}, {"bad origin": [1, 1, 0]},
+    {f"o{i}": [1, 1, 0] for i in range(MAX_ORIGINS_PER_PULL + 1)},
+])
+def test_held_summaries_out_of_bounds(held):
+    with pytest.raises(BadRequest):
+        decode_held_summaries(held)
+
+
+def test_held_events_in_a_snapshot_are_decoded_when_asked_for_and_the_input_is_kept():
+    held = [{"id": "o:5", "counter": "c", "delta": 2, "key": "k"},
+            {"id": "o:9", "items": [["c", 1], ["d", 1]]}]
+    snapshot = {"o": {"watermark": 3, "counters": {"c": 3}, "held": held},
+                "p": {"watermark": 0, "counters": {},
+                      "held": [{"id": "p:1", "counter": "c", "delta": 1}]}}
+    decoded = decode_snapshot(snapshot, max_held=2)
+    assert decoded["o"]["held"] == [Event("o", 5, "c", 2, "k"),
+                                    Event("o", 9, None, 0, None, (("c", 1), ("d", 1)))]
+    assert decoded["o"]["watermark"] == 3 and decoded["p"]["held"] == [Event("p", 1, "c", 1)]
+    assert snapshot["o"]["held"] is held  # decoding twice (a duplicated reply) still works
+    assert decode_snapshot(snapshot, max_held=2) == decoded
+
+
+@pytest.mark.parametrize("state,max_held", [
+    ({"watermark": 3, "counters": {}, "held": [{"id": "o:5", "counter": "c", "delta": 1}]}, 0),
+    ({"watermark": 3, "counters": {}, "held": [{"id": "o:5", "counter": "c", "delta": 1},
+                                               {"id": "o:6", "counter": "c", "delta": 1}]}, 1),
+    ({"watermark": 3, "counters": {}, "held": []}, 5),
+    ({"watermark": 0, "counters": {}, "held": []}, 5),
+    ({"watermark": 3, "counters": {}, "held": {"o:5": 1}}, 5),
+    ({"watermark": 3, "counters": {}, "held": [{"id": "x:5", "counter": "c", "delta": 1}]}, 5),
+    ({"watermark": 3, "counters": {}, "held": [{"id": "o:3", "counter": "c", "delta": 1}]}, 5),
+    ({"watermark": 3, "counters": {}, "held": [{"id": "o:5", "counter": "c", "delta": 0}]}, 5),
+    ({"watermark": -1, "counters": {}, "held": [{"id": "o:5", "counter": "c", "delta": 1}]}, 5),
+])
+def test_held_events_in_a_snapshot_out_of_bounds(state, max_held):
+    with pytest.raises(BadRequest):
+        decode_snapshot({"o": state}, max_held=max_held)
 
 
 # -- bulk events (protocol 2) ---------------------------------------------------------------------
