@@ -7,21 +7,22 @@ origins each come from a `random.Random` stream derived from the seed, and the r
 trace hash over every delivered message and client answer, so two runs of a seed can be
 compared event for event.
 
-A run: nodes start with their seeds as join candidates; clients send increments of both signs to
-random nodes for 60 s and more of virtual time (several counters, idempotency keys, retries with
-the same key at the same node and at another one); faults come and go (simnet.py); then
-everything heals (paused nodes resume, down nodes restart, the network is whole) and the run
-goes on until the cluster has converged, or fails when a deadline passes first. What is then
-checked is in simcheck.py; the node model in simnode.py.
+A run: nodes start with their seeds as join candidates; clients send increments of both signs,
+resets and deletes to random nodes for 60 s and more of virtual time (simclient.py); faults come
+and go (simnet.py); then everything heals (paused nodes resume, down nodes restart, the network
+is whole) and the run goes on until the cluster has converged, or fails when a deadline passes
+first. What is then checked is in simcheck.py; the node model in simnode.py.
 
 Clients follow the README's advice for a restored backup, and more: a restored node gets traffic
 only once it has compared digests with every peer (`--eager-restored`: with one, as the README
-says).
+says). Its peers forward keyed increments to it as soon as they list it.
 
 `--inject NAME` re-introduces a known defect at the simulator's level (never in the modules it
 runs), to show that the checks catch it: `ack-failed-commit` (a failed commit acknowledges its
 increment anyway), `forget-key-on-duplicate` (a replicated event that arrives as a duplicate
-does not leave its key behind; caught by `--strict-keys`).
+does not leave its key behind; caught by `--strict-keys`), `reset-merge-min` (a reset's covers
+merge by the nearer watermark), `apply-keyed-here` (keyed increments are applied where they
+arrive, as before keys had homes).
 """
 
 from __future__ import annotations
@@ -35,16 +36,15 @@ import time
 
 from dcounter.config import Config
 from dcounter.counter import RemoteResult
-from dcounter.errors import DcounterError
-from dcounter.simcheck import Attempt, Oracle, state_bounds, unsettled
+from dcounter.simcheck import Oracle, state_bounds, unsettled
+from dcounter.simclient import COUNTERS, Clients
 from dcounter.simnet import FAULT_KINDS, FaultPlan, Network, StopRun, World
 from dcounter.simnode import SimNode
 
-INJECTS = ("ack-failed-commit", "forget-key-on-duplicate")
-COUNTERS = ("a", "b", "c", "d")
+INJECTS = ("ack-failed-commit", "forget-key-on-duplicate", "reset-merge-min",
+           "apply-keyed-here")
 WORK_UNTIL = 61.0        # virtual seconds of client traffic
 SETTLE_DEADLINE = 90.0   # virtual seconds after healing to converge
-CLIENT_TIMEOUT = 3.0     # seconds a client waits for an answer
 SIM_CONFIG = Config(max_backlog=40, gap_cap=30, batch_max=16)  # small bounds, so they are hit
 
 
@@ -64,7 +64,8 @@ class Simulation:
         self.origins_made = 0
         self.pull_settle = min(0.25, config.heartbeat_interval / 2)
         self.rejoin_tick = 0.5
-        self.oracle = Oracle(strict_keys)
+        self.oracle = Oracle(strict_keys, clock=lambda: self.world.now)
+        self.forwards = 0  # keyed increments forwarded to their key's home
         ids = [f"n{i}" for i in range(1, nodes + 1)]
         self.nodes: dict[str, SimNode] = {}
         for i, nid in enumerate(ids):
@@ -75,7 +76,7 @@ class Simulation:
             self.net.endpoints[nid] = node.receive
         self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids)
         self.heal_at = max(WORK_UNTIL + 1.0, self.plan.end() + 1.0)
-        self.ops = 0
+        self.clients = Clients(self, self.rng, random.Random(f"{seed}/resets"))
 
     def new_origin(self) -> str:
         self.origins_made += 1
@@ -100,6 +101,19 @@ class Simulation:
                 txn.keys_add.pop(event.key, None)
         return RemoteResult(applied, duplicates, deferred), reached
 
+    def start(self, node: SimNode, disk) -> None:
+        node.start(disk)
+        if self.inject == "reset-merge-min":
+            _merge_covers_by_min(node.counter)
+        elif self.inject == "apply-keyed-here":
+            node.client_increment = node._apply_here  # no key has a home: the old rule
+
+    def connection_refused(self, src: str, dst: str) -> bool:
+        """A connection from `src` to `dst` is refused (nothing sent) when `dst` is down and
+        the network lets the refusal through; a paused or cut-off node lets it time out."""
+        return not self.nodes[dst].up and not self.net.is_blocked(src, dst) \
+            and not self.net.is_blocked(dst, src)
+
     # -- the cluster interface the fault plan drives ----------------------------------------------
     def crash(self, nid: str, keep_disk: bool) -> None:
         node = self.nodes[nid]
@@ -121,7 +135,7 @@ class Simulation:
             self.oracle.restored(nid, disk.origin)
             self.restored.add(nid)
             self._state_lost()
-        node.start(node.disk)
+        self.start(node, node.disk)
 
     def backup(self, nid: str):
         disk = self.nodes[nid].disk
@@ -159,71 +173,6 @@ class Simulation:
     def _state_lost(self) -> None:
         self.oracle.state_lost([n.disk for n in self.nodes.values() if n.disk is not None])
 
-    # -- the client workload --------------------------------------------------------------------
-    def plan_workload(self) -> None:
-        rng = self.rng
-        ids = list(self.nodes)
-        count = rng.randint(220, 280)
-        for op in range(count):
-            when = round(rng.uniform(0.5, WORK_UNTIL), 4)
-            delta = rng.choice((-1, 1)) * rng.randint(1, 9)
-            key = f"k{op}" if rng.random() < 0.7 else None
-            attempt = Attempt(op, rng.choice(ids), rng.choice(COUNTERS), delta, key, 1)
-            self.world.at(when, self.send, attempt)
-
-    def send(self, attempt: Attempt) -> None:
-        self.ops += 1
-        self.oracle.attempts.append(attempt)
-        self.world.after(self.net.delay(), self.arrive, attempt)
-        self.world.after(CLIENT_TIMEOUT, self.answered, attempt, "indeterminate")
-
-    def arrive(self, attempt: Attempt) -> None:
-        node = self.nodes[attempt.node]
-        if attempt.node in self.restored:
-            others = set(self.nodes) - {attempt.node}
-            if node.up and (node.compared >= others or (self.eager_restored and node.compared)):
-                self.restored.discard(attempt.node)
-            else:
-                # A restored node reuses its origin: it gets traffic only after comparing digests
-                # with every peer, so that it sees its origin ahead wherever that is.
-                self.answered(attempt, "failed")
-                return
-        if not node.up:
-            self.answered(attempt, "failed")  # connection refused: nothing happened
-        elif node.paused:
-            node.inbox.append((self.serve, (node, attempt)))
-        else:
-            self.serve(node, attempt)
-
-    def serve(self, node: SimNode, attempt: Attempt) -> None:
-        try:
-            result = node.increment(attempt.counter, attempt.delta, attempt.key)
-        except DcounterError:
-            outcome = "failed"
-        else:
-            outcome = "replayed" if result.replayed else "new"
-            if not result.replayed:
-                self.oracle.committed(node.node_id, attempt, result.event)
-        lose = 0.01 + self.net.loss
-        if self.rng.random() < lose:
-            return  # the answer is lost: the client times out
-        self.world.after(self.net.delay(), self.answered, attempt, outcome)
-
-    def answered(self, attempt: Attempt, outcome: str) -> None:
-        if attempt.state != "pending":
-            return
-        attempt.state = outcome
-        self.world.record(f"client op{attempt.op}@{attempt.node} {outcome}")
-        rng = self.rng
-        if attempt.key is None or attempt.tries >= 3:
-            return
-        retry = rng.random() < (0.1 if outcome in ("new", "replayed") else 0.8)
-        if retry:
-            node = attempt.node if rng.random() < 0.5 else rng.choice(list(self.nodes))
-            again = Attempt(attempt.op, node, attempt.counter, attempt.delta, attempt.key,
-                            attempt.tries + 1)
-            self.world.after(rng.uniform(0.2, 3.0), self.send, again)
-
     # -- running and checking ---------------------------------------------------------------------
     def _check_settled(self) -> None:
         if self.unsettled() is None:
@@ -233,10 +182,14 @@ class Simulation:
     def unsettled(self) -> str | None:
         return unsettled(self.nodes, self.oracle.attempts)
 
+    @property
+    def ops(self) -> int:
+        return self.clients.ops
+
     def run(self) -> "Outcome":
         for node in self.nodes.values():
-            node.start(None)
-        self.plan_workload()
+            self.start(node, None)
+        self.clients.plan(WORK_UNTIL, self.plan.faults)
         self.plan.arm(self.world, self.net, self)
         self.world.run(self.heal_at)
         self.heal()
@@ -247,12 +200,44 @@ class Simulation:
                                f"{self.unsettled()}")
         else:
             values = next(iter(self.nodes.values())).counter.counters()
+            problems += self.oracle.exact(self.nodes, COUNTERS)
             problems += self.oracle.bounds(values, COUNTERS)
+            cfg = next(iter(self.nodes.values())).cfg
+            wrong, keys_checked, keys_used = self.oracle.keys_once(
+                list(self.nodes), self.plan.faults, cfg.peer_timeout + cfg.heartbeat_interval)
+            problems += wrong
             keys = len({a.key for a in self.oracle.attempts if a.key is not None})
             problems += state_bounds(self.nodes, self.origins_made, keys)
-        return Outcome(self.seed, len(self.nodes), problems, self.world.now, self.ops,
-                       collections.Counter(f.kind for f in self.plan.faults),
-                       self.world.trace_hash(), self.plan)
+        outcome = Outcome(self.seed, len(self.nodes), problems, self.world.now, self.ops,
+                          collections.Counter(f.kind for f in self.plan.faults),
+                          self.world.trace_hash(), self.plan)
+        outcome.resets, outcome.deletes = self.clients.resets, self.clients.deletes
+        outcome.forwards = self.forwards
+        if settled:
+            outcome.keys_checked, outcome.keys_used = keys_checked, keys_used
+        return outcome
+
+
+def _merge_covers_by_min(counter) -> None:
+    """The defect `reset-merge-min`: every transaction of `counter` merges a reset's cover of an
+    origin by the nearer watermark instead of the furthest (reset.py's `_merge_cover` reversed)."""
+    begin = counter.begin
+
+    def defective_begin():
+        txn = begin()
+
+        def merge(name: str, origin: str, w: int, total: int) -> bool:
+            current = txn.cover(name, origin)
+            if current is not None and not (w, total) < current:
+                return False
+            txn._stage_cover(name, origin, (w, total))
+            txn._add_total(name, (current[1] if current else 0) - total)
+            return True
+
+        txn._merge_cover = merge
+        return txn
+
+    counter.begin = defective_begin
 
 
 class Outcome:
@@ -260,6 +245,8 @@ class Outcome:
         self.seed, self.nodes, self.problems = seed, nodes, problems
         self.virtual, self.ops, self.faults, self.trace_hash = virtual, ops, faults, trace_hash
         self.plan = plan
+        self.resets = self.deletes = self.forwards = 0
+        self.keys_checked = self.keys_used = 0  # keys held to "counts once at any node"
 
     @property
     def passed(self) -> bool:
@@ -281,7 +268,11 @@ def summary_line(outcomes: list[Outcome]) -> str:
     kinds = " ".join(f"{k}={faults[k]}" for k in FAULT_KINDS)
     return (f"seeds={len(outcomes)} failed={failed} "
             f"virtual_s={sum(o.virtual for o in outcomes):.0f} "
-            f"ops={sum(o.ops for o in outcomes)} faults: {kinds}")
+            f"ops={sum(o.ops for o in outcomes)} resets={sum(o.resets for o in outcomes)} "
+            f"deletes={sum(o.deletes for o in outcomes)} "
+            f"forwarded={sum(o.forwards for o in outcomes)} "
+            f"keys_checked={sum(o.keys_checked for o in outcomes)}"
+            f"/{sum(o.keys_used for o in outcomes)} faults: {kinds}")
 
 
 def reproduce(outcome: Outcome, options: dict, size_fixed: bool) -> str:

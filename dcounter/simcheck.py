@@ -1,46 +1,66 @@
 """What the simulator checks, and what it must know to check it: every client attempt and its
-answer, which keys each node committed or received, and which acknowledged increments the
-README lets go.
+answer, which events (increments and resets) each attempt made and where, which keys each node
+committed or received, and which acknowledged increments the README lets go.
 
 The checks, run once the cluster has healed and settled (`unsettled` is None):
 
 * `unsettled`: every node is up, shows the same counters and digest, lists every other node,
   and has nothing left to send or pull;
-* `Oracle.bounds`: each counter lies within [A + indeterminate negative deltas, A + indeterminate
-  positive deltas], A being the acknowledged deltas (Jepsen's counter check, both signs);
-* `Oracle.committed`, as increments commit: a key retried at the same node counts once (per key
+* `Oracle.exact`: each counter is what the applied events and resets make, the sum over origins
+  of (the origin's total - the total of the furthest cover of it), read from the reset events;
+  a deleted name is hidden exactly while its count is 0;
+* `Oracle.bounds`: each counter lies within Jepsen's bounds over the increments' possible parts
+  (`_options`): acknowledged ones their delta, indeterminate ones 0 or their delta, covered ones
+  (origin:seq at or below a reset's covered watermark of that origin) 0 under an acknowledged
+  reset and either under one whose answer was lost;
+* `Oracle.committed`, as events commit: a key retried at the same node counts once (per key
   epoch: a wiped or restored node has lost its keys); with strict keys, also at a node the event
   and its key reached by replication;
+* `Oracle.keys_once`: a key counted once in the whole cluster, when every node that routed it
+  listed every member and no fault touched its home while the key was in use;
 * `state_bounds`: held events within the gap cap, backlogs within their bound, origins and keys
   no more than were made.
 
 An acknowledged increment counts as indeterminate ("lost") when the README lets it go: no node
 holds it any more after a node lost its state (a wiped disk, a restored backup), or a restored
-node acknowledged it under a sequence number its origin had already used.
+node made another event under its id (either may survive).
 """
 
 from __future__ import annotations
 
 import collections
 
+from dcounter import keyhome
+
 
 class Attempt:
-    """One request of a client. `state`: pending, new (acknowledged, counted), replayed
-    (acknowledged, counted nothing), failed (definite), indeterminate."""
-    __slots__ = ("op", "node", "counter", "delta", "key", "tries", "state", "event", "lost")
+    """One request of a client. `kind`: increment, reset or delete. `state`: pending, new
+    (acknowledged, counted), replayed (acknowledged, counted nothing), failed (definite),
+    indeterminate. `event` is the (origin, seq) it made, wherever it was made; `view` the
+    members the receiving node listed when it routed the increment (None: it never did);
+    `sent`, `decided` and `done` the virtual times of sending, routing and the answer."""
+    __slots__ = ("op", "node", "counter", "delta", "key", "tries", "kind", "state", "event",
+                 "lost", "sent", "decided", "done", "view")
 
-    def __init__(self, op, node, counter, delta, key, tries):
+    def __init__(self, op, node, counter, delta, key, tries, kind="increment"):
         self.op, self.node, self.counter, self.delta, self.key = op, node, counter, delta, key
         self.tries = tries
+        self.kind = kind
         self.state = "pending"
         self.event: tuple[str, int] | None = None
         self.lost = False
+        self.sent = self.decided = self.done = None
+        self.view: tuple[str, ...] | None = None
 
 
 class Oracle:
-    def __init__(self, strict_keys: bool = False):
+    def __init__(self, strict_keys: bool = False, clock=lambda: 0.0):
         self.strict_keys = strict_keys
+        self.clock = clock  # the virtual time, for when keyed events were made
         self.attempts: list[Attempt] = []
+        self.resets: list[tuple[Attempt, object]] = []  # (attempt, its reset event)
+        self.made: collections.Counter = collections.Counter()  # event id -> times made
+        self.key_events: dict[str, list[tuple[str, str, float]]] = collections.defaultdict(list)
         self.epoch: dict[str, int] = collections.defaultdict(int)  # node -> key epoch
         self.new_by_key: dict[tuple[str, int, str], str] = {}      # (node, epoch, key) -> event
         self.pushed: dict[tuple[str, int], set] = collections.defaultdict(set)
@@ -66,6 +86,11 @@ class Oracle:
         """A client's attempt made a new local event at `node_id`."""
         origin, seq = event.origin, event.seq
         attempt.event = (origin, seq)
+        self.made[event.id] += 1
+        if event.reset is not None:
+            self.resets.append((attempt, event))
+        elif attempt.key is not None:
+            self.key_events[attempt.key].append((node_id, event.id, self.clock()))
         if seq <= self.reused_below.get(origin, 0):
             attempt.lost = True  # the README's restored-backup window
         self.issued[origin] = max(self.issued.get(origin, 0), seq)
@@ -92,20 +117,152 @@ class Oracle:
                     attempt.lost = True
 
     def bounds(self, values: dict[str, int], counters) -> list[str]:
-        acked, low, high = (collections.Counter() for _ in range(3))
+        """Jepsen's counter check, both signs, with resets: every increment's part in the
+        value is one of a few numbers (`_options`), and the value lies between the sums of the
+        smallest and the largest."""
+        definite, maybe = self._resets_by_outcome()
+        low, high, acked = (collections.Counter() for _ in range(3))
         for a in self.attempts:
+            if a.kind != "increment":
+                continue
+            reused = a.event is not None and self.made[f"{a.event[0]}:{a.event[1]}"] > 1
+            options = _options(a, definite.get(a.counter, ()), maybe.get(a.counter, ()),
+                               reused)
+            low[a.counter] += min(options)
+            high[a.counter] += max(options)
             if a.state == "new" and not a.lost:
                 acked[a.counter] += a.delta
-            elif a.state == "indeterminate" or (a.state == "new" and a.lost):
-                (low if a.delta < 0 else high)[a.counter] += a.delta
         problems = []
         for name in counters:
             value = values.get(name, 0)
-            lo, hi = acked[name] + low[name], acked[name] + high[name]
+            lo, hi = low[name], high[name]
             if not lo <= value <= hi:
                 problems.append(f"counter {name} = {value}, outside [{lo}, {hi}] "
-                                f"(acknowledged {acked[name]})")
+                                f"(acknowledged {acked[name]}, "
+                                f"{len(definite.get(name, ()))} acknowledged reset(s))")
         return problems
+
+    def _resets_by_outcome(self) -> tuple[dict, dict]:
+        """Counter -> the {origin: covered watermark} of its resets that certainly apply
+        (acknowledged, not lost), and of those that may (the answer was lost, or the README
+        lets it go)."""
+        definite, maybe = collections.defaultdict(list), collections.defaultdict(list)
+        for attempt, event in self.resets:
+            covered = {origin: w for origin, w, _total in event.reset.covers}
+            certain = attempt.state == "new" and not attempt.lost and self.made[event.id] == 1
+            (definite if certain else maybe)[event.reset.counter].append(covered)
+        return definite, maybe
+
+    def exact(self, nodes: dict, counters) -> list[str]:
+        """Once converged: for the events and resets the nodes applied, every node shows per
+        counter the sum over origins of (the origin's total - the total of the furthest cover
+        of it), reading what each reset covered from the reset event; a deleted name is
+        hidden exactly while its count is 0. A counter whose reset's id was made twice (a
+        restored node re-used it) is left out: the checker cannot tell which one applied."""
+        first = next(iter(nodes.values()))
+        digest = first.counter.digest()
+
+        def applied(event) -> bool:
+            return digest.get(event.origin, 0) >= event.seq or \
+                any(node.disk.holds(event.origin, event.seq) for node in nodes.values())
+
+        furthest: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
+        deleted, unclear = set(), set()
+        for _attempt, event in self.resets:
+            reset = event.reset
+            if self.made[event.id] > 1:
+                unclear.add(reset.counter)
+            if not applied(event):
+                continue
+            deleted.update([reset.counter] if reset.delete else [])
+            for origin, w, total in reset.covers:
+                mine = furthest[reset.counter].get(origin)
+                if mine is None or (w, total) > mine:
+                    furthest[reset.counter][origin] = (w, total)
+        problems = []
+        for name in counters:
+            if name in unclear:
+                continue
+            view = first.counter.read_view(name)
+            expected = sum(prefix + sum(held.values()) for _w, prefix, held in view.values())
+            expected -= sum(total for _w, total in furthest[name].values())
+            for node in nodes.values():
+                shows = node.counter.count(name)
+                if shows != expected:
+                    problems.append(f"counter {name} = {shows} at {node.node_id}, but the "
+                                    f"applied events less the furthest covers of the applied "
+                                    f"resets make {expected}")
+                    break
+                listed = name in node.counter.counters()
+                if name in deleted and listed == (shows == 0):
+                    problems.append(f"deleted counter {name} = {shows} is "
+                                    f"{'listed' if listed else 'hidden'} at {node.node_id}")
+                    break
+        return problems
+
+    def keys_once(self, members, faults, settle: float) -> tuple[list[str], int, int]:
+        """The README's promise for keys, conservatively: a key whose every routing node listed
+        every member, and whose home no fault touched (a node fault on it, a partition with it
+        on one side, from the fault's start until `settle` seconds after it ended) between its
+        first attempt and its last answer or commit, was counted once in the whole cluster.
+        Returns the problems, the keys checked and the keys used by increments."""
+        by_key = collections.defaultdict(list)
+        for a in self.attempts:
+            if a.kind == "increment" and a.key is not None:
+                by_key[a.key].append(a)
+        everyone = set(members)
+        problems, checked = [], 0
+        for key, attempts in by_key.items():
+            if any(a.view is not None and set(a.view) | {a.node} != everyone for a in attempts):
+                continue  # membership was not whole where the key was routed
+            made = self.key_events.get(key, [])
+            start = min(a.sent for a in attempts)
+            end = max([a.done or a.sent for a in attempts] + [a.decided or a.sent for a in attempts]
+                      + [when for _node, _event, when in made])
+            home = keyhome.home(key, everyone)
+            if any(_touches(fault, home, start, end, settle) for fault in faults):
+                continue
+            checked += 1
+            if len(made) > 1:
+                problems.append(f"key {key} counted {len(made)} times "
+                                f"({', '.join(f'{event} at {node}' for node, event, _ in made)}) "
+                                f"though every routing node listed every member and no fault "
+                                f"touched its home {home} in [{start:.2f}, {end:.2f}]")
+        return problems, checked, len(by_key)
+
+
+def _options(a: Attempt, definite, maybe, reused: bool = False) -> tuple[int, ...]:
+    """What an increment may add to its counter's value: its delta, 0 when a reset covers it
+    (its origin:seq at or below the reset's covered watermark of its origin) or it did not
+    count, and -delta when it was let go (no node holds it) but a reset counted it among
+    what it covers (the covered total is subtracted, the event is gone)."""
+    d = a.delta
+    state = a.state
+    if state == "replayed" and a.event is not None:
+        state = "new"  # a duplicated forward: its other copy's answer came first
+    if state not in ("new", "indeterminate"):
+        return (0,)
+    if a.event is None:
+        return (0, d)  # an indeterminate request that no node committed (or not yet seen)
+    origin, seq = a.event
+    covered = any(cover.get(origin, 0) >= seq for cover in definite)
+    maybe_covered = any(cover.get(origin, 0) >= seq for cover in maybe)
+    if a.lost or reused:  # two events under one id (a restored node): either may survive
+        return (-d, 0, d) if covered or maybe_covered else (0, d)
+    if covered:
+        return (0,)
+    options = (d,) if state == "new" else (0, d)
+    return options + (0,) if maybe_covered else options
+
+
+def _touches(fault, home: str, start: float, end: float, settle: float) -> bool:
+    """Whether `fault` touched `home` at some time in [start, end]."""
+    if fault.node is not None:
+        touched = fault.node == home
+    else:
+        touched = any(home in pair for pair in fault.detail.get("pairs", ()))
+    stop = fault.start + fault.duration + fault.detail.get("down", 0.0) + settle
+    return touched and fault.start <= end and start <= stop
 
 
 def _nonzero(values: dict[str, int]) -> dict[str, int]:

@@ -17,6 +17,7 @@ message or a timer, each a short method that mirrors one decision of `node.py` /
                      watermark (`antientropy.held_leads`): pull its prefix and held events after
                      a short settle, adopt and merge them
     on_join/on_heartbeat/on_leave/on_replicate/on_state   the server side
+    reset, client_increment/on_forward   resets; keyed increments decided at the key's home
 
 Commits are synchronous (`commit(job)`): a job stages into a `Txn`, the store writes it (or
 raises `StorageFailure` while a failing-commit fault is on), then the counter installs it and
@@ -33,6 +34,7 @@ from __future__ import annotations
 import copy
 import enum
 
+from dcounter import keyhome
 from dcounter.antientropy import held_leads
 from dcounter.config import Config
 from dcounter.counter import Counter, Event, KeyRecord, OriginState
@@ -40,7 +42,7 @@ from dcounter.errors import DcounterError, StorageFailure
 from dcounter.peers import PeerStore
 from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.simnet import NodeClock
-from dcounter.wire import decode_snapshot
+from dcounter.wire import decode_covers, decode_deleted, decode_snapshot
 
 
 class MemoryStore:
@@ -53,6 +55,8 @@ class MemoryStore:
         self.prefixes: dict[str, dict[str, int]] = {}
         self.held: dict[str, dict[int, tuple]] = {}
         self.keys: dict[str, KeyRecord] = {}
+        self.covers: dict[str, dict[str, tuple[int, int]]] = {}  # counter -> origin -> cover
+        self.deleted: set[str] = set()
 
     def write(self, txn) -> None:
         for origin, staged in txn.origins.items():
@@ -70,6 +74,22 @@ class MemoryStore:
         self.keys.update(txn.keys_add)
         if txn.reorigined_from is not None:
             self.origin = txn.local_origin
+        self.write_resets(txn)
+
+    def write_resets(self, txn) -> None:
+        """The covers and tombstones of resets, as `Store._write_resets_locked` writes them."""
+        for (name, origin), cover in txn.cover_add.items():
+            if cover is None:
+                self.covers.get(name, {}).pop(origin, None)
+            else:
+                self.covers.setdefault(name, {})[origin] = cover
+        self.deleted |= txn.deleted_add
+
+    def resets(self) -> dict:
+        """`Counter.load`'s covers and deleted, as `Store.load_resets` reads them."""
+        return {"covers": {name: dict(per_origin) for name, per_origin in self.covers.items()
+                           if per_origin},
+                "deleted": set(self.deleted)}
 
     def load(self) -> tuple[str, dict[str, OriginState], dict[str, KeyRecord]]:
         origins = {o: OriginState(w, dict(self.prefixes.get(o, {})), dict(self.held.get(o, {})))
@@ -127,7 +147,7 @@ class SimNode:
         self.counter = Counter(origin, max_counters=self.cfg.max_counters,
                                gap_cap=self.cfg.gap_cap, key_ttl=self.cfg.idempotency_ttl,
                                new_origin=self.sim.new_origin)
-        self.counter.load(origins, keys)
+        self.counter.load(origins, keys, **self.disk.resets())
         self.peers = PeerStore(self.node_id, peer_timeout=self.cfg.peer_timeout,
                                policy=self.policy, seeds=self.seeds)
         self.schedule = RetrySchedule(self.policy)
@@ -425,21 +445,98 @@ class SimNode:
                           lambda r, p=peer: self.adopt(p, r))
 
     def on_state(self, sender: str, body: dict) -> dict:
-        return {"origins": self.counter.snapshot(body["origins"], body["held"])}
+        return {"origins": self.counter.snapshot(body["origins"], body["held"]),
+                **self.covers_reply()}
 
     def adopt(self, peer: str, reply: dict) -> None:
         now = self.clock.time()
 
         def job(txn):
             snapshot = decode_snapshot(reply["origins"], max_held=self.cfg.gap_cap)
-            return sum(txn.adopt(o, s["watermark"], s["counters"])
-                       + txn.adopt_held(o, s.get("held", []), now) for o, s in snapshot.items())
+            adopted = sum(txn.adopt(o, s["watermark"], s["counters"])
+                          + txn.adopt_held(o, s.get("held", []), now)
+                          for o, s in snapshot.items())
+            self.adopt_covers(txn, reply)
+            return adopted
 
         try:
             self.commit(job)
         except (StorageFailure, DcounterError):
             return
         self.compared.add(peer)
+
+    # -- resets and keys' homes (reset.py, keyhome.py) -------------------------------------------
+    def reset(self, counter: str, delete: bool, key: str | None):
+        """`Node.reset`: a reset (or delete) of `counter` made here."""
+        now = self.clock.time()
+        return self.commit(lambda txn: txn.local_reset(counter, delete, key, now))
+
+    def covers_reply(self) -> dict:
+        """What a state reply adds: every cover and tombstone (a prefix may hold resets the
+        puller never received), only when there are some, as `Node.state_reply`."""
+        covers, deleted = self.counter.covers_wire()
+        return {"covers": covers, "deleted": deleted} if covers or deleted else {}
+
+    @staticmethod
+    def adopt_covers(txn, reply: dict) -> None:
+        """In the job that adopted a state reply's prefixes, after them (`Node._pull`)."""
+        txn.adopt_covers(decode_covers(reply.get("covers", {})),
+                         decode_deleted(reply.get("deleted", [])))
+
+    def client_increment(self, counter: str, delta: int, key: str | None, answer,
+                         committed) -> None:
+        """The increment route (`Node.increment`/`Node.forward`): a keyed increment whose
+        key's home is another member is forwarded there and its answer relayed; one without a
+        key is applied here, and so is one whose home refused the connection. `answer(outcome,
+        result)` runs at most once: outcome "new" or "replayed" (with the LocalResult),
+        "failed" (an error that changed nothing), or "unavailable" (a 503 after the home did not
+        answer: it may have counted). `committed(node_id, event)` runs where an event is made;
+        it travels with the forward but is no part of the protocol (the checker's bookkeeping).
+        """
+        target = keyhome.forward_to(key, self.node_id, self.peers.alive())
+        if target is None:
+            self._apply_here(counter, delta, key, answer, committed)
+        elif self.sim.connection_refused(self.node_id, target):
+            # Nothing was sent: the home cannot have counted it. The refusal takes a round trip.
+            self.timer(self.sim.net.delay(), self._apply_here, counter, delta, key, answer,
+                       committed)
+        else:
+            self.sim.forwards += 1
+            body = {"node_id": self.node_id, "counter": counter, "delta": delta, "key": key,
+                    "committed": committed}
+            self.call(target, "forward", body, lambda reply: self._relay(reply, answer),
+                      lambda: answer("unavailable", None))
+
+    def _apply_here(self, counter, delta, key, answer, committed) -> None:
+        try:
+            result = self.increment(counter, delta, key)
+        except DcounterError:
+            answer("failed", None)
+            return
+        if not result.replayed:
+            committed(self.node_id, result.event)
+        answer("replayed" if result.replayed else "new", result)
+
+    @staticmethod
+    def _relay(reply: dict, answer) -> None:
+        if reply["status"] == 200:
+            result = reply["result"]
+            answer("replayed" if result.replayed else "new", result)
+        elif keyhome.after_refusal(reply["status"]) is keyhome.AfterRefusal.RELAY:
+            answer("failed", None)  # the home's own verdict: it changed nothing
+        else:
+            answer("unavailable", None)
+
+    def on_forward(self, sender: str, body: dict) -> dict:
+        """`POST /counter/forward` at the home: applied here whatever this node's view says,
+        never forwarded again."""
+        try:
+            result = self.increment(body["counter"], body["delta"], body["key"])
+        except DcounterError as exc:
+            return {"status": exc.status}
+        if not result.replayed:
+            body["committed"](self.node_id, result.event)
+        return {"status": 200, "result": result}
 
     # -- what the checker reads -----------------------------------------------------------------
     def settled(self) -> str | None:
