@@ -14,9 +14,10 @@ everything heals (paused nodes resume, down nodes restart, the network is whole)
 goes on until the cluster has converged, or fails when a deadline passes first. What is then
 checked is in simcheck.py; the node model in simnode.py.
 
-Clients follow the README's advice for a restored backup, and more: a restored node gets traffic
-only once it has compared digests with every peer (`--eager-restored`: with one, as the README
-says).
+A restored backup is restored the way the tools do it (`dcounter-node backup`/`restore`): it
+takes a fresh origin when the node starts. `--unmarked-backups` restores copies made by hand
+instead (a documented misuse: the copy reuses its origin); clients then send to a restored node
+only once it has compared digests with every peer (`--eager-restored`: with one).
 
 `--inject NAME` re-introduces a known defect at the simulator's level (never in the modules it
 runs), to show that the checks catch it: `ack-failed-commit` (a failed commit acknowledges its
@@ -29,13 +30,15 @@ from __future__ import annotations
 import argparse
 import collections
 import itertools
+import logging
 import random
 import sys
 import time
 
+from dcounter.commitgroup import GroupCommit
 from dcounter.config import Config
 from dcounter.counter import RemoteResult
-from dcounter.errors import DcounterError
+from dcounter.retry import RetrySchedule
 from dcounter.simcheck import Attempt, Oracle, state_bounds, unsettled
 from dcounter.simnet import FAULT_KINDS, FaultPlan, Network, StopRun, World
 from dcounter.simnode import SimNode
@@ -50,10 +53,11 @@ SIM_CONFIG = Config(max_backlog=40, gap_cap=30, batch_max=16)  # small bounds, s
 
 class Simulation:
     def __init__(self, seed: int, nodes: int, *, inject: str | None = None,
-                 strict_keys: bool = False, eager_restored: bool = False, trace=None,
-                 config: Config = SIM_CONFIG):
+                 strict_keys: bool = False, unmarked_backups: bool = False,
+                 eager_restored: bool = False, trace=None, config: Config = SIM_CONFIG):
         self.seed = seed
         self.inject = inject
+        self.unmarked_backups = unmarked_backups
         self.eager_restored = eager_restored
         self.restored: set[str] = set()  # restored nodes the clients wait for
         self.world = World(trace)
@@ -76,6 +80,13 @@ class Simulation:
         self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids)
         self.heal_at = max(WORK_UNTIL + 1.0, self.plan.end() + 1.0)
         self.ops = 0
+        self.group_commit = AcksFailedGroups() if inject == "ack-failed-commit" else GroupCommit()
+
+    def retry_schedule(self, policy):
+        """The schedule a node's outboxes share; keyed by peer name with `stale-link-backoff`."""
+        if self.inject == "stale-link-backoff":
+            return ByPeerName(policy)
+        return RetrySchedule(policy)
 
     def new_origin(self) -> str:
         self.origins_made += 1
@@ -118,14 +129,24 @@ class Simulation:
             return
         if disk is not None:  # a restored backup
             node.disk = disk
-            self.oracle.restored(nid, disk.origin)
-            self.restored.add(nid)
+            if disk.backup_of is None:  # a copy made by hand: the old origin is reused
+                self.oracle.restored(nid, disk.origin)
+                self.restored.add(nid)
+            else:  # `dcounter-node restore`: a fresh origin at start
+                self.oracle.keys_lost(nid)
             self._state_lost()
         node.start(node.disk)
 
     def backup(self, nid: str):
+        """`dcounter-node backup` (marked: restored, it takes a fresh origin), or with
+        `--unmarked-backups` a copy of the data directory made by hand."""
         disk = self.nodes[nid].disk
-        return disk.copy() if disk is not None else None
+        if disk is None:
+            return None
+        copy = disk.copy()
+        if not self.unmarked_backups:
+            copy.backup_of = disk.origin
+        return copy
 
     def pause(self, nid: str) -> None:
         if self.nodes[nid].up:
@@ -196,11 +217,14 @@ class Simulation:
             self.serve(node, attempt)
 
     def serve(self, node: SimNode, attempt: Attempt) -> None:
-        try:
-            result = node.increment(attempt.counter, attempt.delta, attempt.key)
-        except DcounterError:
+        node.increment(attempt.counter, attempt.delta, attempt.key,
+                       lambda job: self.served(node, attempt, job))
+
+    def served(self, node: SimNode, attempt: Attempt, job) -> None:
+        if job.error is not None:
             outcome = "failed"
         else:
+            result = job.result
             outcome = "replayed" if result.replayed else "new"
             if not result.replayed:
                 self.oracle.committed(node.node_id, attempt, result.event)
@@ -255,6 +279,42 @@ class Simulation:
                        self.world.trace_hash(), self.plan)
 
 
+class AcksFailedGroups(GroupCommit):
+    """`--inject ack-failed-commit`: a group whose write failed leaves the jobs that ran their
+    results, so they are acknowledged though nothing was installed."""
+
+    def write_failed(self, jobs, failure) -> None:
+        pass
+
+
+class ByPeerName(RetrySchedule):
+    """`--inject stale-link-backoff`: the backoff keyed by the peer's name, not by its outbox, so
+    a removed link's late outcome moves the backoff of the peer's next link."""
+
+    def __init__(self, policy):
+        super().__init__(policy)
+        self._handles: dict[str, object] = {}
+
+    def failed(self, handle, now):
+        self._handles[handle.peer] = handle
+        return super().failed(handle.peer, now)
+
+    def succeeded(self, handle):
+        super().succeeded(handle.peer)
+
+    def forget(self, handle):
+        super().forget(handle.peer)
+
+    def attempts(self, handle):
+        return super().attempts(handle.peer)
+
+    def is_waiting(self, handle):
+        return super().is_waiting(handle.peer)
+
+    def pop_due(self, now):
+        return [self._handles[peer] for peer in super().pop_due(now)]
+
+
 class Outcome:
     def __init__(self, seed, nodes, problems, virtual, ops, faults, trace_hash, plan):
         self.seed, self.nodes, self.problems = seed, nodes, problems
@@ -292,6 +352,8 @@ def reproduce(outcome: Outcome, options: dict, size_fixed: bool) -> str:
         cmd += f" --inject {options['inject']}"
     if options.get("strict_keys"):
         cmd += " --strict-keys"
+    if options.get("unmarked_backups"):
+        cmd += " --unmarked-backups"
     if options.get("eager_restored"):
         cmd += " --eager-restored"
     return cmd
@@ -332,15 +394,21 @@ def main(argv=None) -> int:
     parser.add_argument("--strict-keys", action="store_true",
                         help="also check that a key which reached a node by replication counts "
                              "once there")
+    parser.add_argument("--unmarked-backups", action="store_true",
+                        help="restore copies of the data directory made by hand (a documented "
+                             "misuse: the copy reuses its origin) instead of `dcounter-node "
+                             "backup`/`restore`")
     parser.add_argument("--eager-restored", action="store_true",
-                        help="clients send to a restored node once it has compared digests with "
-                             "one peer (the README's advice), not only after every peer")
+                        help="with --unmarked-backups: clients send to a restored node once it "
+                             "has compared digests with one peer, not only after every peer")
     parser.add_argument("--jobs", type=int, default=1, metavar="J",
                         help="run seeds in J processes (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="with --seed: print the fault plan and the trace; with --seeds: "
                              "one line per seed with its trace hash")
     args = parser.parse_args(argv)
+    # The nodes' warnings (a backlog dropped, ...) are part of the run, not of its report.
+    logging.getLogger("dcounter").addHandler(logging.NullHandler())
     if args.nodes is not None and not 2 <= args.nodes <= 50:
         parser.error("--nodes must be between 2 and 50")
     if args.seeds is not None and args.seeds < 1:
@@ -348,7 +416,7 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     options = {"inject": args.inject, "strict_keys": args.strict_keys,
-               "eager_restored": args.eager_restored}
+               "unmarked_backups": args.unmarked_backups, "eager_restored": args.eager_restored}
     if args.seed is not None:
         seeds = [args.seed]
     else:
