@@ -19,10 +19,13 @@ takes a fresh origin when the node starts. `--unmarked-backups` restores copies 
 instead (a documented misuse: the copy reuses its origin); clients then send to a restored node
 only once it has compared digests with every peer (`--eager-restored`: with one).
 
-`--inject NAME` re-introduces a known defect at the simulator's level (never in the modules it
-runs), to show that the checks catch it: `ack-failed-commit` (a failed commit acknowledges its
-increment anyway), `forget-key-on-duplicate` (a replicated event that arrives as a duplicate
-does not leave its key behind; caught by `--strict-keys`).
+`--inject NAME` re-introduces a known defect (never in the modules it runs, only in what the
+simulator hands them), to show that the checks catch it: `ack-failed-commit` (the group commit
+decides that a group whose store write failed keeps its jobs' results: they are acknowledged),
+`stale-link-backoff` (the outboxes' retry schedule keyed by the peer's name, so an old link's
+late success resets a new link's backoff; `--slow-links` adds the fault that produces it),
+`forget-key-on-duplicate` (a replicated event that arrives as a duplicate does not leave its key
+behind; keys are checked by default, `--loose-keys` turns that check off).
 """
 
 from __future__ import annotations
@@ -40,10 +43,10 @@ from dcounter.config import Config
 from dcounter.counter import RemoteResult
 from dcounter.retry import RetrySchedule
 from dcounter.simcheck import Attempt, Oracle, state_bounds, unsettled
-from dcounter.simnet import FAULT_KINDS, FaultPlan, Network, StopRun, World
+from dcounter.simnet import EXTRA_KINDS, FAULT_KINDS, FaultPlan, Network, StopRun, World
 from dcounter.simnode import SimNode
 
-INJECTS = ("ack-failed-commit", "forget-key-on-duplicate")
+INJECTS = ("ack-failed-commit", "stale-link-backoff", "forget-key-on-duplicate")
 COUNTERS = ("a", "b", "c", "d")
 WORK_UNTIL = 61.0        # virtual seconds of client traffic
 SETTLE_DEADLINE = 90.0   # virtual seconds after healing to converge
@@ -53,8 +56,9 @@ SIM_CONFIG = Config(max_backlog=40, gap_cap=30, batch_max=16)  # small bounds, s
 
 class Simulation:
     def __init__(self, seed: int, nodes: int, *, inject: str | None = None,
-                 strict_keys: bool = False, unmarked_backups: bool = False,
-                 eager_restored: bool = False, trace=None, config: Config = SIM_CONFIG):
+                 strict_keys: bool = True, unmarked_backups: bool = False,
+                 slow_links: bool = False, eager_restored: bool = False, trace=None,
+                 config: Config = SIM_CONFIG):
         self.seed = seed
         self.inject = inject
         self.unmarked_backups = unmarked_backups
@@ -77,7 +81,8 @@ class Simulation:
                 seeds.add(self.rng.choice([x for x in ids if x != nid]))
             node = self.nodes[nid] = SimNode(self, nid, tuple(sorted(seeds)), config)
             self.net.endpoints[nid] = node.receive
-        self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids)
+        kinds = FAULT_KINDS + EXTRA_KINDS * 3 if slow_links else FAULT_KINDS
+        self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids, kinds=kinds)
         self.heal_at = max(WORK_UNTIL + 1.0, self.plan.end() + 1.0)
         self.ops = 0
         self.group_commit = AcksFailedGroups() if inject == "ack-failed-commit" else GroupCommit()
@@ -154,6 +159,9 @@ class Simulation:
 
     def resume(self, nid: str) -> None:
         self.nodes[nid].resume()
+
+    def slow(self, nid: str, lag: float) -> None:
+        self.nodes[nid].lag = lag
 
     def fail_commits(self, nid: str, on: bool) -> None:
         self.nodes[nid].failing = on
@@ -300,10 +308,10 @@ class ByPeerName(RetrySchedule):
         return super().failed(handle.peer, now)
 
     def succeeded(self, handle):
-        super().succeeded(handle.peer)
+        super().succeeded(getattr(handle, "peer", handle))
 
     def forget(self, handle):
-        super().forget(handle.peer)
+        super().forget(getattr(handle, "peer", handle))
 
     def attempts(self, handle):
         return super().attempts(handle.peer)
@@ -338,7 +346,8 @@ def summary_line(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         faults.update(o.faults)
     failed = sum(1 for o in outcomes if not o.passed)
-    kinds = " ".join(f"{k}={faults[k]}" for k in FAULT_KINDS)
+    kinds = " ".join(f"{k}={faults[k]}" for k in FAULT_KINDS + EXTRA_KINDS
+                     if k in FAULT_KINDS or faults[k])
     return (f"seeds={len(outcomes)} failed={failed} "
             f"virtual_s={sum(o.virtual for o in outcomes):.0f} "
             f"ops={sum(o.ops for o in outcomes)} faults: {kinds}")
@@ -350,8 +359,10 @@ def reproduce(outcome: Outcome, options: dict, size_fixed: bool) -> str:
         cmd += f" --nodes {outcome.nodes}"
     if options.get("inject"):
         cmd += f" --inject {options['inject']}"
-    if options.get("strict_keys"):
-        cmd += " --strict-keys"
+    if options.get("strict_keys") is False:
+        cmd += " --loose-keys"
+    if options.get("slow_links"):
+        cmd += " --slow-links"
     if options.get("unmarked_backups"):
         cmd += " --unmarked-backups"
     if options.get("eager_restored"):
@@ -391,9 +402,12 @@ def main(argv=None) -> int:
                         help="cluster size (default: 3-7, drawn per seed)")
     parser.add_argument("--inject", choices=INJECTS, default=None,
                         help="re-introduce a known defect, to show the checker catches it")
-    parser.add_argument("--strict-keys", action="store_true",
-                        help="also check that a key which reached a node by replication counts "
-                             "once there")
+    parser.add_argument("--loose-keys", action="store_true",
+                        help="do not check that a key which reached a node by replication "
+                             "counts once there (checked by default)")
+    parser.add_argument("--slow-links", action="store_true",
+                        help="add slow links to the fault mix: a node whose answers lag up to "
+                             "1.9 s leaves and comes back")
     parser.add_argument("--unmarked-backups", action="store_true",
                         help="restore copies of the data directory made by hand (a documented "
                              "misuse: the copy reuses its origin) instead of `dcounter-node "
@@ -415,7 +429,8 @@ def main(argv=None) -> int:
         parser.error("--seeds must be at least 1")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    options = {"inject": args.inject, "strict_keys": args.strict_keys,
+    options = {"inject": args.inject, "strict_keys": not args.loose_keys,
+               "slow_links": args.slow_links,
                "unmarked_backups": args.unmarked_backups, "eager_restored": args.eager_restored}
     if args.seed is not None:
         seeds = [args.seed]

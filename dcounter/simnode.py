@@ -115,6 +115,7 @@ class SimNode:
         self.up = False
         self.paused = False
         self.failing = False            # failing-commit fault
+        self.lag = 0.0                  # slow-link fault: answers wait up to this long
         self.incarnation = 0
         self.inbox: list = []
         self.counter: Counter | None = None
@@ -213,8 +214,14 @@ class SimNode:
             return
 
         def respond(reply) -> None:
-            if call_id is not None:
-                self.sim.net.send(self.node_id, src, ("reply", call_id, reply))
+            if call_id is None:
+                return
+            answer = (self.node_id, src, ("reply", call_id, reply))
+            if self.lag:  # a slow process: the answer goes out later, even if it stops
+                self.sim.world.after(self.sim.net.rng.random() * self.lag, self.sim.net.send,
+                                     *answer)
+            else:
+                self.sim.net.send(*answer)
 
         getattr(self, "on_" + kind)(src, body, respond)
 
