@@ -178,8 +178,9 @@ def test_a_copy_restored_by_hand_with_traffic_after_one_peer_converges():
     assert run_seed(16, 4, unmarked_backups=True, eager_restored=True).passed
 
 
-@pytest.mark.xfail(strict=True, reason="an event held above a gap whose events died with a wiped "
-                   "node (n5) stays held at n4 and never reaches the others")
+@pytest.mark.xfail(strict=True, reason="an event of n1's old origin held at n4 above a gap whose "
+                   "events died when n1 was restored from a backup (a fresh origin) stays held "
+                   "there and never reaches the others")
 def test_a_held_event_of_a_wiped_origin_reaches_every_node_seed_12():
     assert run_seed(12, 6).passed
 
