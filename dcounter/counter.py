@@ -120,6 +120,8 @@ def held_parts(entry: HeldEntry) -> Items:
 
 def held_event(origin: str, seq: int, entry: HeldEntry) -> Event:
     """A held event as the event it was."""
+    if len(entry) > 3 and entry[3] is not None:  # a reset event: its items are ()
+        return Event(origin, seq, None, 0, entry[2], None, entry[3])
     if entry[0] is None:
         return Event(origin, seq, None, 0, entry[2], entry[1])
     return Event(origin, seq, entry[0], entry[1], entry[2])

@@ -13,16 +13,21 @@ and go (simnet.py); then everything heals (paused nodes resume, down nodes resta
 is whole) and the run goes on until the cluster has converged, or fails when a deadline passes
 first. What is then checked is in simcheck.py; the node model in simnode.py.
 
-Clients follow the README's advice for a restored backup, and more: a restored node gets traffic
-only once it has compared digests with every peer (`--eager-restored`: with one, as the README
-says). Its peers forward keyed increments to it as soon as they list it.
+A restored backup is restored the way the tools do it (`dcounter-node backup`/`restore`): it
+takes a fresh origin when the node starts. `--unmarked-backups` restores copies made by hand
+instead (a documented misuse: the copy reuses its origin); clients then send to a restored node
+only once it has compared digests with every peer (`--eager-restored`: with one). Its peers
+forward keyed increments to it as soon as they list it.
 
-`--inject NAME` re-introduces a known defect at the simulator's level (never in the modules it
-runs), to show that the checks catch it: `ack-failed-commit` (a failed commit acknowledges its
-increment anyway), `forget-key-on-duplicate` (a replicated event that arrives as a duplicate
-does not leave its key behind; caught by `--strict-keys`), `reset-merge-min` (a reset's covers
-merge by the nearer watermark), `apply-keyed-here` (keyed increments are applied where they
-arrive, as before keys had homes).
+`--inject NAME` re-introduces a known defect (never in the modules it runs, only in what the
+simulator hands them), to show that the checks catch it: `ack-failed-commit` (the group commit
+decides that a group whose store write failed keeps its jobs' results: they are acknowledged),
+`stale-link-backoff` (the outboxes' retry schedule keyed by the peer's name, so an old link's
+late success resets a new link's backoff; `--slow-links` adds the fault that produces it),
+`forget-key-on-duplicate` (a replicated event that arrives as a duplicate does not leave its key
+behind; keys are checked by default, `--loose-keys` turns that check off), `reset-merge-min` (a
+reset's covers merge by the nearer watermark), `apply-keyed-here` (keyed increments are applied
+where they arrive, as before keys had homes).
 """
 
 from __future__ import annotations
@@ -30,19 +35,22 @@ from __future__ import annotations
 import argparse
 import collections
 import itertools
+import logging
 import random
 import sys
 import time
 
+from dcounter.commitgroup import GroupCommit
 from dcounter.config import Config
 from dcounter.counter import RemoteResult
+from dcounter.retry import RetrySchedule
 from dcounter.simcheck import Oracle, state_bounds, unsettled
 from dcounter.simclient import COUNTERS, Clients
-from dcounter.simnet import FAULT_KINDS, FaultPlan, Network, StopRun, World
+from dcounter.simnet import EXTRA_KINDS, FAULT_KINDS, FaultPlan, Network, StopRun, World
 from dcounter.simnode import SimNode
 
-INJECTS = ("ack-failed-commit", "forget-key-on-duplicate", "reset-merge-min",
-           "apply-keyed-here")
+INJECTS = ("ack-failed-commit", "stale-link-backoff", "forget-key-on-duplicate",
+           "reset-merge-min", "apply-keyed-here")
 WORK_UNTIL = 61.0        # virtual seconds of client traffic
 SETTLE_DEADLINE = 90.0   # virtual seconds after healing to converge
 SIM_CONFIG = Config(max_backlog=40, gap_cap=30, batch_max=16)  # small bounds, so they are hit
@@ -50,10 +58,12 @@ SIM_CONFIG = Config(max_backlog=40, gap_cap=30, batch_max=16)  # small bounds, s
 
 class Simulation:
     def __init__(self, seed: int, nodes: int, *, inject: str | None = None,
-                 strict_keys: bool = False, eager_restored: bool = False, trace=None,
+                 strict_keys: bool = True, unmarked_backups: bool = False,
+                 slow_links: bool = False, eager_restored: bool = False, trace=None,
                  config: Config = SIM_CONFIG):
         self.seed = seed
         self.inject = inject
+        self.unmarked_backups = unmarked_backups
         self.eager_restored = eager_restored
         self.restored: set[str] = set()  # restored nodes the clients wait for
         self.world = World(trace)
@@ -74,9 +84,17 @@ class Simulation:
                 seeds.add(self.rng.choice([x for x in ids if x != nid]))
             node = self.nodes[nid] = SimNode(self, nid, tuple(sorted(seeds)), config)
             self.net.endpoints[nid] = node.receive
-        self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids)
+        kinds = FAULT_KINDS + EXTRA_KINDS * 3 if slow_links else FAULT_KINDS
+        self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids, kinds=kinds)
         self.heal_at = max(WORK_UNTIL + 1.0, self.plan.end() + 1.0)
         self.clients = Clients(self, self.rng, random.Random(f"{seed}/resets"))
+        self.group_commit = AcksFailedGroups() if inject == "ack-failed-commit" else GroupCommit()
+
+    def retry_schedule(self, policy):
+        """The schedule a node's outboxes share; keyed by peer name with `stale-link-backoff`."""
+        if self.inject == "stale-link-backoff":
+            return ByPeerName(policy)
+        return RetrySchedule(policy)
 
     def new_origin(self) -> str:
         self.origins_made += 1
@@ -132,14 +150,24 @@ class Simulation:
             return
         if disk is not None:  # a restored backup
             node.disk = disk
-            self.oracle.restored(nid, disk.origin)
-            self.restored.add(nid)
+            if disk.backup_of is None:  # a copy made by hand: the old origin is reused
+                self.oracle.restored(nid, disk.origin)
+                self.restored.add(nid)
+            else:  # `dcounter-node restore`: a fresh origin at start
+                self.oracle.keys_lost(nid)
             self._state_lost()
         self.start(node, node.disk)
 
     def backup(self, nid: str):
+        """`dcounter-node backup` (marked: restored, it takes a fresh origin), or with
+        `--unmarked-backups` a copy of the data directory made by hand."""
         disk = self.nodes[nid].disk
-        return disk.copy() if disk is not None else None
+        if disk is None:
+            return None
+        copy = disk.copy()
+        if not self.unmarked_backups:
+            copy.backup_of = disk.origin
+        return copy
 
     def pause(self, nid: str) -> None:
         if self.nodes[nid].up:
@@ -147,6 +175,9 @@ class Simulation:
 
     def resume(self, nid: str) -> None:
         self.nodes[nid].resume()
+
+    def slow(self, nid: str, lag: float) -> None:
+        self.nodes[nid].lag = lag
 
     def fail_commits(self, nid: str, on: bool) -> None:
         self.nodes[nid].failing = on
@@ -240,6 +271,42 @@ def _merge_covers_by_min(counter) -> None:
     counter.begin = defective_begin
 
 
+class AcksFailedGroups(GroupCommit):
+    """`--inject ack-failed-commit`: a group whose write failed leaves the jobs that ran their
+    results, so they are acknowledged though nothing was installed."""
+
+    def write_failed(self, jobs, failure) -> None:
+        pass
+
+
+class ByPeerName(RetrySchedule):
+    """`--inject stale-link-backoff`: the backoff keyed by the peer's name, not by its outbox, so
+    a removed link's late outcome moves the backoff of the peer's next link."""
+
+    def __init__(self, policy):
+        super().__init__(policy)
+        self._handles: dict[str, object] = {}
+
+    def failed(self, handle, now):
+        self._handles[handle.peer] = handle
+        return super().failed(handle.peer, now)
+
+    def succeeded(self, handle):
+        super().succeeded(getattr(handle, "peer", handle))
+
+    def forget(self, handle):
+        super().forget(getattr(handle, "peer", handle))
+
+    def attempts(self, handle):
+        return super().attempts(handle.peer)
+
+    def is_waiting(self, handle):
+        return super().is_waiting(handle.peer)
+
+    def pop_due(self, now):
+        return [self._handles[peer] for peer in super().pop_due(now)]
+
+
 class Outcome:
     def __init__(self, seed, nodes, problems, virtual, ops, faults, trace_hash, plan):
         self.seed, self.nodes, self.problems = seed, nodes, problems
@@ -265,7 +332,8 @@ def summary_line(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         faults.update(o.faults)
     failed = sum(1 for o in outcomes if not o.passed)
-    kinds = " ".join(f"{k}={faults[k]}" for k in FAULT_KINDS)
+    kinds = " ".join(f"{k}={faults[k]}" for k in FAULT_KINDS + EXTRA_KINDS
+                     if k in FAULT_KINDS or faults[k])
     return (f"seeds={len(outcomes)} failed={failed} "
             f"virtual_s={sum(o.virtual for o in outcomes):.0f} "
             f"ops={sum(o.ops for o in outcomes)} resets={sum(o.resets for o in outcomes)} "
@@ -281,8 +349,12 @@ def reproduce(outcome: Outcome, options: dict, size_fixed: bool) -> str:
         cmd += f" --nodes {outcome.nodes}"
     if options.get("inject"):
         cmd += f" --inject {options['inject']}"
-    if options.get("strict_keys"):
-        cmd += " --strict-keys"
+    if options.get("strict_keys") is False:
+        cmd += " --loose-keys"
+    if options.get("slow_links"):
+        cmd += " --slow-links"
+    if options.get("unmarked_backups"):
+        cmd += " --unmarked-backups"
     if options.get("eager_restored"):
         cmd += " --eager-restored"
     return cmd
@@ -320,26 +392,36 @@ def main(argv=None) -> int:
                         help="cluster size (default: 3-7, drawn per seed)")
     parser.add_argument("--inject", choices=INJECTS, default=None,
                         help="re-introduce a known defect, to show the checker catches it")
-    parser.add_argument("--strict-keys", action="store_true",
-                        help="also check that a key which reached a node by replication counts "
-                             "once there")
+    parser.add_argument("--loose-keys", action="store_true",
+                        help="do not check that a key which reached a node by replication "
+                             "counts once there (checked by default)")
+    parser.add_argument("--slow-links", action="store_true",
+                        help="add slow links to the fault mix: a node whose answers lag up to "
+                             "1.9 s leaves and comes back")
+    parser.add_argument("--unmarked-backups", action="store_true",
+                        help="restore copies of the data directory made by hand (a documented "
+                             "misuse: the copy reuses its origin) instead of `dcounter-node "
+                             "backup`/`restore`")
     parser.add_argument("--eager-restored", action="store_true",
-                        help="clients send to a restored node once it has compared digests with "
-                             "one peer (the README's advice), not only after every peer")
+                        help="with --unmarked-backups: clients send to a restored node once it "
+                             "has compared digests with one peer, not only after every peer")
     parser.add_argument("--jobs", type=int, default=1, metavar="J",
                         help="run seeds in J processes (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="with --seed: print the fault plan and the trace; with --seeds: "
                              "one line per seed with its trace hash")
     args = parser.parse_args(argv)
+    # The nodes' warnings (a backlog dropped, ...) are part of the run, not of its report.
+    logging.getLogger("dcounter").addHandler(logging.NullHandler())
     if args.nodes is not None and not 2 <= args.nodes <= 50:
         parser.error("--nodes must be between 2 and 50")
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be at least 1")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    options = {"inject": args.inject, "strict_keys": args.strict_keys,
-               "eager_restored": args.eager_restored}
+    options = {"inject": args.inject, "strict_keys": not args.loose_keys,
+               "slow_links": args.slow_links,
+               "unmarked_backups": args.unmarked_backups, "eager_restored": args.eager_restored}
     if args.seed is not None:
         seeds = [args.seed]
     else:

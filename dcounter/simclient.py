@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 
-from dcounter.errors import DcounterError
 from dcounter.simcheck import Attempt
 
 COUNTERS = ("a", "b", "c", "d")
@@ -97,14 +96,18 @@ class Clients:
                 lambda outcome, _result: self.reply(attempt, outcome),
                 lambda node_id, event: sim.oracle.committed(node_id, attempt, event))
             return
-        try:
-            result = node.reset(attempt.counter, attempt.kind == "delete", attempt.key)
-        except DcounterError:
+        node.reset(attempt.counter, attempt.kind == "delete", attempt.key,
+                   lambda job: self.reset_done(node, attempt, job))
+
+    def reset_done(self, node, attempt: Attempt, job) -> None:
+        """A reset's group committed (or failed): the answer goes back."""
+        if job.error is not None:
             outcome = "failed"
         else:
+            result = job.result
             outcome = "replayed" if result.replayed else "new"
             if not result.replayed:
-                sim.oracle.committed(node.node_id, attempt, result.event)
+                self.sim.oracle.committed(node.node_id, attempt, result.event)
         self.reply(attempt, outcome)
 
     def reply(self, attempt: Attempt, outcome: str) -> None:

@@ -29,8 +29,12 @@ from dataclasses import dataclass, field
 NET_KINDS = ("partition", "oneway", "loss", "dup", "delay")
 NODE_KINDS = ("crash", "wipe", "pause", "failcommit", "backup", "clockjump", "leave")
 FAULT_KINDS = NET_KINDS + NODE_KINDS
+# Not in the default mix (`--slow-links` adds it): a node whose answers lag, then leaves and
+# comes back, so answers it gave before its goodbye arrive after its peers dropped it, and
+# after a stale one listed it again.
+EXTRA_KINDS = ("slowlink",)
 # Faults that take a node away for a while: one at a time per node.
-_TAKES_NODE = {"crash", "wipe", "pause", "backup", "leave"}
+_TAKES_NODE = {"crash", "wipe", "pause", "backup", "leave", "slowlink"}
 
 
 class StopRun(Exception):
@@ -185,7 +189,7 @@ class FaultPlan:
     """A seeded schedule of faults inside [3 s, last_start], at least `min_faults` of them.
 
     `cluster` provides: `crash(node, keep_disk)`, `restart(node, disk=None)`, `pause(node)`,
-    `resume(node)`, `fail_commits(node, on)`, `jump_wall(node, seconds)`, `backup(node)`
+    `resume(node)`, `slow(node, lag)`, `fail_commits(node, on)`, `jump_wall(node, seconds)`, `backup(node)`
     (returns an opaque copy of its disk), `leave(node)`, and `heal()`.
     """
 
@@ -211,8 +215,10 @@ class FaultPlan:
                 fault.node = node
                 if kind == "clockjump":
                     fault.detail["jump"] = round(rng.choice((-1, 1)) * rng.uniform(5, 3600), 3)
-                elif kind in ("crash", "wipe", "backup", "leave"):
+                elif kind in ("crash", "wipe", "backup", "leave", "slowlink"):
                     fault.detail["down"] = round(rng.uniform(0.5, 3.0), 3)
+                if kind == "slowlink":
+                    fault.detail["lag"] = round(rng.uniform(0.5, 1.9), 3)
             self.faults.append(fault)
         self.faults.sort(key=lambda f: (f.start, f.kind))
 
@@ -261,6 +267,11 @@ class FaultPlan:
             world.at(stop + fault.detail["down"], cluster.restart, node, copy)
         elif kind == "leave":
             cluster.leave(node)
+            world.at(stop + fault.detail["down"], cluster.restart, node)
+        elif kind == "slowlink":
+            cluster.slow(node, fault.detail["lag"])
+            world.at(stop, cluster.slow, node, 0.0)
+            world.at(stop, cluster.leave, node)
             world.at(stop + fault.detail["down"], cluster.restart, node)
         elif kind == "pause":
             cluster.pause(node)

@@ -1,48 +1,55 @@
-"""The simulator's node: the protocol a real node runs, as short steps over the real pure objects
-(`Counter`/`Txn`, `PeerStore`, `RetrySchedule`), driven by the simulated world.
+"""The simulator's node: the real protocol objects, driven by the simulated world.
 
 Theory of operation
 -------------------
 A `SimNode` is one incarnation after another of a node at a fixed address. `start(disk)` loads
 the committed state (a `MemoryStore`, written from each `Txn` the way `store.py` writes SQLite)
 and arms three periodic timers: heartbeat, rejoin, cleanup. Everything else is a reaction to a
-message or a timer, each a short method that mirrors one decision of `node.py` /
-`replication.py`:
+message or a timer, and every decision is taken by the object the real node asks
+(`node.py`, `replication.py`, `writer.py`):
 
-    heartbeat_tick   digest and peer list to every listed peer; the reply is a direct contact
-    rejoin_tick      join every due candidate (seeds, removed peers, second-hand ids)
-    cleanup_tick     expire silent peers (their links go), expire idempotency keys
-    enqueue/push     per-peer backlog, batches of `batch_max`, linger, backoff (RetrySchedule)
-    learn/pull_once  a peer ahead on an origin, or holding other events above the same
-                     watermark (`antientropy.held_leads`): pull its prefix and held events after
-                     a short settle, adopt and merge them
-    on_join/on_heartbeat/on_leave/on_replicate/on_state   the server side
-    reset, client_increment/on_forward   resets; keyed increments decided at the key's home
+    membership     `PeerStore` and membership.py's `contact_from`/`contact_to`,
+                   `join_reply_peers`, `link_changes` (after every change to the listing);
+                   contacts in flight are claimed (`begin_contacts`, `claim_due_candidates`)
+                   and released when they end, as the node does
+    outbox         one real `Outbox` per listed peer over one `RetrySchedule`; this module plays
+                   the link's sender thread: take a batch when the outbox says so, report the
+                   outcome with `now`, sleep until `next_wakeup`. A removed link's late answer
+                   is reported to its own outbox (which then forgets its backoff), never to the
+                   peer's next one
+    anti-entropy   the real `AntiEntropy`: observe digests and held events' summaries (a peer
+                   ahead on an origin, or holding other events above the same watermark), pull
+                   what is due (one pull round at a time, as the node's sync thread does) with
+                   held events, covers and tombstones, report each pull
+    commits        `commitgroup.GroupCommit`: jobs submitted while a commit is under way
+                   (`COMMIT_TIME`) form one group in one `Txn`, a savepoint per job; a failed
+                   store write fails every job
+    resets/keys    `reset`, and keyed increments decided at their key's home
+                   (`client_increment`/`on_forward`, keyhome.py)
 
-Commits are synchronous (`commit(job)`): a job stages into a `Txn`, the store writes it (or
-raises `StorageFailure` while a failing-commit fault is on), then the counter installs it and
-new local events go to the outbox. A stale timer or answer of an earlier incarnation is
-ignored; while paused, timers and messages queue up in the inbox and run on resume.
-
-These methods are where the pure `membership`, `antientropy` and `outbox` objects will be
-called once they exist; the world, network, faults and checks do not depend on how the node
-decides.
+A stale timer or answer of an earlier incarnation is ignored; while paused, timers and messages
+queue up in the inbox and run on resume. A request to a node that is down is refused at once
+(as a closed port answers), one to a paused node waits for its timeout.
 """
 
 from __future__ import annotations
 
 import copy
-import enum
 
 from dcounter import keyhome
-from dcounter.antientropy import held_leads
+from dcounter.antientropy import AntiEntropy
 from dcounter.config import Config
 from dcounter.counter import Counter, Event, KeyRecord, OriginState
 from dcounter.errors import DcounterError, StorageFailure
+from dcounter.membership import Contact, contact_from, contact_to, join_reply_peers, link_changes
+from dcounter.outbox import EVENTS_PER_PEER, LinkState, Outbox
 from dcounter.peers import PeerStore
-from dcounter.retry import RetryPolicy, RetrySchedule
+from dcounter.retry import RetryPolicy
 from dcounter.simnet import NodeClock
 from dcounter.wire import decode_covers, decode_deleted, decode_snapshot
+
+COMMIT_TIME = 0.002  # virtual seconds a group commit takes: jobs submitted meanwhile join it
+MAX_GROUP = 16       # jobs in one group at most
 
 
 class MemoryStore:
@@ -57,6 +64,13 @@ class MemoryStore:
         self.keys: dict[str, KeyRecord] = {}
         self.covers: dict[str, dict[str, tuple[int, int]]] = {}  # counter -> origin -> cover
         self.deleted: set[str] = set()
+        # Set on a copy taken by `dcounter-node backup` and restored by `dcounter-node restore`:
+        # the store takes a fresh origin when it next opens (`Store._leave_backup_origin`).
+        self.backup_of: str | None = None
+
+    def leave_backup_origin(self, new_origin) -> None:
+        if self.backup_of is not None:
+            self.origin, self.backup_of = new_origin(), None
 
     def write(self, txn) -> None:
         for origin, staged in txn.origins.items():
@@ -103,23 +117,14 @@ class MemoryStore:
         return copy.deepcopy(self)
 
 
-class LinkState(enum.Enum):
-    IDLE = "idle"
-    READY = "ready"        # a send is armed (linger)
-    SENDING = "sending"
-    BACKOFF = "backoff"
+class Job:
+    """One job for the group commit, and what to do with its outcome."""
+    __slots__ = ("fn", "result", "error", "done")
 
-
-class Link:
-    """What waits for one peer. A new object each time the peer is listed, so an answer to an
-    earlier link's send is recognised as stale."""
-    __slots__ = ("peer", "backlog", "state", "dropped")
-
-    def __init__(self, peer: str):
-        self.peer = peer
-        self.backlog: list[Event] = []
-        self.state = LinkState.IDLE
-        self.dropped = 0
+    def __init__(self, fn, done):
+        self.fn, self.done = fn, done
+        self.result = None
+        self.error: BaseException | None = None
 
 
 class SimNode:
@@ -134,6 +139,7 @@ class SimNode:
         self.up = False
         self.paused = False
         self.failing = False            # failing-commit fault
+        self.lag = 0.0                  # slow-link fault: answers wait up to this long
         self.incarnation = 0
         self.inbox: list = []
         self.counter: Counter | None = None
@@ -143,22 +149,30 @@ class SimNode:
     def start(self, disk: MemoryStore | None) -> None:
         self.incarnation += 1
         self.disk = disk if disk is not None else MemoryStore(self.sim.new_origin())
+        self.disk.leave_backup_origin(self.sim.new_origin)
         origin, origins, keys = self.disk.load()
         self.counter = Counter(origin, max_counters=self.cfg.max_counters,
                                gap_cap=self.cfg.gap_cap, key_ttl=self.cfg.idempotency_ttl,
                                new_origin=self.sim.new_origin)
         self.counter.load(origins, keys, **self.disk.resets())
         self.peers = PeerStore(self.node_id, peer_timeout=self.cfg.peer_timeout,
-                               policy=self.policy, seeds=self.seeds)
-        self.schedule = RetrySchedule(self.policy)
-        self.links: dict[str, Link] = {}
+                               policy=self.policy, seeds=self.seeds,
+                               max_peers=self.cfg.max_peers, reap_after=self.cfg.reap_after,
+                               now=self.now())
+        self.schedule = self.sim.retry_schedule(self.policy)
+        self.links: dict[str, Outbox] = {}
+        self.wakeups: dict[str, tuple[Outbox, float]] = {}  # peer -> the link's armed wakeup
+        # Per link: failed sends in a row and when the last one failed, as this module saw
+        # them (the backoff check: a link never retries before its policy allows).
+        self.failures: dict[Outbox, tuple[int, float]] = {}
+        self.anti_entropy = AntiEntropy(settle=self.cfg.heartbeat_interval)
+        self.pull_at: float | None = None  # when the sync step is armed
+        self.pulling = 0                   # pulls of the current round still in flight
         self.pending: dict[int, tuple] = {}
-        self.pulls: dict[str, dict[str, int]] = {}
-        self.held_pulls: dict[str, dict[str, tuple]] = {}  # peer -> held leads: its summaries
-        self.pull_armed = False
-        self.contacting: set[str] = set()
+        self.jobs: list[Job] = []
+        self.commit_armed = False
         # Peers whose digest this node compared with its own and pulled what it lacked from
-        # (the node's readiness: ready once it is not empty).
+        # (what a careful client waits for before it sends to an unmarked restored copy).
         self.compared: set[str] = set()
         self.up, self.paused, self.inbox = True, False, []
         self.sim.world.record(f"{self.node_id} start origin={origin}")
@@ -167,10 +181,12 @@ class SimNode:
         self.timer(self.cfg.cleanup_interval, self.cleanup_tick)
 
     def stop(self) -> None:
-        """The process is gone: timers, inbox and calls in flight die with it."""
+        """The process is gone: timers, inbox, calls in flight and jobs not yet committed die
+        with it."""
         self.up = False
         self.paused = False
         self.inbox = []
+        self.jobs = []
         self.incarnation += 1
 
     def pause(self) -> None:
@@ -199,6 +215,10 @@ class SimNode:
     def receive(self, src: str, message) -> None:
         """The network's delivery: a request from a peer, or the answer to our call."""
         if not self.up:
+            kind, call_id, _ = message
+            if kind != "reply" and call_id is not None:
+                # The port is closed: the caller is refused at once.
+                self.sim.net.send(self.node_id, src, ("reply", call_id, None))
             return
         if self.paused:
             self.inbox.append((self._handle, (src, message)))
@@ -216,9 +236,18 @@ class SimNode:
                 else:
                     on_reply(body)
             return
-        reply = getattr(self, "on_" + kind)(src, body)
-        if call_id is not None:
-            self.sim.net.send(self.node_id, src, ("reply", call_id, reply))
+
+        def respond(reply) -> None:
+            if call_id is None:
+                return
+            answer = (self.node_id, src, ("reply", call_id, reply))
+            if self.lag:  # a slow process: the answer goes out later, even if it stops
+                self.sim.world.after(self.sim.net.rng.random() * self.lag, self.sim.net.send,
+                                     *answer)
+            else:
+                self.sim.net.send(*answer)
+
+        getattr(self, "on_" + kind)(src, body, respond)
 
     def call(self, peer: str, kind: str, body, on_reply, on_fail=lambda: None) -> None:
         """A request to a peer; exactly one of on_reply(body) and on_fail() runs, unless this
@@ -236,31 +265,39 @@ class SimNode:
     def now(self) -> float:
         return self.clock.monotonic()
 
-    # -- commits ---------------------------------------------------------------------------------
-    def commit(self, job):
-        """Run `job(txn)`, write, install, hand new local events to the outbox. Raises what the
-        job raises (nothing staged) or StorageFailure (nothing installed)."""
-        txn = self.counter.begin()
-        try:
-            result = job(txn)
-        except BaseException:
-            self.counter.abort(txn)
-            raise
-        if not txn.empty():
-            if self.failing:
-                self.counter.abort(txn)
-                if self.sim.inject == "ack-failed-commit":
-                    return result  # the defect: a failed group's jobs keep their results
-                raise StorageFailure("storage failure: injected by the simulator")
-            self.disk.write(txn)
-        self.counter.install(txn)
-        if txn.outbound:
-            self.enqueue(txn.outbound)
-        return result
+    # -- group commit ------------------------------------------------------------------------------
+    def submit(self, fn, done) -> None:
+        """Queue `fn(txn)` for the next group; `done(job)` runs once it committed or failed (not
+        if the node stops first: its caller then sees no answer)."""
+        self.jobs.append(Job(fn, done))
+        if not self.commit_armed:
+            self.commit_armed = True
+            self.timer(COMMIT_TIME, self.commit_group)
 
-    def increment(self, counter: str, delta: int, key: str | None):
+    def commit_group(self) -> None:
+        group, self.jobs = self.jobs[:MAX_GROUP], self.jobs[MAX_GROUP:]
+        self.commit_armed = False
+        txn, _ = self.sim.group_commit.run(self.counter, group, self._write)
+        if txn is not None:
+            self.counter.install(txn)
+            if txn.outbound:
+                self.enqueue(txn.outbound)
+        for job in group:
+            if job.error is not None and not isinstance(job.error, DcounterError):
+                raise job.error  # a bug: the run fails loudly
+            job.done(job)
+        if self.jobs and not self.commit_armed:
+            self.commit_armed = True
+            self.timer(COMMIT_TIME, self.commit_group)
+
+    def _write(self, txn) -> None:
+        if self.failing:
+            raise StorageFailure("storage failure: injected by the simulator")
+        self.disk.write(txn)
+
+    def increment(self, counter: str, delta: int, key: str | None, done) -> None:
         now = self.clock.time()
-        return self.commit(lambda txn: txn.local(counter, delta, key, now))
+        self.submit(lambda txn: txn.local(counter, delta, key, now), done)
 
     # -- membership, server side -----------------------------------------------------------------
     def membership_payload(self) -> dict:
@@ -268,90 +305,118 @@ class SimNode:
                 "digest": self.counter.digest(), "peers": self.peers.alive(),
                 "held": self.counter.held_summaries()}
 
-    def accept_contact(self, sender: str, origin: str | None) -> None:
-        if origin is not None and origin == self.counter.local_origin:
-            self.peers.mark_self(sender)
-            return
-        if self.peers.heard_from(sender, self.now(), origin):
-            self.add_link(sender)
+    def contacted(self, contact: Contact) -> Contact:
+        if contact in (Contact.NEW, Contact.SELF):
+            self.sync_links()
+        return contact
 
-    def on_join(self, sender: str, body: dict) -> dict:
-        self.accept_contact(sender, body["origin"])
+    def on_join(self, sender: str, body: dict, respond) -> None:
+        try:
+            self.contacted(contact_from(self.peers, self.node_id, self.counter.local_origin,
+                                        sender, body["origin"], self.now()))
+        except DcounterError:
+            respond(None)  # 503: --max-peers listed
+            return
         self.learn(sender, body["digest"], body["peers"], body["held"])
         reply = self.membership_payload()
-        reply["peers"] = [self.node_id] + [p for p in reply["peers"] if p != sender]
-        return reply
+        reply["peers"] = join_reply_peers(self.node_id, self.peers.alive(), sender)
+        respond(reply)
 
-    def on_heartbeat(self, sender: str, body: dict) -> dict:
-        self.accept_contact(sender, body["origin"])
+    def on_heartbeat(self, sender: str, body: dict, respond) -> None:
+        try:
+            self.contacted(contact_from(self.peers, self.node_id, self.counter.local_origin,
+                                        sender, body["origin"], self.now()))
+        except DcounterError:
+            respond(None)
+            return
         self.learn(sender, body["digest"], body["peers"], body["held"])
-        return self.membership_payload()
+        respond(self.membership_payload())
 
-    def on_leave(self, sender: str, body: dict) -> dict:
-        self.peers.leave(sender)
-        self.remove_link(sender)
-        return {}
+    def on_leave(self, sender: str, body: dict, respond) -> None:
+        self.peers.left(sender, self.now())
+        self.sync_links()
+        respond({})
 
     def learn(self, source: str, digest: dict[str, int], peers: list[str],
               held: dict[str, tuple]) -> list[str]:
         """Second-hand ids become candidates; origins where `source` is ahead, or shows other
-        held events at our watermark, are pulled."""
-        self.peers.add_candidates([p for p in peers if p != self.node_id], self.now())
-        held_ahead = held_leads(digest, held, self.counter.digest(),
-                                self.counter.held_summaries())
-        behind = self.counter.behind(digest) + held_ahead
-        if behind and not self.peers.is_self(source):
-            wanted = self.pulls.setdefault(source, {})
-            for origin in behind:
-                wanted[origin] = max(wanted.get(origin, 0), digest.get(origin, 0))
-            self.held_pulls.setdefault(source, {}).update({o: held[o] for o in held_ahead})
-            if not self.pull_armed:
-                self.pull_armed = True
-                self.timer(self.sim.pull_settle, self.pull_once)
-        return behind
+        held events at our watermark, are leads."""
+        if self.peers.add_candidates([p for p in peers if p != self.node_id], self.now()):
+            self.timer(0.0, self.rejoin_once)  # the node kicks its membership loop
+        self.counter.note_digest(source, digest)
+        if self.peers.is_self(source):
+            return []
+        ahead = self.anti_entropy.observe(source, digest, self.counter.digest(), self.now(),
+                                          held, self.counter.held_summaries())
+        if ahead:
+            self.arm_pull()
+        return ahead
+
+    def sync_links(self) -> None:
+        """The links follow the listing (node.py `_sync_links`)."""
+        add, remove = link_changes(self.peers.alive(), self.links)
+        for peer in add:
+            self.links[peer] = Outbox(peer, self.schedule, max_backlog=self.cfg.max_backlog,
+                                      batch_max=self.cfg.batch_max,
+                                      batch_linger=self.cfg.batch_linger)
+        for peer in remove:
+            outbox = self.links.pop(peer)
+            outbox.drop("peer removed")
+            outbox.forget()
+            self.wakeups.pop(peer, None)
+            self.anti_entropy.forget(peer)
+        if add or remove:
+            goal = EVENTS_PER_PEER * max(1, len(self.links))
+            for outbox in self.links.values():
+                outbox.goal = goal
 
     # -- membership, client side -----------------------------------------------------------------
     def heartbeat_tick(self) -> None:
         payload = self.membership_payload()
-        for peer in self.peers.alive():
-            self.call(peer, "heartbeat", payload, lambda r, p=peer: self.handle_reply(p, r))
+        for peer in self.peers.begin_contacts(self.peers.alive()):
+            self.call(peer, "heartbeat", payload,
+                      lambda r, p=peer: self.contact_ended(p, r),
+                      lambda p=peer: self.peers.contact_finished(p))
         self.timer(self.cfg.heartbeat_interval, self.heartbeat_tick)
 
+    def contact_ended(self, peer: str, reply: dict) -> None:
+        self.handle_reply(peer, reply)
+        self.peers.contact_finished(peer)
+
     def handle_reply(self, peer: str, reply: dict) -> None:
-        if reply["origin"] == self.counter.local_origin:
-            self.peers.mark_self(peer)
+        contact = self.contacted(contact_to(self.peers, self.counter.local_origin, peer,
+                                            reply["origin"], self.now()))
+        if contact is Contact.SELF:
             return
-        if self.peers.contact_succeeded(peer, self.now(), reply["origin"]):
-            self.add_link(peer)
         if not self.learn(peer, reply["digest"], reply["peers"], reply["held"]):
             self.compared.add(peer)
 
     def rejoin_tick(self) -> None:
-        payload = self.membership_payload()
-        for peer in self.peers.due_candidates(self.now()):
-            if peer in self.contacting:
-                continue
-            self.contacting.add(peer)
-            self.call(peer, "join", payload,
-                      lambda r, p=peer: self.joined(p, r), lambda p=peer: self.join_failed(p))
+        self.rejoin_once()
         self.timer(self.sim.rejoin_tick, self.rejoin_tick)
 
-    def joined(self, peer: str, reply: dict) -> None:
-        self.contacting.discard(peer)
-        self.handle_reply(peer, reply)
+    def rejoin_once(self) -> None:
+        due = self.peers.claim_due_candidates(self.now())
+        if not due:
+            return
+        payload = self.membership_payload()
+        for peer in due:
+            self.call(peer, "join", payload, lambda r, p=peer: self.contact_ended(p, r),
+                      lambda p=peer: self.join_failed(p))
 
     def join_failed(self, peer: str) -> None:
-        self.contacting.discard(peer)
         self.peers.contact_failed(peer, self.now(), "unreachable")
+        self.peers.contact_finished(peer)
 
     def cleanup_tick(self) -> None:
-        for peer in self.peers.expire(self.now()):
-            self.remove_link(peer)
+        now = self.now()
+        if self.peers.expire(now):
+            self.timer(0.0, self.rejoin_once)
+        self.peers.reap(now)
+        self.anti_entropy.retain_digests(self.peers.members(now, 0.0))
+        self.sync_links()
         wall = self.clock.time()
-        try:
-            self.commit(lambda txn: txn.expire_keys(wall))
-        except StorageFailure:
-            pass
+        self.submit(lambda txn: txn.expire_keys(wall), lambda job: None)
         self.timer(self.cfg.cleanup_interval, self.cleanup_tick)
 
     def leave(self) -> None:
@@ -360,95 +425,130 @@ class SimNode:
             self.sim.net.send(self.node_id, peer, ("leave", None, {"node_id": self.node_id}))
         self.stop()
 
-    # -- outbox ------------------------------------------------------------------------------------
-    def add_link(self, peer: str) -> None:
-        if peer not in self.links:
-            self.links[peer] = Link(peer)
-
-    def remove_link(self, peer: str) -> None:
-        if self.links.pop(peer, None) is not None:
-            self.schedule.forget(peer)
-
+    # -- outbox: the links' sender threads --------------------------------------------------------
     def enqueue(self, events: list[Event]) -> None:
-        for link in self.links.values():
-            link.backlog.extend(events)
-            if len(link.backlog) > self.cfg.max_backlog:
-                link.dropped += len(link.backlog)  # anti-entropy will bring the peer up to date
-                link.backlog.clear()
-            self.max_backlog_seen = max(self.max_backlog_seen, len(link.backlog))
-            if link.state is LinkState.IDLE and link.backlog:
-                self.push(link)
-
-    def push(self, link: Link) -> None:
-        if self.links.get(link.peer) is not link:
-            return
-        if not link.backlog:
-            link.state = LinkState.IDLE
-            return
-        batch = link.backlog[:self.cfg.batch_max]
-        del link.backlog[:self.cfg.batch_max]
-        link.state = LinkState.SENDING
-        self.call(link.peer, "replicate", {"node_id": self.node_id, "events": batch},
-                  lambda r: self.pushed(link, r), lambda: self.push_failed(link, batch))
-
-    def pushed(self, link: Link, reply) -> None:
-        if self.links.get(link.peer) is not link:
-            return  # a removed link's late answer changes nothing (the schedule is the new link's)
-        self.schedule.succeeded(link.peer)
-        self.peers.refresh(link.peer, self.now())
-        if link.backlog:
-            link.state = LinkState.READY
-            self.timer(self.cfg.batch_linger, self.push, link)
-        else:
-            link.state = LinkState.IDLE
-
-    def push_failed(self, link: Link, batch: list[Event]) -> None:
-        if self.links.get(link.peer) is not link:
-            return
-        link.backlog[:0] = batch
-        if len(link.backlog) > self.cfg.max_backlog:
-            link.dropped += len(link.backlog)
-            link.backlog.clear()
-        link.state = LinkState.BACKOFF
-        self.timer(self.schedule.failed(link.peer, self.now()), self.retry_tick)
-
-    def retry_tick(self) -> None:
-        for peer in self.schedule.pop_due(self.now()):
-            link = self.links.get(peer)
-            if link is not None and link.state is LinkState.BACKOFF:
-                self.push(link)
-
-    def on_replicate(self, sender: str, body: dict):
-        events = body["events"]
-        now = self.clock.time()
-        try:
-            result, reached = self.commit(lambda txn: self.sim.remote(txn, events, now))
-        except StorageFailure:
-            return None  # 503: the sender keeps the batch and retries
-        self.sim.oracle.replicated(self.node_id, reached)
-        self.peers.refresh(sender, self.now())
-        return {"applied": len(result.applied), "duplicates": result.duplicates,
-                "deferred": result.deferred}
-
-    # -- anti-entropy ------------------------------------------------------------------------------
-    def pull_once(self) -> None:
-        self.pull_armed = False
-        pulls, self.pulls = self.pulls, {}
-        held, self.held_pulls = self.held_pulls, {}
-        for peer, wanted in pulls.items():
-            origins = self.counter.behind(wanted) + held_leads(
-                wanted, held.get(peer, {}), self.counter.digest(), self.counter.held_summaries())
-            if not origins:
-                self.compared.add(peer)
+        now = self.now()
+        for outbox in self.links.values():
+            wake = outbox.enqueue(events, now)
+            self.max_backlog_seen = max(self.max_backlog_seen, len(outbox.backlog))
+            if wake:
+                self.kick(outbox)
             else:
-                self.call(peer, "state", {"origins": sorted(origins), "held": self.cfg.gap_cap},
-                          lambda r, p=peer: self.adopt(p, r))
+                self.arm_wakeup(outbox, outbox.next_wakeup(now))
 
-    def on_state(self, sender: str, body: dict) -> dict:
-        return {"origins": self.counter.snapshot(body["origins"], body["held"]),
-                **self.covers_reply()}
+    def kick(self, outbox: Outbox) -> None:
+        """The sender looks at its outbox: sends a batch, or sleeps until the next wakeup."""
+        if self.links.get(outbox.peer) is not outbox:
+            return
+        now = self.now()
+        batch = outbox.take_batch(now)
+        if batch is None:
+            self.arm_wakeup(outbox, outbox.next_wakeup(now))
+            return
+        failed, last = self.failures.get(outbox, (0, 0.0))
+        if failed and now - last < self.policy.delay(failed) - 1e-9:
+            self.sim.oracle.violations.append(
+                f"{self.node_id}'s link to {outbox.peer} retried {now - last:.3f}s after its "
+                f"failure {failed} in a row, before its backoff of "
+                f"{self.policy.delay(failed):.3f}s")
+        events = [event for event, _ in batch]
+        self.call(outbox.peer, "replicate", {"node_id": self.node_id, "events": events},
+                  lambda r: self.pushed(outbox, batch), lambda: self.push_failed(outbox, batch))
 
-    def adopt(self, peer: str, reply: dict) -> None:
+    def arm_wakeup(self, outbox: Outbox, when: float | None) -> None:
+        if when is None:
+            return
+        # A wakeup due now that gave no batch is a rounding of `last_start + linger`: the real
+        # sender's wait returns a moment later, and so does this one.
+        when = max(when, self.now() + 1e-6)
+        armed = self.wakeups.get(outbox.peer)
+        if armed is not None and armed[0] is outbox and armed[1] <= when:
+            return  # an earlier wakeup will look again
+        self.wakeups[outbox.peer] = (outbox, when)
+        self.timer(max(0.0, when - self.now()), self._wake, outbox, when)
+
+    def _wake(self, outbox: Outbox, when: float) -> None:
+        armed = self.wakeups.get(outbox.peer)
+        if armed is None or armed[0] is not outbox or armed[1] != when:
+            return
+        del self.wakeups[outbox.peer]
+        self.kick(outbox)
+
+    def pushed(self, outbox: Outbox, batch) -> None:
+        now = self.now()
+        outbox.sent_ok(batch, now)
+        self.failures.pop(outbox, None)
+        self.peers.refresh(outbox.peer, now)  # never lists a peer again
+        if self.links.get(outbox.peer) is not outbox:
+            outbox.forget()  # removed while in flight: leave no schedule entry behind
+            return
+        self.kick(outbox)
+
+    def push_failed(self, outbox: Outbox, batch) -> None:
+        now = self.now()
+        outbox.send_failed(batch, now)
+        failed, _ = self.failures.get(outbox, (0, 0.0))
+        self.failures[outbox] = (failed + 1, now)
+        if self.links.get(outbox.peer) is not outbox:
+            self.failures.pop(outbox, None)
+            outbox.forget()
+            return
+        self.max_backlog_seen = max(self.max_backlog_seen, len(outbox.backlog))
+        self.kick(outbox)
+
+    def on_replicate(self, sender: str, body: dict, respond) -> None:
+        events = body["events"]
+        wall = self.clock.time()
+
+        def done(job: Job) -> None:
+            if job.error is not None:
+                respond(None)  # 503: the sender keeps the batch and retries
+                return
+            result, reached = job.result
+            self.sim.oracle.replicated(self.node_id, reached)
+            self.peers.refresh(sender, self.now())
+            respond({"applied": len(result.applied), "duplicates": result.duplicates,
+                     "deferred": result.deferred})
+
+        self.submit(lambda txn: self.sim.remote(txn, events, wall), done)
+
+    # -- anti-entropy: the sync thread --------------------------------------------------------------
+    def arm_pull(self) -> None:
+        due = self.anti_entropy.next_due()
+        if due is None or self.pulling:
+            return  # the round in flight arms the next when it ends
+        due = max(due, self.now() + 1e-6)  # as for the links' wakeups: never a loop in place
+        if self.pull_at is not None and self.pull_at <= due:
+            return
+        self.pull_at = due
+        self.timer(due - self.now(), self.pull_tick, due)
+
+    def pull_tick(self, due: float) -> None:
+        if self.pull_at != due:
+            return
+        self.pull_at = None
+        self.pull_once()
+        if not self.pulling:
+            self.arm_pull()
+
+    def pull_once(self) -> None:
+        """Make the pulls that are due; the next round waits until every one has ended."""
+        if not self.anti_entropy.waiting():
+            return
+        due = self.anti_entropy.due_pulls(self.counter.digest(), self.now(),
+                                          local_origin=self.counter.local_origin,
+                                          own_held=self.counter.held_summaries())
+        for peer, origins in due.items():
+            self.pulling += 1
+            self.call(peer, "state", {"origins": origins, "held": self.cfg.gap_cap},
+                      lambda r, p=peer, o=origins: self.adopt(p, o, r),
+                      lambda p=peer, o=origins: self.pulled(p, o, False))
+
+    def on_state(self, sender: str, body: dict, respond) -> None:
+        respond({"origins": self.counter.snapshot(body["origins"], body["held"]),
+                 **self.covers_reply()})
+
+    def adopt(self, peer: str, origins: list[str], reply: dict) -> None:
         now = self.clock.time()
 
         def job(txn):
@@ -459,17 +559,23 @@ class SimNode:
             self.adopt_covers(txn, reply)
             return adopted
 
-        try:
-            self.commit(job)
-        except (StorageFailure, DcounterError):
-            return
-        self.compared.add(peer)
+        self.submit(job, lambda j: self.pulled(peer, origins, j.error is None))
+
+    def pulled(self, peer: str, origins: list[str], ok: bool) -> None:
+        self.anti_entropy.pulled(peer, origins, self.counter.digest(), self.now(), ok,
+                                 own_held=self.counter.held_summaries())
+        if ok:
+            self.compared.add(peer)
+        self.pulling -= 1
+        if not self.pulling:
+            self.arm_pull()
 
     # -- resets and keys' homes (reset.py, keyhome.py) -------------------------------------------
-    def reset(self, counter: str, delete: bool, key: str | None):
-        """`Node.reset`: a reset (or delete) of `counter` made here."""
+    def reset(self, counter: str, delete: bool, key: str | None, done) -> None:
+        """`Node.reset`: a reset (or delete) of `counter` made here; `done(job)` as for
+        `increment`."""
         now = self.clock.time()
-        return self.commit(lambda txn: txn.local_reset(counter, delete, key, now))
+        self.submit(lambda txn: txn.local_reset(counter, delete, key, now), done)
 
     def covers_reply(self) -> dict:
         """What a state reply adds: every cover and tombstone (a prefix may hold resets the
@@ -508,14 +614,16 @@ class SimNode:
                       lambda: answer("unavailable", None))
 
     def _apply_here(self, counter, delta, key, answer, committed) -> None:
-        try:
-            result = self.increment(counter, delta, key)
-        except DcounterError:
-            answer("failed", None)
-            return
-        if not result.replayed:
-            committed(self.node_id, result.event)
-        answer("replayed" if result.replayed else "new", result)
+        def done(job: Job) -> None:
+            if job.error is not None:
+                answer("failed", None)
+                return
+            result = job.result
+            if not result.replayed:
+                committed(self.node_id, result.event)
+            answer("replayed" if result.replayed else "new", result)
+
+        self.increment(counter, delta, key, done)
 
     @staticmethod
     def _relay(reply: dict, answer) -> None:
@@ -527,24 +635,29 @@ class SimNode:
         else:
             answer("unavailable", None)
 
-    def on_forward(self, sender: str, body: dict) -> dict:
+    def on_forward(self, sender: str, body: dict, respond) -> None:
         """`POST /counter/forward` at the home: applied here whatever this node's view says,
         never forwarded again."""
-        try:
-            result = self.increment(body["counter"], body["delta"], body["key"])
-        except DcounterError as exc:
-            return {"status": exc.status}
-        if not result.replayed:
-            body["committed"](self.node_id, result.event)
-        return {"status": 200, "result": result}
+        def done(job: Job) -> None:
+            if job.error is not None:
+                respond({"status": job.error.status})
+                return
+            result = job.result
+            if not result.replayed:
+                body["committed"](self.node_id, result.event)
+            respond({"status": 200, "result": result})
+
+        self.increment(body["counter"], body["delta"], body["key"], done)
 
     # -- what the checker reads -----------------------------------------------------------------
     def settled(self) -> str | None:
-        """None when nothing waits to be sent; else why not."""
-        for link in self.links.values():
-            if link.backlog or link.state is not LinkState.IDLE:
-                return f"{self.node_id}'s link to {link.peer} is {link.state.value} with " \
-                       f"{len(link.backlog)} event(s) waiting"
-        if self.pulls or self.pull_armed:
+        """None when nothing waits to be sent, committed or pulled; else why not."""
+        for outbox in self.links.values():
+            if outbox.backlog or outbox.state is not LinkState.IDLE:
+                return f"{self.node_id}'s link to {outbox.peer} is {outbox.state.value} with " \
+                       f"{len(outbox.backlog)} event(s) waiting"
+        if self.jobs:
+            return f"{self.node_id} has {len(self.jobs)} job(s) to commit"
+        if self.pulling or self.anti_entropy.waiting():
             return f"{self.node_id} has anti-entropy pulls pending"
         return None

@@ -35,7 +35,6 @@ import sys
 import time
 
 from dcounter.config import Config
-from dcounter.errors import DcounterError
 
 CATEGORIES = ("membership", "replication", "anti_entropy")
 CATEGORY = {"join": "membership", "heartbeat": "membership", "leave": "membership",
@@ -129,12 +128,12 @@ class ScaleRun:
         node = self.sim.nodes[self.ids[self._turn % len(self.ids)]]
         self._turn += 1
         if self.rate > 0:
-            try:
-                node.increment("c", 1, None)
-                self.increments += 1
-            except DcounterError:  # a refused increment is not load
-                pass
+            node.increment("c", 1, None, self._incremented)
             self.world.after(1.0 / self.rate, self._increment)
+
+    def _incremented(self, job) -> None:
+        if job.error is None:  # a refused increment is not load
+            self.increments += 1
 
     def stop_load(self) -> None:
         self.rate = 0.0

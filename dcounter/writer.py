@@ -5,7 +5,7 @@ the counter's transaction. The writer thread takes every job waiting, runs them 
 transaction, commits it to the store, installs it in the counter, hands the new local events to
 `on_commit`, and only then wakes the submitters.
 
-The rules it keeps:
+The rules it keeps (the group's decisions are `commitgroup.GroupCommit`'s):
 
 * A group is installed whole or fails whole. A commit that fails, for any reason, fails every
   job of the group (`StorageFailure`, 503) and changes nothing, not even a sequence number:
@@ -34,8 +34,10 @@ import queue
 import threading
 from typing import Callable
 
+from dcounter.commitgroup import GroupCommit
+from dcounter.commitgroup import fail as _fail
 from dcounter.counter import Counter, Event, Txn
-from dcounter.errors import StorageFailure, Unavailable
+from dcounter.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._fatal: str | None = None  # why memory may disagree with disk; nothing commits
+        self._group = GroupCommit()  # what goes in a group and what a failed write does
 
     def start(self) -> None:
         if self.store is not None:
@@ -175,19 +178,16 @@ class Writer:
         if self._fatal is not None:
             _fail(group, Unavailable("node is stopping after an internal error"))
             return
-        txn = self.counter.begin()
-        try:
-            for job in group:
-                self._stage(job, txn)
+        started = 0.0
+
+        def write(txn: Txn) -> None:
+            nonlocal started
             started = self.clock.monotonic() if self.clock else 0.0
-            if not txn.empty():
-                self.store.write(txn)
-        except BaseException as exc:
-            self.counter.abort(txn)
-            failure = exc if isinstance(exc, StorageFailure) else \
-                StorageFailure(f"storage failure: {exc!r}")
+            self.store.write(txn)
+
+        txn, failure = self._group.run(self.counter, group, write)
+        if txn is None:
             log.error("%s; %d request(s) refused", failure.message, len(group))
-            _fail(group, failure)
             return
         if not self._install(txn):
             _fail(group, Unavailable("node is stopping after an internal error"))
@@ -198,16 +198,6 @@ class Writer:
             except Exception:
                 log.exception("observing a commit failed")
         self._hand_over(txn.outbound)
-
-    @staticmethod
-    def _stage(job: _Job, txn: Txn) -> None:
-        """Run one job into `txn`; if it raises, undo what it staged and keep its exception."""
-        sp = txn.savepoint()
-        try:
-            job.result = job.fn(txn)
-        except BaseException as exc:
-            txn.rollback_to(sp)
-            job.error = exc
 
     def _install(self, txn: Txn) -> bool:
         """Make a committed `txn` visible. False (and the node stops) if that failed: the store
@@ -239,13 +229,6 @@ class Writer:
         except Exception:
             log.exception("handing %d committed event(s) to replication failed; anti-entropy "
                           "will carry them", len(events))
-
-
-def _fail(group: list[_Job], failure: BaseException) -> None:
-    """Every job of `group` that was not refused on its own gets `failure` instead of a result."""
-    for job in group:
-        if job.error is None:
-            job.result, job.error = None, failure
 
 
 def _log_fatal(reason: str) -> None:

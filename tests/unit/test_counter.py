@@ -7,7 +7,9 @@ import pytest
 from dcounter.api import MAX_ORIGINS_PER_PULL, decode_digest
 from dcounter.counter import RETIRED_ENTRY, Counter, Event, KeyRecord, OriginState
 from dcounter.errors import Unprocessable
+from dcounter.reset import Reset
 from dcounter.validation import INT64_MAX, INT64_MIN
+from dcounter.wire import decode_snapshot
 from tests.fakes import FakeClock
 
 LOCAL = "local0"
@@ -812,6 +814,18 @@ def test_a_snapshot_asked_for_held_events_carries_them_lowest_first_within_the_b
                                                            "delta": 5}]}}
     assert c.snapshot(["peer"], held=1)["peer"]["held"] == [
         {"id": "peer:4", "counter": "c", "delta": 2, "key": "k4"}]
+
+
+def test_a_held_reset_event_travels_in_a_snapshot_as_the_reset_it_is():
+    """A reset event held above a gap is carried whole: a puller decodes it and holds it too."""
+    c = make_counter()
+    held = Event("peer", 3, None, 0, "k3", None, Reset("c", (("peer", 1, 5),)))
+    remote(c, Event("peer", 1, "c", 5), held)
+    snapshot = decode_snapshot(c.snapshot(["peer"], held=5), max_held=5)
+    assert snapshot["peer"]["held"] == [held]
+    puller = make_counter()
+    assert run(puller, lambda txn: txn.adopt_held("peer", snapshot["peer"]["held"], 0.0)) == 1
+    assert puller.held_summaries() == c.held_summaries()
 
 
 def test_held_summaries_are_equal_exactly_when_the_held_events_are():
