@@ -1,32 +1,12 @@
 """Bulk events in the pure core: one event, one sequence number, every item or none; held,
 folded, adopted and replayed like single events."""
 
-import itertools
-
 import pytest
 
-from dcounter.counter import MAX_ITEMS, Counter, Event
+from dcounter.counter import MAX_ITEMS, Event
 from dcounter.errors import Unprocessable
 from dcounter.validation import INT64_MAX
-
-LOCAL = "local0"
-
-
-def make_counter(**kwargs) -> Counter:
-    names = (f"fresh{i}" for i in itertools.count(1))
-    kwargs.setdefault("new_origin", lambda: next(names))
-    return Counter(LOCAL, **kwargs)
-
-
-def run(counter: Counter, fn):
-    txn = counter.begin()
-    try:
-        result = fn(txn)
-    except BaseException:
-        counter.abort(txn)
-        raise
-    counter.install(txn)
-    return result
+from tests.unit.test_counter import LOCAL, make_counter, run  # noqa: F401 (shared helpers)
 
 
 def bulk(counter, items, key=None, now=0.0):

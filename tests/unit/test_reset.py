@@ -8,23 +8,13 @@ from dcounter.counter import RETIRED_ENTRY, Counter, Event
 from dcounter.errors import BadRequest, NotFound, Unprocessable
 from dcounter.reset import Reset
 from dcounter.wire import decode_covers, decode_event, decode_events
+from tests.unit.test_counter import run
 
 ORIGINS = {"A": "orA", "B": "orB", "C": "orC"}
 
 
 def node(name: str, **kwargs) -> Counter:
     return Counter(ORIGINS[name], **kwargs)
-
-
-def run(counter: Counter, fn):
-    txn = counter.begin()
-    try:
-        result = fn(txn)
-    except BaseException:
-        counter.abort(txn)
-        raise
-    counter.install(txn)
-    return result
 
 
 def incr(counter, delta=1, name="c", key=None):
