@@ -6,7 +6,7 @@ import pytest
 from dcounter.counter import MAX_ITEMS, Event
 from dcounter.errors import Unprocessable
 from dcounter.validation import INT64_MAX
-from tests.unit.test_counter import LOCAL, make_counter, run  # noqa: F401 (shared helpers)
+from tests.unit.test_counter import LOCAL, make_counter, run
 
 
 def bulk(counter, items, key=None, now=0.0):
