@@ -109,6 +109,19 @@ def check_membership_fields(node, data: dict, sender: str) -> None:
         validation.origin(data["origin"])
 
 
+def idempotency_key_header(request: Request) -> str | None:
+    """The request's `Idempotency-Key` header, checked, or None."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        validation.idempotency_key(key, "Idempotency-Key")
+    return key
+
+
+def keyed_answer(result):
+    """A write's answer: 200 with its payload, marked `Idempotent-Replayed` for a replay."""
+    return 200, result.payload(), {"Idempotent-Replayed": "true"} if result.replayed else {}
+
+
 # -- routes -----------------------------------------------------------------------------------
 
 def increment(node, request: Request):
@@ -116,12 +129,9 @@ def increment(node, request: Request):
     check_fields(data, optional=("counter", "delta"))
     name = validation.counter_name(data.get("counter", "default"))
     delta = validation.delta(data["delta"]) if "delta" in data else 1
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        validation.idempotency_key(key, "Idempotency-Key")
+    key = idempotency_key_header(request)
     result = node.increment(name, delta, key)
-    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
-    return 200, result.payload(), headers
+    return keyed_answer(result)
 
 
 def increments(node, request: Request):
@@ -138,12 +148,9 @@ def increments(node, request: Request):
             items.append(_bulk_item(item, names))
         except BadRequest as exc:
             raise BadRequest(f"increments[{index}]: {exc.message}") from None
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        validation.idempotency_key(key, "Idempotency-Key")
+    key = idempotency_key_header(request)
     result = node.increment_many(tuple(items), key)
-    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
-    return 200, result.payload(), headers
+    return keyed_answer(result)
 
 
 _ITEM_FIELDS = frozenset(("counter", "delta"))
@@ -254,12 +261,9 @@ def _reset_route(node, request: Request, delete: bool):
     data = json_body(request)
     check_fields(data, required=("counter",))
     name = validation.counter_name(data["counter"])
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        validation.idempotency_key(key, "Idempotency-Key")
+    key = idempotency_key_header(request)
     result = node.reset(name, delete, key)
-    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
-    return 200, result.payload(), headers
+    return keyed_answer(result)
 
 
 def reset(node, request: Request):

@@ -359,18 +359,23 @@ class Scrape:
                       self.events_sent - other.events_sent)
 
 
+def metric_samples(port: int) -> list[tuple[str, str]]:
+    """(name with labels, value) of every sample in the node's `/metrics`."""
+    client = Client(port)
+    try:
+        status, body = client.request("GET", "/metrics")
+    finally:
+        client.close()
+    if status != 200:
+        raise RuntimeError(f"/metrics on port {port}: HTTP {status}")
+    return [(name, value) for name, _, value in
+            (line.rpartition(" ") for line in body.decode().splitlines())]
+
+
 def scrape(ports: list[int]) -> Scrape:
     result = Scrape()
     for port in ports:
-        client = Client(port)
-        try:
-            status, body = client.request("GET", "/metrics")
-        finally:
-            client.close()
-        if status != 200:
-            raise RuntimeError(f"/metrics on port {port}: HTTP {status}")
-        for line in body.decode().splitlines():
-            name, _, value = line.rpartition(" ")
+        for name, value in metric_samples(port):
             if name.startswith("dcounter_http_requests_total{"):
                 if any(f'route="{route}"' in name for route in INTERNAL_ROUTES):
                     result.internal += float(value)

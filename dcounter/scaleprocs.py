@@ -30,16 +30,8 @@ MEMBERSHIP_ROUTES = ("/nodes/heartbeat", "/nodes/join", "/nodes/leave")
 
 
 def _node_sample(port: int, pid: int) -> dict:
-    client = bench.Client(port)
-    try:
-        status, body = client.request("GET", "/metrics")
-    finally:
-        client.close()
-    if status != 200:
-        raise RuntimeError(f"/metrics on port {port}: HTTP {status}")
     membership = other = 0.0
-    for line in body.decode().splitlines():
-        name, _, value = line.rpartition(" ")
+    for name, value in bench.metric_samples(port):
         if name.startswith("dcounter_http_requests_total{"):
             if any(f'route="{route}"' in name for route in MEMBERSHIP_ROUTES):
                 membership += float(value)
