@@ -16,9 +16,24 @@ failure), requests duplicated, and requests held back and delivered late by `del
 import json
 import random
 import threading
+import time
 
 from dcounter.errors import PeerRefused, PeerUnreachable
 from dcounter.http_types import Headers, Request
+
+
+DEADLINE = 10.0  # seconds of real time a wait may take before the test fails
+
+
+def wait_for(predicate, what: str, deadline: float = DEADLINE, step=lambda: None) -> None:
+    """Poll `predicate` (calling `step` between tries) until it holds; fail after `deadline`
+    seconds of real time. For tests whose threads run for real."""
+    end = time.monotonic() + deadline
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        step()
+        time.sleep(0.001)
 
 
 class FakeClock:

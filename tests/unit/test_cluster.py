@@ -19,20 +19,9 @@ from dcounter.config import Config
 from dcounter.counter import Event
 from dcounter.keyhome import home
 from dcounter.node import Node
-from tests.fakes import FakeClock, FakeNetwork, make_request
+from tests.fakes import DEADLINE, FakeClock, FakeNetwork, make_request, wait_for
 
 BASE = Config(port=0, in_memory=True, batch_linger=0, drain_timeout=0)
-DEADLINE = 10.0  # seconds of real time a poll may take before the test fails
-
-
-def wait_for(predicate, what: str, deadline: float = DEADLINE):
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
-
-
 class Cluster:
     def __init__(self, size: int, *, seed: int = 0, **config):
         self.clock = FakeClock()

@@ -16,19 +16,11 @@ from dcounter import PROTOCOL
 from dcounter.config import Config
 from dcounter.errors import PeerUnreachable
 from dcounter.node import Node
-from tests.fakes import FakeClock
+from tests.fakes import DEADLINE, FakeClock
+from tests.fakes import wait_for as poll
 
 BASE = Config(port=0, in_memory=True, batch_linger=0, drain_timeout=0, advertise="me:7000")
-DEADLINE = 10.0  # seconds of real time a poll may take before the test fails
 PEER, PEER_ORIGIN = "p1:7001", "peerorigin1"
-
-
-def poll(predicate, what: str, deadline: float = DEADLINE):
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 class ScriptedTransport:

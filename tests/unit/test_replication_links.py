@@ -8,26 +8,13 @@ test moves it, so a retry happens when the test fires `retry_once`.
 
 import logging
 import threading
-import time
 
 from dcounter.counter import Event
 from dcounter.errors import PeerUnreachable
 from dcounter.replication import Replicator
 from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.wire import decode_runs
-from tests.fakes import FakeClock
-
-DEADLINE = 10.0  # seconds of real time a poll may take before the test fails
-
-
-def wait_for(predicate, what: str, deadline: float = DEADLINE, step=lambda: None):
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        step()
-        time.sleep(0.001)
-
+from tests.fakes import DEADLINE, FakeClock, wait_for
 
 class ScriptedTransport:
     """`post` runs `script(call_number, peer, event_ids)` first: it may block or raise. A post
