@@ -14,10 +14,14 @@ others count as delivered to it, and reach it through anti-entropy.
 
 Threads start only in `Replicator.start()`; a link added before it waits for it, a link added
 after starts at once. A removed peer's backlog is dropped (anti-entropy catches the peer up).
+Without threads a caller drives the same steps itself: `Replicator.step()` takes and sends
+every batch due now, and `PeerLink.take` / `PeerLink.send` split one send in two, so that what
+happens while a batch is in flight can be lined up between them.
 """
 
 import logging
 import threading
+from collections.abc import Container
 
 from dcounter.counter import Event
 from dcounter.errors import PeerRefused, PeerUnreachable
@@ -74,13 +78,23 @@ class PeerLink:
                     "attempts": self.outbox.attempts, "dropped": self.outbox.dropped}
 
     # -- the sender's steps -----------------------------------------------------------------------
+    def take(self, now: float) -> list[Queued] | None:
+        """The batch the outbox gives at `now`, or None (nothing due, one already in flight, or
+        the link stopped). The batch taken is in flight until `send` reports its outcome: the
+        sender's decision without its wait, for a caller that drives the link itself."""
+        with self.cond:
+            return self._take_locked(now)
+
+    def _take_locked(self, now: float) -> list[Queued] | None:
+        return None if self.stopped else self.outbox.take_batch(now)
+
     def next_batch(self) -> list[Queued] | None:
         """Block until the outbox gives a batch; None once stopped."""
         clock = self.r.clock
         with self.cond:
             while not self.stopped:
                 now = clock.monotonic()
-                batch = self.outbox.take_batch(now)
+                batch = self._take_locked(now)
                 if batch is not None:
                     return batch
                 wake_at = self.outbox.next_wakeup(now)
@@ -88,7 +102,8 @@ class PeerLink:
             return None
 
     def send(self, batch: list[Queued]) -> bool:
-        """Post a batch taken by `next_batch` and report its outcome to the outbox."""
+        """Post a batch taken by `take` or `next_batch` and report its outcome to the
+        outbox."""
         unexpected = False
         try:
             self.r.post_batch(self.peer, [event for event, _ in batch])
@@ -208,6 +223,10 @@ class Replicator:
         with self._lock:
             return sorted(self._links)
 
+    def link(self, peer: str) -> PeerLink | None:
+        with self._lock:
+            return self._links.get(peer)
+
     # -- events -------------------------------------------------------------------------------
     def enqueue(self, events: list[Event]) -> None:
         with self._lock:
@@ -261,6 +280,24 @@ class Replicator:
     def retry_scheduled(self) -> None:
         """A link backed off: the retry loop's wait may need to end sooner."""
         self._retry_wakeup.set()
+
+    # -- the senders' step, driven by the caller -----------------------------------------------
+    def step(self, skip: Container[str] = ()) -> int:
+        """What every sender thread would do next, in the caller's thread and without waiting:
+        each link whose outbox gives a batch at the clock's now sends it (`take`, then `send`);
+        the links to the peers in `skip` are left as they are. Returns how many batches went
+        (delivered or not). For a caller that runs no sender threads (a test, or before
+        `start()`); beside running threads it is safe too, as a link has at most one batch in
+        flight."""
+        with self._lock:
+            links = [link for peer, link in self._links.items() if peer not in skip]
+        sent = 0
+        for link in links:
+            batch = link.take(self.clock.monotonic())
+            if batch is not None:
+                link.send(batch)
+                sent += 1
+        return sent
 
     # -- the retry loop's step ----------------------------------------------------------------
     def retry_once(self, now: float) -> list[str]:

@@ -5,10 +5,11 @@ that connects several nodes' route tables without sockets.
 same `PeerUnreachable` / `PeerRefused` as `dcounter.transport`). A post is delivered at once, in
 the caller's thread, to the target node's `App.handle` as an `http_types.Request`, so the nodes'
 real routes, validation and error handling run. Faults: `partition(a, b)` / `isolate(a)` /
-`heal()`; `hold(target)` / `release(target)` for a slow link; and, for the paths in
-`fault_paths`, requests dropped, replies dropped (the request was applied but the sender sees a
-failure), requests duplicated, and requests held back and delivered late by `deliver_late()`
-(after the sender gave up and retried: reordering). Fault draws come from a seeded
+`heal()`; and, for the paths in `fault_paths`, requests dropped, replies dropped (the request
+was applied but the sender sees a failure), requests duplicated, and requests held back and
+delivered late by `deliver_late()` (after the sender gave up and retried: reordering). A send
+in flight is not the network's business: a test that drives the senders takes a batch and
+completes it later (`PeerLink.take` / `PeerLink.send`). Fault draws come from a seeded
 `random.Random`. A target that is cut off or not attached fails like a refused connection
 (`sent=False`); a dropped request or reply like a timeout (`sent=True`).
 """
@@ -94,8 +95,6 @@ class FakeNetwork:
         self._cut: set[frozenset] = set()
         self._rng = random.Random(seed)
         self._late: list[tuple[str, str, str, bytes]] = []
-        self._held: dict[str, threading.Event] = {}  # target -> set when released
-        self.waiting: dict[str, int] = {}  # target -> deliveries blocked by `hold`
         self.fault_paths: set[str] = {"/counter/replicate"}
         self.drop_request_rate = 0.0
         self.drop_reply_rate = 0.0
@@ -145,18 +144,6 @@ class FakeNetwork:
     def clear_faults(self) -> None:
         self.set_faults()
 
-    def hold(self, target: str) -> None:
-        """Deliveries to `target` block (in the sender's thread) until `release(target)`: a
-        slow link, to line up a reply with what happens meanwhile."""
-        with self._lock:
-            self._held.setdefault(target, threading.Event())
-
-    def release(self, target: str) -> None:
-        with self._lock:
-            gate = self._held.pop(target, None)
-        if gate is not None:
-            gate.set()
-
     def deliver_late(self) -> int:
         """Deliver the held-back requests now (their senders saw a failure long ago)."""
         with self._lock:
@@ -176,14 +163,6 @@ class FakeNetwork:
 
     def deliver(self, source: str, target: str, path: str, payload: dict) -> dict:
         body = json.dumps(payload, separators=(",", ":")).encode()
-        with self._lock:
-            gate = self._held.get(target)
-            if gate is not None:
-                self.waiting[target] = self.waiting.get(target, 0) + 1
-        if gate is not None:
-            gate.wait()
-            with self._lock:
-                self.waiting[target] -= 1
         app = self._reachable(source, target)
         if app is None:
             self._count("unreachable")

@@ -1,16 +1,17 @@
 """Several real nodes connected by the in-memory FakeNetwork, driven step by step.
 
-No loops run (`open()` only, never `start()`): the test calls `rejoin_once`, `heartbeat_once`,
-`cleanup_once`, `pull_once` and `retry_once` itself and moves a FakeClock. Replication sends
-run in the per-peer sender threads (`replicator.start()`), so their effect is awaited by polling
-with a deadline.
+Nothing runs by itself (`open()` only, never `start()`; no sender or writer thread): the test
+calls `rejoin_once`, `heartbeat_once`, `cleanup_once`, `pull_once` and `retry_once` itself,
+moves a FakeClock, and sends replication with the senders' own steps: `Cluster.pump` sends what
+every link has due now (`Replicator.step`), `Cluster.drain_replication` also moves the clock
+past backoffs until every link is idle. A send "in flight" is one the test took
+(`PeerLink.take`) and completes later (`PeerLink.send`), with whatever should happen meanwhile
+in between. No test waits or polls: each runs the same way every time.
 """
 
 import dataclasses
 import json
 import shutil
-import threading
-import time
 
 import pytest
 
@@ -19,9 +20,13 @@ from dcounter.config import Config
 from dcounter.counter import Event
 from dcounter.keyhome import home
 from dcounter.node import Node
-from tests.fakes import DEADLINE, FakeClock, FakeNetwork, make_request, wait_for
+from tests.fakes import FakeClock, FakeNetwork, make_request
 
 BASE = Config(port=0, in_memory=True, batch_linger=0, drain_timeout=0)
+ROUNDS = 200            # clock moves a drain may take before the test fails (a bound, not a wait)
+SENDS_AT_ONCE = 10_000  # batches one instant may send before the test fails
+
+
 class Cluster:
     def __init__(self, size: int, *, seed: int = 0, **config):
         self.clock = FakeClock()
@@ -36,8 +41,7 @@ class Cluster:
 
     def add(self, node_id: str, cfg: Config) -> Node:
         node = Node(cfg, clock=self.clock, transport=self.net.transport(node_id))
-        node.open()
-        node.replicator.start()  # the senders run; the loops do not
+        node.open()  # nothing runs: the test drives every step, replication's too
         self.net.attach(node)
         self.nodes[node_id] = node
         return node
@@ -78,24 +82,39 @@ class Cluster:
         return all(alive == sorted(set(self.ids) - {node_id})
                    for node_id, alive in self.alive().items())
 
-    def links(self):
+    def links(self, skip=()):
+        """The status of every link (but those to the peers in `skip`)."""
         for node in self.nodes.values():
-            yield from node.replicator.backlogs().values()
+            yield from (link for peer, link in node.replicator.backlogs().items()
+                        if peer not in skip)
 
-    def replication_settled(self) -> bool:
-        return all(link["state"] == "idle" and link["backlog"] == 0 for link in self.links())
+    def replication_settled(self, skip=()) -> bool:
+        return all(link["state"] == "idle" and link["backlog"] == 0 for link in self.links(skip))
 
-    def drain_replication(self, deadline: float = DEADLINE) -> None:
-        """Let the sender threads deliver everything, firing due retries on the fake clock."""
-        end = time.monotonic() + deadline
-        while not self.replication_settled():
-            if time.monotonic() > end:
-                raise AssertionError(f"replication did not settle: {list(self.links())}")
-            if any(link["state"] == "backoff" for link in self.links()):
-                self.clock.advance(10.0)  # the cap: every scheduled retry is due
-                for node in self.nodes.values():
-                    node.retry_once()
-            time.sleep(0.001)
+    def pump(self, skip=()) -> int:
+        """Send what every link has due at the clock's now, as the sender threads would, until
+        no link has more (a failed send backs off; a success lets the next batch go). Links to
+        the peers in `skip` send nothing: their events wait. Returns how many batches went."""
+        total = 0
+        for _ in range(SENDS_AT_ONCE):
+            sent = sum(node.replicator.step(skip) for node in self.nodes.values())
+            if not sent:
+                return total
+            total += sent
+        raise AssertionError(f"replication keeps sending at one instant: {list(self.links())}")
+
+    def drain_replication(self, skip=()) -> None:
+        """Deliver everything queued (but to `skip`): send what is due, and while a link is not
+        idle (backing off), move the fake clock by the retry cap, so that every scheduled retry
+        is due, and fire the retries as the retry loop would."""
+        for _ in range(ROUNDS):
+            self.pump(skip)
+            if self.replication_settled(skip):
+                return
+            self.clock.advance(10.0)
+            for node in self.nodes.values():
+                node.retry_once()
+        raise AssertionError(f"replication did not settle: {list(self.links(skip))}")
 
     def anti_entropy_round(self) -> None:
         """Rejoins, then heartbeats a heartbeat interval apart: a lead that lasted that long
@@ -194,8 +213,10 @@ def test_convergence_after_a_partition_heals(cluster_of):
         c.increment(n1, delta=2)
         c.increment(n2 if i % 2 else n3, delta=3)
         c.increment(n1, counter="only-n1")
-    wait_for(lambda: all(link["state"] in ("idle", "backoff") for link in c.links()),
-             "sends across the partition to fail")
+    c.pump()  # the sends across the partition fail
+    for node_id, node in c.nodes.items():
+        for peer, link in node.replicator.backlogs().items():
+            assert link["state"] == ("backoff" if n1 in (node_id, peer) else "idle")
     c.clock.advance(c[n1].config.peer_timeout + 1)
     for node_id in (n2, n3):
         c[node_id].heartbeat_once()
@@ -248,7 +269,8 @@ def test_a_duplicated_batch_reaching_a_node_out_of_order_counts_once(cluster_of)
     c.net.set_faults(delay=1.0)  # every replicate is held back: n1 sees failures
     for _ in range(5):
         c.increment(n1)
-    wait_for(lambda: any(link["state"] == "backoff" for link in c.links()), "a failed send")
+    c.pump()
+    assert c[n1].replicator.backlogs()[n2]["state"] == "backoff"  # the send failed
     c.net.clear_faults()
     c.drain_replication()  # the retry delivers the backlog
     assert c.net.deliver_late() >= 1  # then the old attempts arrive, late
@@ -308,7 +330,8 @@ def test_a_backlog_over_its_bound_is_dropped_and_anti_entropy_catches_up(cluster
     c.net.partition(n1, n2)
     for _ in range(12):
         c.increment(n1)
-    wait_for(lambda: c[n1].replicator.backlogs()[n2]["dropped"] > 0, "the backlog to be dropped")
+        c.pump()  # the first send fails; the link backs off and the backlog grows
+    assert c[n1].replicator.backlogs()[n2]["dropped"] > 0
     assert c[n1].replicator.backlogs()[n2]["backlog"] <= 5
     c.net.heal()
     c.drain_replication()
@@ -327,8 +350,7 @@ def test_a_node_restored_from_an_old_backup_takes_a_fresh_origin(cluster_of, tmp
         old = c.nodes.pop(n1)
         c.net.detach(n1)
         old.stop(leave=False)
-        node = c.add(n1, durable)
-        node.writer.start()  # the group-commit writer; no loop runs
+        node = c.add(n1, durable)  # without its writer thread each request commits its own group
         c[n2].heartbeat_once()  # n2 still lists n1: its heartbeat reconnects them
         return node
 
@@ -362,43 +384,45 @@ def test_a_node_restored_from_an_old_backup_takes_a_fresh_origin(cluster_of, tmp
     assert c.counts() == {n1: 11, n2: 11}
 
 
-def _link_thread(peer: str) -> threading.Thread:
-    (thread,) = [t for t in threading.enumerate() if t.name == f"link-{peer}"]
-    return thread
+def _take(c: Cluster, node_id: str, peer: str):
+    """The batch `node_id`'s link to `peer` sends now, taken: it is in flight until the test
+    calls `link.send(batch)`. -> (link, batch)"""
+    link = c[node_id].replicator.link(peer)
+    batch = link.take(c.clock.monotonic())
+    assert batch is not None
+    assert c[node_id].replicator.backlogs()[peer]["state"] == "sending"
+    return link, batch
 
 
 def _replicate_in_flight(cluster_of):
-    """Two formed nodes; n1's replicate to n2 is held in flight. -> (cluster, n1, n2, the
-    sender thread of n1's link to n2)."""
+    """Two formed nodes; n1's replicate to n2 is in flight. -> (cluster, n1, n2, n1's link to
+    n2, the batch)"""
     c = cluster_of(2)
     n1, n2 = c.ids
     c.form()
-    sender = _link_thread(n2)
-    c.net.hold(n2)
     c.increment(n1)
-    wait_for(lambda: c.net.waiting.get(n2) == 1, "the replicate to be in flight")
-    return c, n1, n2, sender
+    return (c, n1, n2) + _take(c, n1, n2)
 
 
 def test_a_late_replicate_reply_does_not_bring_back_a_peer_that_left(cluster_of):
-    c, n1, n2, sender = _replicate_in_flight(cluster_of)
+    c, n1, n2, link, batch = _replicate_in_flight(cluster_of)
     leave = make_request("POST", "/nodes/leave", {"node_id": n2})
     assert c[n1].app.handle(leave).status == 200
     assert c[n1].peers.alive() == []
-    c.net.release(n2)
-    sender.join(DEADLINE)  # the link was stopped: its thread ends after the send
-    assert not sender.is_alive()
+    assert c[n1].replicator.link(n2) is None
+    assert link.send(batch)  # the reply arrives after the leave
     assert c[n2].count("c") == 1
     assert c[n1].peers.alive() == []  # a reply is no reason to list a peer that left
+    c.increment(n1)
+    assert c.pump() == 0 and c[n2].count("c") == 1  # nothing more goes to it
 
 
 def test_a_late_replicate_reply_does_not_revive_an_expired_peer_without_a_link(cluster_of):
-    c, n1, n2, sender = _replicate_in_flight(cluster_of)
+    c, n1, n2, link, batch = _replicate_in_flight(cluster_of)
     c.clock.advance(7.0)
     assert c[n1].cleanup_once() == [n2]
-    c.net.release(n2)
-    sender.join(DEADLINE)
-    assert not sender.is_alive()
+    assert link.send(batch)  # the reply arrives after the expiry
+    assert c[n1].replicator.link(n2) is not link  # the cleanup removed it
     # Either n2 is a rejoin candidate again, or it is alive *and* replicated to.
     alive = c[n1].peers.is_alive(n2)
     assert alive == (n2 in c[n1].replicator.peers())
@@ -417,7 +441,8 @@ def test_events_beyond_the_gap_cap_wait_for_anti_entropy(cluster_of):
     c.net.partition(n1, n2)
     for _ in range(10):
         c.increment(n1)
-    wait_for(lambda: c[n1].replicator.backlogs()[n2]["dropped"] > 0, "the backlog to be dropped")
+        c.pump()
+    assert c[n1].replicator.backlogs()[n2]["dropped"] > 0
     c.net.heal()
     c.drain_replication()
     for _ in range(10):  # seq 11..20: far above n2's watermark for n1's origin
@@ -438,12 +463,11 @@ def test_a_lead_made_of_pushes_in_flight_is_not_pulled_and_their_keys_arrive(clu
     c.form()
     # A key whose home is n1, so that n1 applies it itself and pushes it to n2.
     key = next(k for k in (f"client-{n}" for n in range(100)) if home(k, c.ids) == n1)
-    c.net.hold(n2)  # n1's push to n2 is on its way
     c.increment(n1, delta=3, key=key)
-    wait_for(lambda: c.net.waiting.get(n2) == 1, "the push to be in flight")
+    link, batch = _take(c, n1, n2)  # n1's push to n2 is on its way
     c[n2].heartbeat_once()  # n1's reply shows it ahead
     c[n2].pull_once()  # too early: the push may still arrive
-    c.net.release(n2)
+    assert link.send(batch)
     c.drain_replication()
     c.clock.advance(c[n2].config.heartbeat_interval)
     c[n2].heartbeat_once()
@@ -503,8 +527,8 @@ def test_an_event_held_above_a_gap_that_died_with_its_node_reaches_every_node(cl
     assert c.fully_connected()
     c.net.isolate(n1)
     c.increment(n1, delta=2)  # seq 1: waits in n1's links, which fail
-    wait_for(lambda: all(link["state"] == "backoff"
-                         for link in c[n1].replicator.backlogs().values()), "failed sends")
+    c.pump()
+    assert [link["state"] for link in c[n1].replicator.backlogs().values()] == ["backoff"] * 2
     c.clock.advance(7.0)
     assert c[n1].cleanup_once() == [n2, n3]  # their links go, and seq 1 with them
     c.net.heal()
@@ -513,7 +537,8 @@ def test_an_event_held_above_a_gap_that_died_with_its_node_reaches_every_node(cl
     c[n1].rejoin_once()
     assert c[n1].peers.alive() == [n3]
     c.increment(n1, delta=5)  # seq 2: a new link pushes it to n3, above its gap
-    wait_for(lambda: c[n3].count("c") == 5, "the push to n3")
+    c.pump()
+    assert c[n3].count("c") == 5
     assert c[n3].counter.held_total() == 1
     old = c.nodes.pop(n1)
     c.net.detach(n1)
