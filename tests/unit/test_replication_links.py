@@ -1,9 +1,11 @@
 """Sender links over a scripted transport: a link survives what its transport throws, and an old
 link's outcome never touches a new link's state.
 
-The sender threads run, but every interleaving that matters is lined up with Events the test
-controls; what the test waits for it polls with a deadline. The fake clock only moves when the
-test moves it, so a retry happens when the test fires `retry_once`.
+Where the sender thread itself is under test (it survives errors, starts only with `start()`),
+the threads run and the test polls what it waits for with a deadline. Elsewhere no thread runs:
+the test drives the senders' own steps (`Replicator.step`, or `PeerLink.take` and, later,
+`PeerLink.send` for a send in flight). The fake clock only moves when the test moves it, so a
+retry happens when the test fires `retry_once`.
 """
 
 import logging
@@ -14,7 +16,7 @@ from dcounter.errors import PeerUnreachable
 from dcounter.replication import Replicator
 from dcounter.retry import RetryPolicy, RetrySchedule
 from dcounter.wire import decode_runs
-from tests.fakes import DEADLINE, FakeClock, wait_for
+from tests.fakes import FakeClock, wait_for
 
 class ScriptedTransport:
     """`post` runs `script(call_number, peer, event_ids)` first: it may block or raise. A post
@@ -50,11 +52,19 @@ class ScriptedTransport:
             return sum(event_id in ids for _, ids in self.attempts)
 
 
-def make(transport, clock, **kwargs) -> Replicator:
+def make(transport, clock, *, start: bool = True, **kwargs) -> Replicator:
     replicator = Replicator("self:1", transport, RetrySchedule(RetryPolicy(0.1, 10.0)), clock,
                             max_backlog=1000, batch_max=100, batch_linger=0.0, **kwargs)
-    replicator.start()
+    if start:
+        replicator.start()
     return replicator
+
+
+def retry(replicator: Replicator, clock: FakeClock) -> None:
+    """Move past the longest backoff (10 s is the cap) and fire the retries, as the retry loop
+    would."""
+    clock.advance(10.0)
+    replicator.retry_once(clock.monotonic())
 
 
 def event(seq: int) -> Event:
@@ -96,65 +106,53 @@ def test_a_batch_that_always_fails_unexpectedly_is_dropped_and_later_events_stil
         raise RuntimeError("a bug in the send path")
 
     clock, transport = FakeClock(), ScriptedTransport(script)
-    replicator = make(transport, clock)
-    try:
-        replicator.add_peer("p:1")
-        with caplog.at_level(logging.ERROR, logger="dcounter"):
-            replicator.enqueue([event(1)])
-            wait_for(lambda: replicator.backlogs()["p:1"]["dropped"] == 1,
-                     "the batch to be dropped", step=fire_due_retries(replicator, clock))
-        assert transport.attempted("o:1") == 5
-        assert replicator.backlogs()["p:1"]["backlog"] == 0
-        assert any(r.levelno == logging.ERROR and "p:1" in r.getMessage() and
-                   "dropping" in r.getMessage() for r in caplog.records)
-        replicator.enqueue([event(2)])
-        wait_for(lambda: transport.attempted("o:2") >= 1, "the next event to be attempted",
-                 step=fire_due_retries(replicator, clock))
-        assert transport.attempted("o:1") == 5  # the dropped one is left to anti-entropy
-    finally:
-        replicator.stop()
+    replicator = make(transport, clock, start=False)
+    replicator.add_peer("p:1")
+    with caplog.at_level(logging.ERROR, logger="dcounter"):
+        replicator.enqueue([event(1)])
+        for attempt in range(1, 6):
+            assert replicator.backlogs()["p:1"]["dropped"] == 0
+            assert replicator.step() == 1
+            assert transport.attempted("o:1") == attempt
+            retry(replicator, clock)
+    assert replicator.backlogs()["p:1"]["dropped"] == 1
+    assert replicator.backlogs()["p:1"]["backlog"] == 0
+    assert any(r.levelno == logging.ERROR and "p:1" in r.getMessage() and
+               "dropping" in r.getMessage() for r in caplog.records)
+    replicator.enqueue([event(2)])
+    assert replicator.step() == 1
+    assert transport.attempted("o:2") == 1
+    assert transport.attempted("o:1") == 5  # the dropped one is left to anti-entropy
 
 
 def test_an_old_links_late_success_leaves_the_new_links_backoff_alone():
     """A peer is removed and re-added while the old link's send is in flight; the new link's
     send fails; then the old send succeeds. The new link must still get its retry."""
-    first_in_flight, release_first = threading.Event(), threading.Event()
-    old_success = threading.Event()
-
     def script(n, peer, ids):
-        if n == 1:
-            first_in_flight.set()
-            if not release_first.wait(DEADLINE):
-                raise AssertionError("the first send was never released")
-        elif n == 2:
+        if n == 1:  # the first post: the new link's (the old link took its batch, unsent)
             raise PeerUnreachable("p:1: connection refused")
 
-    def on_success(peer):
-        if transport.delivered_to(peer) == ["o:1"]:
-            old_success.set()
-
     clock, transport = FakeClock(), ScriptedTransport(script)
-    replicator = make(transport, clock, on_success=on_success)
-    try:
-        replicator.add_peer("p:1")
-        replicator.enqueue([event(1)])
-        assert first_in_flight.wait(DEADLINE)
-        replicator.remove_peer("p:1")
-        replicator.add_peer("p:1")
-        replicator.enqueue([event(2)])
-        wait_for(lambda: replicator.backlogs()["p:1"]["state"] == "backoff",
-                 "the new link's send to fail")
-        assert replicator.backlogs()["p:1"]["attempts"] == 1
-        release_first.set()
-        assert old_success.wait(DEADLINE)  # the old link's success has been recorded
-        assert replicator.backlogs()["p:1"]["attempts"] == 1  # still the new link's count
-        clock.advance(10.0)
-        replicator.retry_once(clock.monotonic())
-        wait_for(lambda: "o:2" in transport.delivered_to("p:1"), "the new link's retry")
-        wait_for(lambda: replicator.backlogs()["p:1"]["state"] == "idle", "the link to idle")
-        assert replicator.backlogs()["p:1"]["attempts"] == 0
-    finally:
-        replicator.stop()
+    replicator = make(transport, clock, start=False)
+    replicator.add_peer("p:1")
+    replicator.enqueue([event(1)])
+    old = replicator.link("p:1")
+    batch = old.take(clock.monotonic())  # the old link's send is in flight
+    assert [e.id for e, _ in batch] == ["o:1"]
+    replicator.remove_peer("p:1")
+    replicator.add_peer("p:1")
+    replicator.enqueue([event(2)])
+    assert replicator.step() == 1  # the new link's send fails
+    assert replicator.backlogs()["p:1"]["state"] == "backoff"
+    assert replicator.backlogs()["p:1"]["attempts"] == 1
+    assert old.send(batch)  # the old link's send succeeds
+    assert transport.delivered_to("p:1") == ["o:1"]
+    assert replicator.backlogs()["p:1"]["attempts"] == 1  # still the new link's count
+    retry(replicator, clock)
+    assert replicator.step() == 1  # the new link's retry
+    assert transport.delivered_to("p:1") == ["o:1", "o:2"]
+    assert replicator.backlogs()["p:1"] == {"backlog": 0, "state": "idle", "attempts": 0,
+                                            "dropped": 0}
 
 
 def sender_threads() -> set[str]:
