@@ -1,12 +1,14 @@
 """The exception hierarchy. Raised inside, translated to HTTP status codes once, in the server.
 
-`DcounterError` subclasses carry the status a client sees; `PeerUnreachable` and `PeerRefused`
-come from the transport and never reach a client; `StartupError` stops the node at start with
-one line.
+`NodeError` subclasses carry the status a client sees (the node's errors; the Python client's
+`dcounter.DcounterError` is another hierarchy, in connection.py); `PeerUnreachable` and
+`PeerRefused` come from the transport and never reach a client; `StartupError` stops the node at
+start with one line.
 """
 
 
-class DcounterError(Exception):
+class NodeError(Exception):
+    """An error the node answers a request with: `status` and `message`."""
     status = 500
 
     def __init__(self, message: str):
@@ -14,19 +16,23 @@ class DcounterError(Exception):
         self.message = message
 
 
-class BadRequest(DcounterError):
+# The former name, still imported by simnode.py; not the client's `dcounter.DcounterError`.
+DcounterError = NodeError
+
+
+class BadRequest(NodeError):
     status = 400
 
 
-class Unauthorized(DcounterError):
+class Unauthorized(NodeError):
     status = 401
 
 
-class NotFound(DcounterError):
+class NotFound(NodeError):
     status = 404
 
 
-class MethodNotAllowed(DcounterError):
+class MethodNotAllowed(NodeError):
     status = 405
 
     def __init__(self, message: str, allow: list[str]):
@@ -34,7 +40,7 @@ class MethodNotAllowed(DcounterError):
         self.allow = allow
 
 
-class Conflict(DcounterError):
+class Conflict(NodeError):
     status = 409
 
 
@@ -58,11 +64,11 @@ class OtherCluster(Conflict):
         self.sender = sender
 
 
-class Unprocessable(DcounterError):
+class Unprocessable(NodeError):
     status = 422
 
 
-class Unavailable(DcounterError):
+class Unavailable(NodeError):
     status = 503
 
 
@@ -74,7 +80,7 @@ class TooManyPeers(Unavailable):
     """A new peer would list more peers than --max-peers allows; it is not listed."""
 
 
-class Relayed(DcounterError):
+class Relayed(NodeError):
     """Another node's error answer, passed on to the client with the node's own status (a keyed
     increment decided at its key's home, keyhome.py)."""
 
