@@ -1,7 +1,7 @@
 """The route table and the route functions: decoded request in, `(status, payload)` out.
 
 Each route validates its whole input before it asks the node to change anything, so a refused
-request changes nothing. Errors are raised as `DcounterError`s and turned into JSON responses in
+request changes nothing. Errors are raised as `NodeError`s and turned into JSON responses in
 one place, `App.handle`. Routes carry a kind - `peer` (inter-node), `write`, `read` or `open` -
 which the authentication policy (`auth.py`) checks before the route runs; `admin` (forgetting a
 member) takes a peer's signature or the client token. A keyed increment may be decided at another
@@ -18,7 +18,7 @@ from typing import Callable
 
 from dcounter import clusterread, statuspage, validation
 from dcounter import backup as backup_copy
-from dcounter.errors import (BadRequest, Conflict, DcounterError, MethodNotAllowed, NotAPeer,
+from dcounter.errors import (BadRequest, Conflict, NodeError, MethodNotAllowed, NotAPeer,
                              NotFound, OtherCluster, Unavailable)
 from dcounter.counter import MAX_ITEMS
 from dcounter.http_types import Request, Response, error_response
@@ -442,7 +442,7 @@ class App:
         except (NotAPeer, OtherCluster) as exc:
             self._log_refusal(exc)
             return error_response(exc.status, exc.message)
-        except DcounterError as exc:
+        except NodeError as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             return error_response(exc.status, exc.message, headers)
         except Exception:

@@ -4,8 +4,9 @@
 that a Session is thread-safe), the timeouts and the scheme, and turns what `requests` raises
 into the client's own exceptions, defined here: `Unreachable` (no answer; `sent` says whether
 the request may have left), `TLSFailure` (explained in words with its fix), `Refused` typed by
-status, and their base `DcounterError` (unrelated to the node's `dcounter.errors`). It never
-retries: what to do after a failure is `library.Client`'s decision.
+status, and their base `DcounterError` (public as `dcounter.DcounterError`; unrelated to the
+node's `dcounter.errors.NodeError`). It never retries: what to do after a failure is
+`library.Client`'s decision.
 
 Like the rest of the client it imports nothing from the node.
 """

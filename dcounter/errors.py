@@ -1,12 +1,21 @@
 """The exception hierarchy. Raised inside, translated to HTTP status codes once, in the server.
 
-`DcounterError` subclasses carry the status a client sees; `PeerUnreachable` and `PeerRefused`
-come from the transport and never reach a client; `StartupError` stops the node at start with
-one line.
+`NodeError` subclasses carry the status a client sees (the node's errors; the Python client's
+`dcounter.DcounterError` is another hierarchy, in connection.py); `PeerUnreachable` and
+`PeerRefused` come from the transport and never reach a client; `StartupError` stops the node at
+start with one line.
+
+`failure_words` reads a failure's text as it is stored and shown (a `PeerUnreachable` message,
+a member's or a rejoin candidate's last error): the peer's id apart, and an exception class name
+in words. The members view (`membership.in_words`), the status page (`health.describe_error`)
+and the transport's last resort (`transport.describe_failure`) all read failures through it.
 """
 
+import re
 
-class DcounterError(Exception):
+
+class NodeError(Exception):
+    """An error the node answers a request with: `status` and `message`."""
     status = 500
 
     def __init__(self, message: str):
@@ -14,19 +23,23 @@ class DcounterError(Exception):
         self.message = message
 
 
-class BadRequest(DcounterError):
+# The former name, still imported by simnode.py; not the client's `dcounter.DcounterError`.
+DcounterError = NodeError
+
+
+class BadRequest(NodeError):
     status = 400
 
 
-class Unauthorized(DcounterError):
+class Unauthorized(NodeError):
     status = 401
 
 
-class NotFound(DcounterError):
+class NotFound(NodeError):
     status = 404
 
 
-class MethodNotAllowed(DcounterError):
+class MethodNotAllowed(NodeError):
     status = 405
 
     def __init__(self, message: str, allow: list[str]):
@@ -34,7 +47,7 @@ class MethodNotAllowed(DcounterError):
         self.allow = allow
 
 
-class Conflict(DcounterError):
+class Conflict(NodeError):
     status = 409
 
 
@@ -58,11 +71,11 @@ class OtherCluster(Conflict):
         self.sender = sender
 
 
-class Unprocessable(DcounterError):
+class Unprocessable(NodeError):
     status = 422
 
 
-class Unavailable(DcounterError):
+class Unavailable(NodeError):
     status = 503
 
 
@@ -74,7 +87,7 @@ class TooManyPeers(Unavailable):
     """A new peer would list more peers than --max-peers allows; it is not listed."""
 
 
-class Relayed(DcounterError):
+class Relayed(NodeError):
     """Another node's error answer, passed on to the client with the node's own status (a keyed
     increment decided at its key's home, keyhome.py)."""
 
@@ -104,3 +117,36 @@ class PeerRefused(Exception):
 
 class StartupError(Exception):
     """The node cannot start; the message is the one line printed before exiting 1."""
+
+
+# -- failures in words ---------------------------------------------------------------------------
+
+# What a failed peer call's exception class means, for a reader. The transport reports a failure
+# as "host:port: ClassName" (PeerUnreachable); texts already in words pass through unchanged.
+FAILURE_WORDS = {
+    "ConnectionError": "could not connect (refused, or no route to the host)",
+    "ConnectTimeout": "no connection within the request timeout (host down, or a firewall?)",
+    "ReadTimeout": "connected, but no answer within the request timeout (the node hangs or "
+                   "is overloaded?)",
+    "Timeout": "no answer within the request timeout",
+    "SSLError": "TLS failed (certificate not trusted? set --tls-ca)",
+    "ProxyError": "a proxy refused the connection",
+    "ChunkedEncodingError": "the answer was cut short",
+    "ContentDecodingError": "the answer was cut short",
+    "InvalidURL": "not a valid address",
+    "InvalidSchema": "not a valid address",
+    "MissingSchema": "not a valid address",
+    "InvalidHeader": "not a valid request",
+    "TooManyRedirects": "the node answered with redirects",
+    "RetryError": "the request failed",
+    "RequestException": "the request failed",
+}
+_PEER_PREFIX = re.compile(r"^(?P<peer>\[?[A-Za-z0-9.:_-]+\]?:\d+): ")
+
+
+def failure_words(text: str, words=FAILURE_WORDS) -> tuple[str | None, str]:
+    """`text` as (the peer's id it starts with, or None; the rest, an exception class name
+    turned into `words`)."""
+    match = _PEER_PREFIX.match(text)
+    peer, rest = (match.group("peer"), text[match.end():]) if match else (None, text)
+    return peer, words.get(rest, rest)

@@ -13,7 +13,7 @@ then, and saying so ("ready, 1 member failed"); red when this node is not ready.
 
 from __future__ import annotations
 
-import re
+from dcounter.errors import failure_words
 
 STATES = ("alive", "suspect", "failed", "left")
 
@@ -22,43 +22,13 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-# What a failed peer call's exception class means, for a reader (a status whose errors are
-# already in words passes through unchanged).
-_ERROR_WORDS = {
-    "ConnectionError": "could not connect (refused, or no route to the host)",
-    "ConnectTimeout": "no connection within the request timeout (host down, or a firewall?)",
-    "ReadTimeout": "connected, but no answer within the request timeout (the node hangs or "
-                   "is overloaded?)",
-    "Timeout": "no answer within the request timeout",
-    "SSLError": "TLS failed (certificate not trusted? set --tls-ca)",
-    "ProxyError": "a proxy refused the connection",
-    "ChunkedEncodingError": "the answer was cut short",
-    "ContentDecodingError": "the answer was cut short",
-    "InvalidURL": "not a valid address",
-    "InvalidSchema": "not a valid address",
-    "MissingSchema": "not a valid address",
-    "InvalidHeader": "not a valid request",
-    "TooManyRedirects": "the node answered with redirects",
-    "RetryError": "the request failed",
-    "RequestException": "the request failed",
-}
-_CLASS_NAME = re.compile(r"^(?:(?P<peer>\S+): )?(?P<name>[A-Z][A-Za-z]+)$")
-
-
 def describe_error(text, peer: str | None = None) -> str:
-    """An error for a reader: exception class names in words, without the peer's id when the
-    row already names it."""
+    """An error for a reader: an exception class name in words (`errors.failure_words`), without
+    the peer's id when the row already names it."""
     if not text:
         return ""
-    text = str(text)
-    match = _CLASS_NAME.match(text)
-    if match and match.group("name") in _ERROR_WORDS:
-        words = _ERROR_WORDS[match.group("name")]
-        prefix = match.group("peer")
-        return words if prefix is None or prefix == peer else f"{prefix}: {words}"
-    if peer and text.startswith(peer + ": "):
-        return text[len(peer) + 2:]
-    return text
+    prefix, words = failure_words(str(text))
+    return words if prefix is None or prefix == peer else f"{prefix}: {words}"
 
 
 def members_view(status: dict) -> list[dict]:

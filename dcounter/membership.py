@@ -20,9 +20,9 @@ Rules kept here:
 """
 
 import enum
-import re
 import threading
 
+from dcounter.errors import FAILURE_WORDS, failure_words
 from dcounter.peers import Member, PeerStore, State
 
 
@@ -125,27 +125,20 @@ def backoff_warnings() -> WarnEvery:
     return WarnEvery(60.0, factor=2.0, cap=600.0)
 
 
-# Exception class names a contact failure may be reported by, and what they mean to an operator.
-_FAILURE_WORDS = {
-    "ConnectTimeout": "no answer in time (connecting)",
-    "ReadTimeout": "no answer in time",
-    "Timeout": "no answer in time",
-    "SSLError": "TLS failure: its certificate is not trusted here (set --tls-ca?)",
-    "ProxyError": "could not connect through a proxy",
-    "ConnectionError": "could not connect (refused, or the host is unreachable)",
-    "ChunkedEncodingError": "the connection broke mid-answer",
-    "ContentDecodingError": "an answer that could not be decoded",
-}
-_NODE_PREFIX = re.compile(r"^\[?[A-Za-z0-9.:_-]+\]?:\d+: ")
+# The members view words these two more briefly than FAILURE_WORDS, as it always has (`dcounter
+# forget` prints "not confirmed by X (no answer in time)"); every other failure reads as on the
+# status page.
+_CONTACT_WORDS = {**FAILURE_WORDS,
+                  "ConnectionError": "could not connect (refused, or the host is unreachable)",
+                  "ReadTimeout": "no answer in time"}
 
 
 def in_words(detail: str | None) -> str | None:
-    """A contact failure as an operator reads it: the peer's id (shown beside it anyway) and any
-    exception class name turned into words; other text passes through."""
+    """A contact failure as an operator reads it: without the peer's id (shown beside it anyway),
+    an exception class name in words (`errors.failure_words`); other text passes through."""
     if not detail:
         return None
-    text = _NODE_PREFIX.sub("", detail.strip())
-    return _FAILURE_WORDS.get(text, text)
+    return failure_words(detail.strip(), _CONTACT_WORDS)[1]
 
 
 def members_view(members: dict[str, Member], covers, backlogs: dict[str, dict]) -> dict:

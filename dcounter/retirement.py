@@ -38,7 +38,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from dcounter import validation
-from dcounter.errors import DcounterError
+from dcounter.errors import NodeError
 from dcounter.validation import INT64_MAX
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def check_retired_set(retired, count: int) -> str | None:
 def _is_origin(value: str) -> bool:
     try:
         validation.origin(value)
-    except DcounterError:
+    except NodeError:
         return False
     return True
 

@@ -16,7 +16,6 @@ or a connect timeout sent nothing.
 
 import json
 import logging
-import re
 import socket
 import ssl
 import threading
@@ -25,7 +24,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from dcounter.errors import PeerRefused, PeerUnreachable
+from dcounter.errors import PeerRefused, PeerUnreachable, failure_words
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +239,7 @@ def describe_failure(exc: BaseException) -> str:
                 reason = getattr(cause, "reason", None) or str(cause)
                 return f"TLS handshake failed ({str(reason).lower().replace('_', ' ')})"
     innermost = _causes(exc)[-1]
-    text = re.sub(r"^\S+:[0-9]+: ", "", str(innermost))  # our own "host:port: ..." prefix
+    text = failure_words(str(innermost))[1]  # without our own "host:port: ..." prefix
     return text[:200] or type(innermost).__name__
 def _never_sent(exc: BaseException, depth: int = 0) -> bool:
     """True when the connection was never made (refused, a connect timeout, an unknown name), so

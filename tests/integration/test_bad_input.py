@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.integration.harness import Cluster, poll
+from tests.rawhttp import exchange, read_response
 
 MAX_BODY = 16_384
 INT64_MAX = 2**63 - 1
@@ -28,32 +29,7 @@ STRANGER = "localhost:9"  # a node id no node knows; a refused join must not add
 
 def raw_exchange(node, data: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
     """Send `data` as is on a new connection and read one response."""
-    with socket.create_connection(("127.0.0.1", node.port), timeout=timeout) as sock:
-        sock.sendall(data)
-        return read_response(sock)
-
-
-def read_response(sock) -> tuple[int, dict, bytes]:
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before a full response: {buffer!r}")
-        buffer += chunk
-    head, _, body = buffer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return status, headers, body[:length]
+    return exchange(node.port, data, timeout=timeout)
 
 
 def request_head(method: str, path: str, headers: dict) -> bytes:

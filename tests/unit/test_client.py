@@ -4,8 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dcounter.client import NodeView, Survey, _disagreements, build_parser, format_survey, \
-    make_client
+from dcounter.client import build_parser, make_client
+from dcounter.display import format_survey
+from dcounter.survey import NodeView, Survey, _disagreements
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,11 +127,11 @@ def with_members(node_view, members=None, ready=True, reason=""):
 
 
 def judged(nodes, expect=None) -> Survey:
-    from dcounter.client import _expected, _judge_members
+    from dcounter.survey import _judge_members, check_expected
     survey = Survey(nodes=nodes)
     _judge_members(survey)
     survey.problems = _disagreements(survey.nodes)
-    _expected(survey, expect)
+    check_expected(survey, expect)
     return survey
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from dcounter.http_types import Response, error_response
 from dcounter.server import Server
+from tests.rawhttp import exchange
 
 
 class _Raising:
@@ -44,37 +45,6 @@ def serve():
         server.shutdown()
         server.server_close()
         thread.join(5)
-
-
-def exchange(port: int, data: bytes, sock=None) -> tuple[int, dict, bytes]:
-    """Send `data` and read one response (on `sock` when given, else a new connection)."""
-    own = sock is None
-    if own:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    try:
-        sock.sendall(data)
-        buffer = b""
-        while b"\r\n\r\n" not in buffer:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"connection closed without a response: {buffer!r}")
-            buffer += chunk
-        head, _, body = buffer.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers["content-length"])
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        return int(lines[0].split()[1]), headers, body
-    finally:
-        if own:
-            sock.close()
 
 
 GET = b"GET /anything HTTP/1.1\r\nHost: x\r\n\r\n"
