@@ -143,7 +143,7 @@ class Node:
         cfg = self.config
         if self.ssl_context is None and cfg.tls_cert:
             self.ssl_context = tls.server_context(cfg.tls_cert, cfg.tls_key)
-        app = App(self, auth=self.auth, metrics=self.metrics)
+        app = App(self, auth=self.auth, metrics=self.metrics, clock=self.clock)
         self.app = app
         # The port first: a node that cannot listen must leave no data directory behind. Until
         # start() serves it, a connection waits in the listen backlog.
