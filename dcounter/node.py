@@ -10,6 +10,7 @@ What each part owns:
     forwarding.py   a keyed increment sent to its key's home, the answer relayed
     nodemetrics.py  the gauges, the observe hooks, the status page's history samples
     nodestatus.py   readiness and the status document
+    updates.py      increments, resets and replicated batches, each a writer job
     node.py         the wiring, the operations the routes call, the loops, start and stop
 
 Threads it owns, each a thin loop around a step that tests may call directly:
@@ -45,7 +46,7 @@ from dcounter.config import Config
 from dcounter.contacts import Contacts, run_within
 from dcounter.counter import (BulkResult, Counter, Event, Items, LocalResult, RemoteResult,
                               new_origin_id)
-from dcounter.errors import StartupError, StorageFailure
+from dcounter.errors import StartupError
 from dcounter.forwarding import Forwarder
 from dcounter.gossip import Gossip
 from dcounter.metrics import Metrics
@@ -60,41 +61,11 @@ from dcounter.server import Server
 from dcounter.store import Store
 from dcounter.transport import Transport
 from dcounter.updates import Updates
-from dcounter.writer import Writer
+from dcounter.writer import StoreGate, Writer
 
 log = logging.getLogger("dcounter.node")
 
 WRITER_GRACE = 1.0  # seconds the last commit may take at shutdown beyond --drain-timeout
-
-
-class _StoreGate:
-    """The store as the writer sees it. A write and the close at shutdown exclude each other,
-    so the store is never closed under a running commit; a write after the close fails like a
-    storage failure (nothing is acknowledged)."""
-
-    def __init__(self, store: Store):
-        self.store = store
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def write(self, txn) -> None:
-        with self._lock:
-            if self._closed:
-                raise StorageFailure("storage closed: the node is shutting down")
-            self.store.write(txn)
-
-    def close(self) -> bool:
-        """Checkpoint and close, unless a commit is running; returns whether it closed."""
-        if not self._lock.acquire(blocking=False):
-            return False
-        try:
-            if not self._closed:
-                self._closed = True
-                self.store.checkpoint()
-                self.store.close()
-            return True
-        finally:
-            self._lock.release()
 
 
 class Node:
@@ -113,7 +84,7 @@ class Node:
                                                 on_request=self.node_metrics.observe_peer_call)
         self.ssl_context = ssl_context
         self.store: Store | None = None
-        self._store_gate: _StoreGate | None = None
+        self._store_gate: StoreGate | None = None
         self.server: Server | None = None
         self.node_id = ""
         self.counter: Counter | None = None
@@ -187,7 +158,7 @@ class Node:
                                      on_success=self._replicated_to, metrics=self.metrics,
                                      protocol_of=self.protocols.for_events)
         self.reader = ClusterReader(self.node_id, self.transport, self.clock)
-        self._store_gate = _StoreGate(self.store) if self.store is not None else None
+        self._store_gate = StoreGate(self.store) if self.store is not None else None
         self.writer = Writer(self.counter, self._store_gate, on_commit=self.replicator.enqueue,
                              on_fatal=self._fatal,
                              observe_commit=self.node_metrics.observe_commit,
