@@ -4,8 +4,8 @@ out keyhome.py's rules (which member is the home, what a refusal means).
 Owns the forward call (`POST /counter/forward`), reading its answer, and turning each way it can
 fail into what the client sees: applied here (the home refused the connection: nothing was
 sent), the home's error relayed, or 503 with nothing applied (the outcome at the home is
-unknown). Applying an increment here is the node's (`Node.increment`). It logs as
-`dcounter.node`, the name operators filter the node's lines by.
+unknown). Applying an increment here is updates.py's. It logs as `dcounter.node`, the name
+operators filter the node's lines by.
 """
 
 from __future__ import annotations
