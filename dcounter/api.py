@@ -2,7 +2,8 @@
 
 Each route validates its whole input before it asks the node to change anything, so a refused
 request changes nothing. Errors are raised as `NodeError`s and turned into JSON responses in
-one place, `App.handle`. Routes carry a kind - `peer` (inter-node), `write`, `read` or `open` -
+one place, `App.handle`. Routes see the node only through `NodeOps`, the operations it offers
+them. Routes carry a kind - `peer` (inter-node), `write`, `read` or `open` -
 which the authentication policy (`auth.py`) checks before the route runs; `admin` (forgetting a
 member) takes a peer's signature or the client token. A keyed increment may be decided at another
 node, its key's home (`Node.increment`, keyhome.py); the answer is relayed the same way.
@@ -14,10 +15,11 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from dcounter import clusterread, statuspage, validation
 from dcounter import backup as backup_copy
+from dcounter.clock import SystemClock
 from dcounter.errors import (BadRequest, Conflict, NodeError, MethodNotAllowed, NotAPeer,
                              NotFound, OtherCluster, Unavailable)
 from dcounter.counter import MAX_ITEMS
@@ -30,6 +32,31 @@ from dcounter.wire import (MAX_ORIGINS_PER_PULL, MAX_SEQ, check_fields, decode_d
                            decode_peer_list, decode_runs)
 
 log = logging.getLogger(__name__)
+
+
+class NodeOps(Protocol):
+    """What the routes ask of the node (`node.Node`), and all they see of it."""
+    node_id: str
+    protocol: int  # the protocol it speaks
+    cluster: str
+
+    def increment(self, counter, delta, key, forwarded=False): ...
+    def increment_many(self, items, key): ...
+    def reset(self, counter, delete, key): ...
+    def replicate(self, sender, events): ...
+    def state_reply(self, origins, held=0) -> dict: ...
+    def count(self, name) -> int: ...
+    def count_all(self, name, timeout): ...
+    def counters(self) -> dict: ...
+    def on_join(self, sender, origin, digest, peers, protocol=None, held=None) -> dict: ...
+    def on_heartbeat(self, sender, origin, digest, peers, protocol=None, held=None) -> dict: ...
+    def on_leave(self, sender, origin) -> bool: ...
+    def forget(self, member, forwarded) -> dict: ...
+    def alive_peers(self) -> list[str]: ...
+    def render_metrics(self) -> str: ...
+    def readiness(self) -> tuple[bool, str]: ...
+    def status(self) -> dict: ...
+    def backup(self) -> bytes | None: ...  # None: kept in memory; raises BackupError
 
 
 @dataclass(frozen=True)
@@ -96,8 +123,8 @@ def check_membership_fields(node, data: dict, sender: str) -> None:
     if "cluster" in data:
         if not isinstance(data["cluster"], str):
             raise BadRequest("cluster must be a string")
-        if data["cluster"] != node.config.cluster:
-            raise OtherCluster(f"this node belongs to cluster {node.config.cluster!r}, "
+        if data["cluster"] != node.cluster:
+            raise OtherCluster(f"this node belongs to cluster {node.cluster!r}, "
                                f"not {data['cluster']!r}", sender)
     if "protocol" in data:
         if isinstance(data["protocol"], bool) or not isinstance(data["protocol"], int):
@@ -325,12 +352,13 @@ def forget(node, request: Request):
 
 def nodes(node, request: Request):
     query_params(request)
-    return 200, node.peers.alive()
+    return 200, node.alive_peers()
 
 
 def metrics(node, request: Request):
     query_params(request)
-    return Response(200, node.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+    return Response(200, node.render_metrics().encode(),
+                    "text/plain; version=0.0.4; charset=utf-8")
 
 
 def healthz(node, request: Request):
@@ -361,13 +389,13 @@ def backup(node, request: Request):
     the token even when reads are open. The copy is made from a connection of its own; the
     writer goes on committing meanwhile."""
     query_params(request)
-    if node.store is None:
-        raise Conflict("this node keeps its state in memory (--in-memory): there is no database "
-                       "to back up")
     try:
-        data = backup_copy.backup_bytes(node.store.path, node.clock.time())
+        data = node.backup()
     except backup_copy.BackupError as exc:  # e.g. no room for the copy in the temporary dir
         raise Unavailable(f"backup failed: {exc}") from None
+    if data is None:
+        raise Conflict("this node keeps its state in memory (--in-memory): there is no database "
+                       "to back up")
     name = "dcounter-" + node.node_id.replace(":", "-") + ".sqlite3"
     return Response(200, data, "application/vnd.sqlite3",
                     {"Content-Disposition": f'attachment; filename="{name}"'})
@@ -400,10 +428,11 @@ ROUTES = [
 class App:
     """Dispatches a `Request` to its route and turns the outcome into a `Response`."""
 
-    def __init__(self, node, routes=ROUTES, auth=None, metrics=None):
+    def __init__(self, node: NodeOps, routes=ROUTES, auth=None, metrics=None, clock=None):
         self.node = node
         self.auth = auth
         self.metrics = metrics
+        self.clock = clock or SystemClock()  # for the backoff of refusal warnings
         self._table: dict[str, dict[str, Route]] = {}
         self._refusals = backoff_warnings()  # per (sender, kind of refusal)
         for route in routes:
@@ -453,8 +482,7 @@ class App:
         """A WARNING per sender and kind, at once and then 1, 2, 4 ... minutes apart (at most
         10): a misconfigured node retries every second or so, and its operator needs one clear
         line, not a flood."""
-        if not self._refusals.due((exc.sender, type(exc).__name__),
-                                  self.node.clock.monotonic()):
+        if not self._refusals.due((exc.sender, type(exc).__name__), self.clock.monotonic()):
             return
         hint = (" (is --cluster the same on every node?)"
                 if isinstance(exc, OtherCluster) and "cluster" in exc.message else "")

@@ -13,7 +13,7 @@ the view, so nodes that share a view agree on every home, and when a member join
 the keys whose home it is (or becomes) move. The hash is keyed by nothing secret and never
 Python's `hash()`, which is salted per process.
 
-The rules kept here (the node carries them out, `Node.forward`):
+The rules kept here (forwarding.py carries them out):
 
 - Only keyed increments are forwarded, and a forwarded increment is never forwarded again: the
   home applies it even if its own view names another home, so a request crosses at most one link.

@@ -6,7 +6,7 @@ Protocols:
 * 1: joins, heartbeats, leaves, replicate batches of plain events, prefix pulls.
 * 2: protocol 1, plus bulk events (several counters in one event, `Event.items`) and reset
   events (`Event.reset`, reset.py) in replicate batches, and the covers of resets in state
-  replies. A reset is refused while any listed member speaks protocol 1 (node.py): such a member
+  replies. A reset is refused while any listed member speaks protocol 1 (updates.py): such a member
   could learn a reset's effect neither by push nor with a prefix.
 
 The rule. A node speaks its own protocol (`PROTOCOL`, or `--protocol` to speak an older one)

@@ -2,8 +2,8 @@
 
 Every decoder takes the decoded JSON value and returns it checked (or an `Event`), or raises
 `BadRequest` with a message a user can act on. A peer's request that fails is answered 400 by the
-route (`api.py`); a peer's reply that fails is logged as a warning and ignored (`node.py`).
-Either way nothing changes.
+route (`api.py`); a peer's reply that fails is logged as a warning and ignored (`gossip.py`,
+`pulls.py`, `forwarding.py`). Either way nothing changes.
 
 Bounds (the README's "Range" section), chosen so that everything accepted can be stored exactly
 (SQLite keeps watermarks and sequence numbers as 64-bit INTEGERs, totals as text):

@@ -25,6 +25,9 @@ queued) itself instead: handing it to an idle writer thread and being woken by i
 thread switches, which on a busy machine cost more than the commit. Either way one group is
 committed at a time (`_commit_lock`), and while one is, new jobs queue for the writer thread.
 
+`StoreGate` is the store as the node gives it to the writer: the close at shutdown waits for no
+commit and never runs under one.
+
 Without a store (`--in-memory`) there is nothing to wait for: jobs run inline, serialised by a
 lock, which saves two thread switches per request; the same savepoint and install rules hold.
 """
@@ -37,7 +40,7 @@ from typing import Callable
 from dcounter.commitgroup import GroupCommit
 from dcounter.commitgroup import fail as _fail
 from dcounter.counter import Counter, Event, Txn
-from dcounter.errors import Unavailable
+from dcounter.errors import StorageFailure, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -233,3 +236,33 @@ class Writer:
 
 def _log_fatal(reason: str) -> None:
     log.critical("%s", reason)
+
+
+class StoreGate:
+    """The store as the writer sees it. A write and the close at shutdown exclude each other,
+    so the store is never closed under a running commit; a write after the close fails like a
+    storage failure (nothing is acknowledged)."""
+
+    def __init__(self, store):  # a store.Store
+        self.store = store
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def write(self, txn) -> None:
+        with self._lock:
+            if self._closed:
+                raise StorageFailure("storage closed: the node is shutting down")
+            self.store.write(txn)
+
+    def close(self) -> bool:
+        """Checkpoint and close, unless a commit is running; returns whether it closed."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if not self._closed:
+                self._closed = True
+                self.store.checkpoint()
+                self.store.close()
+            return True
+        finally:
+            self._lock.release()
