@@ -9,8 +9,8 @@
 * `blackhole`: N nodes, K of them stopped with SIGSTOP at once (their sockets accept and never
   answer, as over a dropped link), and whether the running nodes keep listing each other.
 
-Processes are started and ended by pid through the benchmark's `Processes` (bench.py); stopped
-ones are continued before they are ended. Every wait is bounded.
+Processes are started and ended by pid through the benchmark's `Processes` (benchprocs.py);
+stopped ones are continued before they are ended. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 
-from dcounter import bench
+from dcounter import benchprocs
 from dcounter.simscale import supported_size
 
 MEMBERSHIP_ROUTES = ("/nodes/heartbeat", "/nodes/join", "/nodes/leave")
@@ -31,13 +31,13 @@ MEMBERSHIP_ROUTES = ("/nodes/heartbeat", "/nodes/join", "/nodes/leave")
 
 def _node_sample(port: int, pid: int) -> dict:
     membership = other = 0.0
-    for name, value in bench.metric_samples(port):
+    for name, value in benchprocs.metric_samples(port):
         if name.startswith("dcounter_http_requests_total{"):
             if any(f'route="{route}"' in name for route in MEMBERSHIP_ROUTES):
                 membership += float(value)
             else:
                 other += float(value)
-    return {"membership": membership, "other": other, "cpu": bench.cpu_seconds(pid),
+    return {"membership": membership, "other": other, "cpu": benchprocs.cpu_seconds(pid),
             "sockets": _sockets(pid), "incoming": _incoming(port)}
 
 
@@ -77,10 +77,10 @@ def measure_processes(size: int, window: float = 30.0, settle: float = 5.0) -> d
     """Start `size` in-memory nodes with the default timings, wait until they list each other
     and `settle` seconds more, then measure `window` seconds of idling. Per node: membership
     requests served per second, CPU seconds per second, open sockets."""
-    procs = bench.Processes()
+    procs = benchprocs.Processes()
     workdir = tempfile.mkdtemp(prefix="dcounter-scale-")
     try:
-        target = bench.start_cluster(procs, workdir, size, durable=False)
+        target = benchprocs.start_cluster(procs, workdir, size, durable=False)
         time.sleep(settle)  # joins and the first heartbeats are not the steady state
         pairs = list(zip(target.ports, target.pids))
         before = [_node_sample(port, pid) for port, pid in pairs]
@@ -121,11 +121,11 @@ def blackhole(size: int, stopped: int, watch: float = 20.0) -> dict:
     never answer, as a dropped link does: each call to them takes --request-timeout), and for
     `watch` seconds poll every running node's `GET /nodes`. Returns how many times a running
     node was seen not listing another running node, and when that first happened."""
-    procs = bench.Processes()
+    procs = benchprocs.Processes()
     workdir = tempfile.mkdtemp(prefix="dcounter-blackhole-")
     paused: list[int] = []
     try:
-        target = bench.start_cluster(procs, workdir, size, durable=False)
+        target = benchprocs.start_cluster(procs, workdir, size, durable=False)
         ids = [f"localhost:{port}" for port in target.ports]
         running = list(range(size - stopped, size))
         for i in range(size - stopped):
@@ -133,7 +133,7 @@ def blackhole(size: int, stopped: int, watch: float = 20.0) -> dict:
             paused.append(target.pids[i])
         began = time.monotonic()
         misses, first = 0, None
-        clients = {i: bench.Client(target.ports[i], timeout=2.0) for i in running}
+        clients = {i: benchprocs.Client(target.ports[i], timeout=2.0) for i in running}
         while time.monotonic() - began < watch:
             for i in running:
                 status, body = clients[i].request("GET", "/nodes")

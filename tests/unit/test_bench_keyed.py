@@ -1,9 +1,10 @@
 """The benchmark's keyed runs: the wrk script's keys, the rows' names, the forwarded share."""
 
 from dcounter import validation
-from dcounter.bench import (Scrape, build_parser, config_name, forwarded_notes, forwarded_share,
-                            idempotency_key, key_prefix, render_compact, render_table,
-                            wrk_script)
+from dcounter.bench import build_parser
+from dcounter.benchload import idempotency_key, key_prefix, wrk_script
+from dcounter.benchprocs import Scrape, config_name
+from dcounter.benchreport import forwarded_notes, forwarded_share, render_compact, render_table
 from tests.unit.test_bench_report import MEMORY, ROWS, row
 
 

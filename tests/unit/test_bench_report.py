@@ -1,6 +1,7 @@
 """The benchmark's report: a compact terminal table, the full one in Markdown, a short header."""
 
-from dcounter.bench import render_compact, render_table, wrk_name
+from dcounter.benchload import wrk_name
+from dcounter.benchreport import render_compact, render_table
 
 
 def row(config, nodes, rate, **changes):
