@@ -267,10 +267,9 @@ class Simulation:
             problems.insert(0, f"not converged {SETTLE_DEADLINE:.0f}s after healing: "
                                f"{self.unsettled()}")
         else:
-            values = next(iter(self.nodes.values())).counter.counters()
+            values = self.oracle.shown(next(iter(self.nodes.values())), self.nodes)
             problems += self.oracle.exact(self.nodes, COUNTERS)
-            problems += self.oracle.bounds(values, COUNTERS,
-                                           next(iter(self.nodes.values())).disk.base_covers)
+            problems += self.oracle.bounds(values, COUNTERS)
             cfg = next(iter(self.nodes.values())).cfg
             wrong, keys_checked, keys_used = self.oracle.keys_once(
                 list(self.nodes), self.plan.faults, cfg.peer_timeout + cfg.heartbeat_interval)

@@ -64,8 +64,9 @@ class Oracle:
         self.strict_keys = strict_keys
         self.clock = clock  # the virtual time, for when keyed events were made
         self.attempts: list[Attempt] = []
-        # (attempt, its reset event, the retired origins its cover of the base covers)
-        self.resets: list[tuple[Attempt, object, dict[str, int]]] = []
+        # (attempt, its reset event, the retired origins its cover of the base covers with
+        # their final watermarks, and what of each the base it covered had folded in as covered)
+        self.resets: list[tuple[Attempt, object, dict[str, int], dict[str, int]]] = []
         self.made: collections.Counter = collections.Counter()  # event id -> times made
         self.key_events: dict[str, list[tuple[str, str, float]]] = collections.defaultdict(list)
         self.epoch: dict[str, int] = collections.defaultdict(int)  # node -> key epoch
@@ -89,18 +90,23 @@ class Oracle:
             if event.key is not None:
                 pushed.add(event.key)
 
-    def committed(self, node_id: str, attempt: Attempt, event, retired=None) -> None:
+    def committed(self, node_id: str, attempt: Attempt, event, retired=None,
+                  base_covers=None) -> None:
         """A client's attempt made a new local event at `node_id`; for a reset, `retired` is
         the node's retired set (origin -> final watermark, in the order they retired) after
         the reset committed: a cover of the base covers its first origins, as many as the
-        cover's watermark says."""
-        retired = retired or {}
+        cover's watermark says; `base_covers` what the node's base folded in of each (its
+        disk's `base_covers`)."""
+        retired, base_covers = retired or {}, base_covers or {}
         origin, seq = event.origin, event.seq
         attempt.event = (origin, seq)
         self.made[event.id] += 1
         if event.reset is not None:
             base = dict(list(retired.items())[:_base_count(event)])
-            self.resets.append((attempt, event, base))
+            name = event.reset.counter
+            folded = {origin: base_covers.get(origin, {}).get(name, (0, 0))[1]
+                      for origin in base}
+            self.resets.append((attempt, event, base, folded))
         elif attempt.key is not None:
             self.key_events[attempt.key].append((node_id, event.id, self.clock()))
         if seq <= self.reused_below.get(origin, 0):
@@ -128,12 +134,11 @@ class Oracle:
                 if not any(disk.holds(origin, seq) for disk in disks):
                     attempt.lost = True
 
-    def bounds(self, values: dict[str, int], counters, base_covers=None) -> list[str]:
+    def bounds(self, values: dict[str, int], counters) -> list[str]:
         """Jepsen's counter check, both signs, with resets: every increment's part in the
         value is one of a few numbers (`_options`), and the value lies between the sums of the
-        smallest and the largest. `base_covers`: per retired origin, the covers of it its base
-        folded in (the nodes' `MemoryStore.base_covers`)."""
-        definite, maybe = self._resets_by_outcome(base_covers or {})
+        smallest and the largest. `values` as every reset would have left them (`shown`)."""
+        definite, maybe = self._resets_by_outcome()
         low, high, acked = (collections.Counter() for _ in range(3))
         for a in self.attempts:
             if a.kind != "increment":
@@ -155,21 +160,16 @@ class Oracle:
                                 f"{len(definite.get(name, ()))} acknowledged reset(s))")
         return problems
 
-    def _resets_by_outcome(self, base_covers) -> tuple[dict, dict]:
+    def _resets_by_outcome(self) -> tuple[dict, dict]:
         """Counter -> the {origin: covered watermark} of its resets that certainly apply
         (acknowledged, not lost), and of those that may (the answer was lost, or the README
-        lets it go). A reset's cover of an origin that retired with a nearer cover folded into
-        the base did not apply: the README's window (the reset reached a node only after that
-        node retired the origin, and that node's base is the one every node holds)."""
+        lets it go)."""
         definite, maybe = collections.defaultdict(list), collections.defaultdict(list)
-        for attempt, event, base in self.resets:
-            name = event.reset.counter
+        for attempt, event, base, _folded in self.resets:
             # A cover of the base covers every event of the origins it held: all of them up to
             # their final watermark (later ones are refused).
-            covered = {**base, **{origin: w for origin, w, total in event.reset.covers
-                                  if origin != RETIRED_ENTRY and not (
-                                      origin in base_covers
-                                      and base_covers[origin].get(name, (0, 0)) < (w, total))}}
+            covered = {**base, **{origin: w for origin, w, _total in event.reset.covers
+                                  if origin != RETIRED_ENTRY}}
             certain = attempt.state == "new" and not attempt.lost and self.made[event.id] == 1
             (definite if certain else maybe)[event.reset.counter].append(covered)
         return definite, maybe
@@ -180,7 +180,7 @@ class Oracle:
         of it), reading what each reset covered from the reset event; a deleted name is
         hidden exactly while its count is 0. A counter whose reset's id was made twice (a
         restored node re-used it) is left out: the checker cannot tell which one applied."""
-        furthest, deleted, unclear = furthest_covers(self.resets, self.made, nodes)
+        furthest, _, deleted, unclear = furthest_covers(self.resets, self.made, nodes)
         problems = []
         for name in counters:
             if name in unclear:
@@ -205,12 +205,22 @@ class Oracle:
                     break
         return problems
 
+    def shown(self, node, nodes: dict) -> dict[str, int]:
+        """`node`'s counters less what retirement left unreset there (`unreset_parts`): what
+        it would show had every reset applied to every origin it covers."""
+        values = node.counter.counters()
+        if any(other.disk.base_covers for other in nodes.values()):
+            furthest, base_cover, _, _ = furthest_covers(self.resets, self.made, nodes)
+            for name, part in unreset_parts(node, furthest, base_cover).items():
+                values[name] = node.counter.count(name) - part
+        return values
+
     def unreset(self, nodes: dict) -> int:
-        """How many (node, counter) show a part a reset covered because the node's base folded
-        in the origin before the reset's cover (`unreset_parts`)."""
-        furthest = furthest_covers(self.resets, self.made, nodes)[0]
+        """How many (node, counter) show something else than every reset would have left,
+        because of the README's window (`unreset_parts`)."""
+        furthest, base_cover, _, _ = furthest_covers(self.resets, self.made, nodes)
         return sum(1 for node in nodes.values()
-                   for part in unreset_parts(node, furthest).values() if part)
+                   for part in unreset_parts(node, furthest, base_cover).values() if part)
 
     def keys_once(self, members, faults, settle: float) -> tuple[list[str], int, int]:
         """The README's promise for keys, conservatively: a key whose every routing node listed
@@ -277,13 +287,15 @@ def _touches(fault, home: str, start: float, end: float, settle: float) -> bool:
     return touched and fault.start <= end and start <= stop
 
 
-def furthest_covers(resets, made, nodes: dict) -> tuple[dict, set, set]:
+def furthest_covers(resets, made, nodes: dict) -> tuple[dict, dict, set, set]:
     """Of the reset events some node holds: per counter the furthest cover of each origin (and
-    of the base, `RETIRED_ENTRY`), the deleted names, and the counters a reset id made twice
-    leaves unclear."""
+    of the base, `RETIRED_ENTRY`); per counter, for the furthest cover of the base, the
+    retired origins it covers and what the base it covered had folded in of each as covered;
+    the deleted names; and the counters a reset id made twice leaves unclear."""
     furthest: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
+    base_cover: dict[str, dict[str, int]] = {}
     deleted, unclear = set(), set()
-    for _attempt, event, _base in resets:
+    for _attempt, event, _base, folded in resets:
         reset = event.reset
         if made[event.id] > 1:
             unclear.add(reset.counter)
@@ -294,20 +306,26 @@ def furthest_covers(resets, made, nodes: dict) -> tuple[dict, set, set]:
             mine = furthest[reset.counter].get(origin)
             if mine is None or (w, total) > mine:
                 furthest[reset.counter][origin] = (w, total)
-    return furthest, deleted, unclear
+                if origin == RETIRED_ENTRY:
+                    base_cover[reset.counter] = folded
+    return furthest, base_cover, deleted, unclear
 
 
-def unreset_parts(node, furthest: dict) -> dict[str, int]:
-    """Per counter, what `node` shows above the furthest covers because its base folded in a
-    retired origin with a nearer cover: the README's window (a reset reached some node only
-    after that node retired an origin the reset covers), by which nodes may disagree."""
+def unreset_parts(node, furthest: dict, base_cover: dict) -> dict[str, int]:
+    """Per counter, what `node` shows beyond what every reset would have left, because of the
+    README's window: a reset reached a node only after that node retired an origin the reset
+    covers, so its base folded the origin in with a nearer cover. Per retired origin in the
+    node's base, that is the covered total the origin should have (the furthest cover's, or
+    for an origin under the furthest cover of the base what the covered base had folded in)
+    less the covered total the node's base folded in."""
     parts: dict[str, int] = collections.defaultdict(int)
     for origin, folded in node.disk.base_covers.items():
-        for name, per_origin in furthest.items():
-            cover = per_origin.get(origin)
-            if cover is not None and cover > folded.get(name, (0, 0)):
-                parts[name] += cover[1] - folded.get(name, (0, 0))[1]
-    return parts
+        for name in set(furthest) | set(base_cover):
+            covered = base_cover.get(name, {})
+            should = covered[origin] if origin in covered else \
+                furthest.get(name, {}).get(origin, (0, 0))[1]
+            parts[name] += should - folded.get(name, (0, 0))[1]
+    return {name: part for name, part in parts.items() if part}
 
 
 def _base_count(event) -> int:
@@ -322,21 +340,16 @@ def _nonzero(values: dict[str, int]) -> dict[str, int]:
 
 def unsettled(nodes: dict, attempts: list[Attempt], oracle: Oracle | None = None) -> str | None:
     """None once the cluster has converged and nothing is in flight; else the first reason.
-    With the `oracle`, nodes may show different values by exactly the resets' parts their bases
-    left unreset (`unreset_parts`), as the README allows."""
+    With the `oracle`, nodes may show different values by exactly what the README lets
+    retirement leave unreset (`Oracle.shown`)."""
     if any(a.state == "pending" for a in attempts):
         return "client requests still pending"
     first = next(iter(nodes.values()))
     if not first.up:
         return f"{first.node_id} is down"
-    retired = oracle is not None and any(node.disk.base_covers for node in nodes.values())
-    furthest = furthest_covers(oracle.resets, oracle.made, nodes)[0] if retired else {}
 
     def shown(node) -> dict[str, int]:
-        values = node.counter.counters()
-        for name, part in unreset_parts(node, furthest).items():
-            values[name] = node.counter.count(name) - part
-        return _nonzero(values)
+        return _nonzero(node.counter.counters() if oracle is None else oracle.shown(node, nodes))
 
     values = shown(first)
     digest = first.counter.digest()

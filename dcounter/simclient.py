@@ -108,7 +108,7 @@ class Clients:
             outcome = "replayed" if result.replayed else "new"
             if not result.replayed:
                 self.sim.oracle.committed(node.node_id, attempt, result.event,
-                                          node.disk.retired)
+                                          node.disk.retired, node.disk.base_covers)
         self.reply(attempt, outcome)
 
     def reply(self, attempt: Attempt, outcome: str) -> None:

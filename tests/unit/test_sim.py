@@ -6,6 +6,7 @@ import random
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -276,7 +277,7 @@ def test_resets_and_deletes_under_faults_converge_to_what_the_covers_leave():
         outcome = sim.run()
         assert outcome.passed, (seed, outcome.problems)
         assert outcome.resets >= len(sim.plan.faults)
-        applied = [a for a, _event, _base in sim.oracle.resets if a.state == "new"]
+        applied = [a for a, *_reset in sim.oracle.resets if a.state == "new"]
         assert applied, seed
 
 
@@ -317,17 +318,28 @@ def test_an_acknowledged_reset_leaves_only_what_it_did_not_cover():
     assert "outside [3, 3]" in oracle.bounds({"a": 8}, ["a"])[0]
 
 
-def test_a_reset_of_an_origin_its_base_folded_in_with_a_nearer_cover_is_left_unreset():
-    """The README's window: o1 retired (into the base every node holds) before the reset's
-    cover of it reached the node that retired it, so the acknowledged reset did not reset o1's
-    part; with the cover folded in, it did."""
-    oracle = _reset_oracle("new")
-    unreset = {"o1": {}}  # o1 retired with no cover of "a"
-    assert oracle.bounds({"a": 8}, ["a"], unreset) == []
-    assert "outside [8, 8]" in oracle.bounds({"a": 3}, ["a"], unreset)[0]
-    folded = {"o1": {"a": (1, 5)}}
-    assert oracle.bounds({"a": 3}, ["a"], folded) == []
-    assert "outside [3, 3]" in oracle.bounds({"a": 8}, ["a"], folded)[0]
+def _node_with_base(base_covers):
+    return types.SimpleNamespace(disk=types.SimpleNamespace(base_covers=base_covers))
+
+
+def test_a_reset_that_reached_a_node_after_it_retired_the_origin_is_left_unreset_there():
+    """The README's window: o1 retired into a node's base before a reset's cover of it (+5 of
+    counter a) reached the node, so the node shows those 5 above what the reset leaves."""
+    furthest = {"a": {"o1": (1, 5)}}
+    assert unreset_parts(_node_with_base({"o1": {}}), furthest, {}) == {"a": 5}
+    assert unreset_parts(_node_with_base({"o1": {"a": (1, 5)}}), furthest, {}) == {}
+    assert unreset_parts(_node_with_base({}), furthest, {}) == {}  # o1 not retired there
+
+
+def test_a_reset_of_the_base_made_where_the_base_lacked_a_cover_moves_the_others():
+    """Seed 720's shape: n2's base folded o1 in with the cover (17, -8), n1's with (18, -17);
+    a reset of the base made at n2 covers n2's base total. Every node then shows the retired
+    part as (its folded cover - n2's) off: n1 by +9, n2 by nothing."""
+    furthest = {"b": {"o1": (18, -17), "_retired": (1, -9)}}
+    base_cover = {"b": {"o1": -8}}  # what n2's base had folded in of o1 as covered
+    assert unreset_parts(_node_with_base({"o1": {"b": (18, -17)}}), furthest, base_cover) == \
+        {"b": 9}
+    assert unreset_parts(_node_with_base({"o1": {"b": (17, -8)}}), furthest, base_cover) == {}
 
 
 def test_a_reset_after_retirement_covers_every_event_of_the_retired_origins():
@@ -368,9 +380,20 @@ def test_nodes_may_disagree_by_exactly_what_a_late_reset_left_unreset():
     assert outcome.passed, outcome.problems
     shown = {nid: node.counter.count("c") for nid, node in sim.nodes.items()}
     assert len(set(shown.values())) == 2
-    furthest = furthest_covers(sim.oracle.resets, sim.oracle.made, sim.nodes)[0]
-    assert len({shown[nid] - unreset_parts(node, furthest).get("c", 0)
+    furthest, base_cover, _, _ = furthest_covers(sim.oracle.resets, sim.oracle.made, sim.nodes)
+    assert len({shown[nid] - unreset_parts(node, furthest, base_cover).get("c", 0)
                 for nid, node in sim.nodes.items()}) == 1
+
+
+def test_a_reset_of_a_base_that_lacked_a_cover_leaves_nodes_apart_by_it():
+    """Seed 720: n3 and n2 retire n1's old origin before n1's reset of "b" covering it reaches
+    them, n1 after; then n2 resets "b" after retiring it, covering its base as a whole. n1 shows
+    "b" 9 above the others, what n1's reset covered of the origin beyond their cover."""
+    sim = Simulation(720, 3)
+    outcome = sim.run()
+    assert outcome.passed, outcome.problems
+    shown = {nid: node.counter.count("b") for nid, node in sim.nodes.items()}
+    assert shown["n1"] - shown["n2"] == 9 and shown["n2"] == shown["n3"]
 
 
 def test_clock_jumps_stay_within_a_quarter_of_the_retire_after():
