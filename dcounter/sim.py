@@ -92,7 +92,6 @@ class Simulation:
         self._origin_rng = random.Random(f"{seed}/origins")
         self.call_ids = itertools.count(1)
         self.origins_made = 0
-        self.pull_settle = min(0.25, config.heartbeat_interval / 2)
         self.rejoin_tick = 0.5
         self.oracle = Oracle(strict_keys, clock=lambda: self.world.now)
         self.counter_names = COUNTERS

@@ -615,8 +615,10 @@ class SimNode:
                           + txn.adopt_held(o, s.get("held", []), now)
                           for o, s in snapshot.items())
             self.adopt_covers(txn, reply)
-            folded = {origin: reply["base_covers"].get(origin, {}) for origin in newly
-                      if txn.is_retired(origin)}
+            # The peer's base replaced ours whole: what it folded in of every origin is now ours.
+            taken = any(txn.is_retired(origin) for origin in newly)
+            folded = {origin: reply["base_covers"].get(origin, {}) for origin in base} \
+                if taken else {}
             return adopted, folded
 
         def done(j: Job) -> None:

@@ -396,6 +396,17 @@ def test_a_reset_of_a_base_that_lacked_a_cover_leaves_nodes_apart_by_it():
     assert shown["n1"] - shown["n2"] == 9 and shown["n2"] == shown["n3"]
 
 
+def test_a_node_that_adopts_a_base_shows_what_that_base_folded_in():
+    """Seed 1920: n5 retires an origin without a reset's cover the others folded in, then
+    adopts their base (one more origin retired): the base, and what it folded in of every
+    origin, is theirs, and the nodes agree."""
+    sim = Simulation(1920, 5)
+    outcome = sim.run()
+    assert outcome.passed, outcome.problems
+    assert outcome.retired == 2 and outcome.unreset == 0
+    assert len({node.counter.count("c") for node in sim.nodes.values()}) == 1
+
+
 def test_clock_jumps_stay_within_a_quarter_of_the_retire_after():
     """A wall clock jumping further than --origin-retire-after makes a listed-a-moment-ago
     origin look idle that long: the jumps shrink with a short retire-after (same draws)."""
