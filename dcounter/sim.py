@@ -13,6 +13,12 @@ and go (simnet.py); then everything heals (paused nodes resume, down nodes resta
 is whole) and the run goes on until the cluster has converged, or fails when a deadline passes
 first. What is then checked is in simcheck.py; the node model in simnode.py.
 
+Origin retirement runs as in the real node, in every cleanup sweep. Seven seeds in eight set
+`--origin-retire-after` to 20-40 virtual seconds (`retire_after`), so that the origins left idle
+by a wiped node or a restored backup retire within the run, at some nodes while others still
+hold or pull their events; the clock jumps of such a run are scaled down to a quarter of it (a
+jump past it is the README's window of a node unlisted for longer).
+
 A restored backup is restored the way the tools do it (`dcounter-node backup`/`restore`): it
 takes a fresh origin when the node starts. `--unmarked-backups` restores copies made by hand
 instead (a documented misuse: the copy reuses its origin); clients then send to a restored node
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import itertools
 import logging
 import random
@@ -54,13 +61,26 @@ INJECTS = ("ack-failed-commit", "stale-link-backoff", "forget-key-on-duplicate",
 WORK_UNTIL = 61.0        # virtual seconds of client traffic
 SETTLE_DEADLINE = 90.0   # virtual seconds after healing to converge
 SIM_CONFIG = Config(max_backlog=40, gap_cap=30, batch_max=16)  # small bounds, so they are hit
+# `--origin-retire-after` of a seed: seven seeds in eight draw it from this range of virtual
+# seconds, so that origins left idle early in a run (a wiped node's, a restored backup's) retire
+# within it, at some nodes before others; the eighth keeps the default 7 days (none retires).
+RETIRE_AFTER = (20.0, 40.0)
+
+
+def retire_after(seed: int) -> float:
+    rng = random.Random(f"{seed}/retire")
+    if rng.random() < 0.125:
+        return SIM_CONFIG.origin_retire_after
+    return round(rng.uniform(*RETIRE_AFTER), 1)
 
 
 class Simulation:
     def __init__(self, seed: int, nodes: int, *, inject: str | None = None,
                  strict_keys: bool = True, unmarked_backups: bool = False,
                  slow_links: bool = False, eager_restored: bool = False, trace=None,
-                 config: Config = SIM_CONFIG):
+                 config: Config | None = None):
+        if config is None:
+            config = dataclasses.replace(SIM_CONFIG, origin_retire_after=retire_after(seed))
         self.seed = seed
         self.inject = inject
         self.unmarked_backups = unmarked_backups
@@ -72,10 +92,13 @@ class Simulation:
         self._origin_rng = random.Random(f"{seed}/origins")
         self.call_ids = itertools.count(1)
         self.origins_made = 0
-        self.pull_settle = min(0.25, config.heartbeat_interval / 2)
         self.rejoin_tick = 0.5
         self.oracle = Oracle(strict_keys, clock=lambda: self.world.now)
+        self.counter_names = COUNTERS
         self.forwards = 0  # keyed increments forwarded to their key's home
+        self.retired: set[str] = set()  # origins retired at some node
+        self.retirements = 0            # (node, origin) retirements, a node's sweep or adopted
+        self.retired_refused = 0        # replicated events of retired origins refused
         ids = [f"n{i}" for i in range(1, nodes + 1)]
         self.nodes: dict[str, SimNode] = {}
         for i, nid in enumerate(ids):
@@ -85,7 +108,12 @@ class Simulation:
             node = self.nodes[nid] = SimNode(self, nid, tuple(sorted(seeds)), config)
             self.net.endpoints[nid] = node.receive
         kinds = FAULT_KINDS + EXTRA_KINDS * 3 if slow_links else FAULT_KINDS
-        self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids, kinds=kinds)
+        # A wall clock that jumps further than --origin-retire-after makes every origin look
+        # idle for that long (the README's window of a node unlisted for longer): the jumps of
+        # a run with a short retire-after are scaled down with it, to a quarter of it at most.
+        max_jump = min(3600.0, config.origin_retire_after / 4)
+        self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids, kinds=kinds,
+                              max_jump=max_jump)
         self.heal_at = max(WORK_UNTIL + 1.0, self.plan.end() + 1.0)
         self.clients = Clients(self, self.rng, random.Random(f"{seed}/resets"))
         self.group_commit = AcksFailedGroups() if inject == "ack-failed-commit" else GroupCommit()
@@ -95,6 +123,14 @@ class Simulation:
         if self.inject == "stale-link-backoff":
             return ByPeerName(policy)
         return RetrySchedule(policy)
+
+    def note_retirement(self, nid: str, txn) -> None:
+        """What a committed group did about retired origins, for the summary: origins it
+        retired (by the sweep or by adopting a peer's base) and their events it refused."""
+        for origin in txn.retired_add:
+            self.retired.add(origin)
+            self.retirements += 1
+        self.retired_refused += txn.retired_refused
 
     def new_origin(self) -> str:
         self.origins_made += 1
@@ -211,7 +247,7 @@ class Simulation:
         self.world.after(0.5, self._check_settled)
 
     def unsettled(self) -> str | None:
-        return unsettled(self.nodes, self.oracle.attempts)
+        return unsettled(self.nodes, self.oracle.attempts, self.oracle)
 
     @property
     def ops(self) -> int:
@@ -230,7 +266,7 @@ class Simulation:
             problems.insert(0, f"not converged {SETTLE_DEADLINE:.0f}s after healing: "
                                f"{self.unsettled()}")
         else:
-            values = next(iter(self.nodes.values())).counter.counters()
+            values = self.oracle.shown(next(iter(self.nodes.values())), self.nodes)
             problems += self.oracle.exact(self.nodes, COUNTERS)
             problems += self.oracle.bounds(values, COUNTERS)
             cfg = next(iter(self.nodes.values())).cfg
@@ -244,6 +280,9 @@ class Simulation:
                           self.world.trace_hash(), self.plan)
         outcome.resets, outcome.deletes = self.clients.resets, self.clients.deletes
         outcome.forwards = self.forwards
+        outcome.retired = len(self.retired)
+        if settled:
+            outcome.unreset = self.oracle.unreset(self.nodes)
         if settled:
             outcome.keys_checked, outcome.keys_used = keys_checked, keys_used
         return outcome
@@ -313,6 +352,8 @@ class Outcome:
         self.virtual, self.ops, self.faults, self.trace_hash = virtual, ops, faults, trace_hash
         self.plan = plan
         self.resets = self.deletes = self.forwards = 0
+        self.retired = 0  # origins retired at some node
+        self.unreset = 0  # (node, counter) showing a part a reset covered: the README's window
         self.keys_checked = self.keys_used = 0  # keys held to "counts once at any node"
 
     @property
@@ -340,7 +381,9 @@ def summary_line(outcomes: list[Outcome]) -> str:
             f"deletes={sum(o.deletes for o in outcomes)} "
             f"forwarded={sum(o.forwards for o in outcomes)} "
             f"keys_checked={sum(o.keys_checked for o in outcomes)}"
-            f"/{sum(o.keys_used for o in outcomes)} faults: {kinds}")
+            f"/{sum(o.keys_used for o in outcomes)} "
+            f"retired={sum(o.retired for o in outcomes)} "
+            f"unreset={sum(o.unreset for o in outcomes)} faults: {kinds}")
 
 
 def reproduce(outcome: Outcome, options: dict, size_fixed: bool) -> str:

@@ -5,14 +5,19 @@ committed or received, and which acknowledged increments the README lets go.
 The checks, run once the cluster has healed and settled (`unsettled` is None):
 
 * `unsettled`: every node is up, shows the same counters and digest, lists every other node,
-  and has nothing left to send or pull;
-* `Oracle.exact`: each counter is what the applied events and resets make, the sum over origins
-  of (the origin's total - the total of the furthest cover of it), read from the reset events;
-  a deleted name is hidden exactly while its count is 0;
+  and has nothing left to send or pull. Nodes may show different counters by exactly what the
+  README lets retirement leave unreset (`unreset_parts`: a reset's cover of an origin that a
+  node's base folded in with a nearer cover), and by nothing else;
+* `Oracle.exact`: at each node, each counter is what the applied events and resets make, the
+  sum over live origins of (the origin's total - the total of the furthest cover of it), read
+  from the reset events, plus the base of the retired origins less the furthest cover of the
+  base; a deleted name is hidden exactly while its count is 0;
 * `Oracle.bounds`: each counter lies within Jepsen's bounds over the increments' possible parts
   (`_options`): acknowledged ones their delta, indeterminate ones 0 or their delta, covered ones
-  (origin:seq at or below a reset's covered watermark of that origin) 0 under an acknowledged
-  reset and either under one whose answer was lost;
+  (origin:seq at or below a reset's covered watermark of that origin; a cover of the base
+  covers the retired origins the resetting node held, up to their final watermarks) 0 under an
+  acknowledged reset and either under one whose answer was lost; a cover the base left
+  unreset (above) covers nothing;
 * `Oracle.committed`, as events commit: a key retried at the same node counts once (per key
   epoch: a wiped or restored node has lost its keys); with strict keys, also at a node the event
   and its key reached by replication;
@@ -31,6 +36,7 @@ from __future__ import annotations
 import collections
 
 from dcounter import keyhome
+from dcounter.retirement import RETIRED_ENTRY
 
 
 class Attempt:
@@ -58,7 +64,9 @@ class Oracle:
         self.strict_keys = strict_keys
         self.clock = clock  # the virtual time, for when keyed events were made
         self.attempts: list[Attempt] = []
-        self.resets: list[tuple[Attempt, object]] = []  # (attempt, its reset event)
+        # (attempt, its reset event, the retired origins its cover of the base covers with
+        # their final watermarks, and what of each the base it covered had folded in as covered)
+        self.resets: list[tuple[Attempt, object, dict[str, int], dict[str, int]]] = []
         self.made: collections.Counter = collections.Counter()  # event id -> times made
         self.key_events: dict[str, list[tuple[str, str, float]]] = collections.defaultdict(list)
         self.epoch: dict[str, int] = collections.defaultdict(int)  # node -> key epoch
@@ -82,13 +90,23 @@ class Oracle:
             if event.key is not None:
                 pushed.add(event.key)
 
-    def committed(self, node_id: str, attempt: Attempt, event) -> None:
-        """A client's attempt made a new local event at `node_id`."""
+    def committed(self, node_id: str, attempt: Attempt, event, retired=None,
+                  base_covers=None) -> None:
+        """A client's attempt made a new local event at `node_id`; for a reset, `retired` is
+        the node's retired set (origin -> final watermark, in the order they retired) after
+        the reset committed: a cover of the base covers its first origins, as many as the
+        cover's watermark says; `base_covers` what the node's base folded in of each (its
+        disk's `base_covers`)."""
+        retired, base_covers = retired or {}, base_covers or {}
         origin, seq = event.origin, event.seq
         attempt.event = (origin, seq)
         self.made[event.id] += 1
         if event.reset is not None:
-            self.resets.append((attempt, event))
+            base = dict(list(retired.items())[:_base_count(event)])
+            name = event.reset.counter
+            folded = {origin: base_covers.get(origin, {}).get(name, (0, 0))[1]
+                      for origin in base}
+            self.resets.append((attempt, event, base, folded))
         elif attempt.key is not None:
             self.key_events[attempt.key].append((node_id, event.id, self.clock()))
         if seq <= self.reused_below.get(origin, 0):
@@ -119,7 +137,7 @@ class Oracle:
     def bounds(self, values: dict[str, int], counters) -> list[str]:
         """Jepsen's counter check, both signs, with resets: every increment's part in the
         value is one of a few numbers (`_options`), and the value lies between the sums of the
-        smallest and the largest."""
+        smallest and the largest. `values` as every reset would have left them (`shown`)."""
         definite, maybe = self._resets_by_outcome()
         low, high, acked = (collections.Counter() for _ in range(3))
         for a in self.attempts:
@@ -147,8 +165,11 @@ class Oracle:
         (acknowledged, not lost), and of those that may (the answer was lost, or the README
         lets it go)."""
         definite, maybe = collections.defaultdict(list), collections.defaultdict(list)
-        for attempt, event in self.resets:
-            covered = {origin: w for origin, w, _total in event.reset.covers}
+        for attempt, event, base, _folded in self.resets:
+            # A cover of the base covers every event of the origins it held: all of them up to
+            # their final watermark (later ones are refused).
+            covered = {**base, **{origin: w for origin, w, _total in event.reset.covers
+                                  if origin != RETIRED_ENTRY}}
             certain = attempt.state == "new" and not attempt.lost and self.made[event.id] == 1
             (definite if certain else maybe)[event.reset.counter].append(covered)
         return definite, maybe
@@ -159,34 +180,18 @@ class Oracle:
         of it), reading what each reset covered from the reset event; a deleted name is
         hidden exactly while its count is 0. A counter whose reset's id was made twice (a
         restored node re-used it) is left out: the checker cannot tell which one applied."""
-        first = next(iter(nodes.values()))
-        digest = first.counter.digest()
-
-        def applied(event) -> bool:
-            return digest.get(event.origin, 0) >= event.seq or \
-                any(node.disk.holds(event.origin, event.seq) for node in nodes.values())
-
-        furthest: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
-        deleted, unclear = set(), set()
-        for _attempt, event in self.resets:
-            reset = event.reset
-            if self.made[event.id] > 1:
-                unclear.add(reset.counter)
-            if not applied(event):
-                continue
-            deleted.update([reset.counter] if reset.delete else [])
-            for origin, w, total in reset.covers:
-                mine = furthest[reset.counter].get(origin)
-                if mine is None or (w, total) > mine:
-                    furthest[reset.counter][origin] = (w, total)
+        furthest, _, deleted, unclear = furthest_covers(self.resets, self.made, nodes)
         problems = []
         for name in counters:
             if name in unclear:
                 continue
-            view = first.counter.read_view(name)
-            expected = sum(prefix + sum(held.values()) for _w, prefix, held in view.values())
-            expected -= sum(total for _w, total in furthest[name].values())
             for node in nodes.values():
+                view = node.counter.read_view(name)
+                expected = sum(prefix + sum(held.values()) for _w, prefix, held in view.values())
+                # The base (`RETIRED_ENTRY`) holds the retired origins' parts less what covered
+                # them when they retired: their covers are not subtracted again.
+                expected -= sum(total for origin, (_w, total) in furthest[name].items()
+                                if origin == RETIRED_ENTRY or not node.counter.is_retired(origin))
                 shows = node.counter.count(name)
                 if shows != expected:
                     problems.append(f"counter {name} = {shows} at {node.node_id}, but the "
@@ -199,6 +204,23 @@ class Oracle:
                                     f"{'listed' if listed else 'hidden'} at {node.node_id}")
                     break
         return problems
+
+    def shown(self, node, nodes: dict) -> dict[str, int]:
+        """`node`'s counters less what retirement left unreset there (`unreset_parts`): what
+        it would show had every reset applied to every origin it covers."""
+        values = node.counter.counters()
+        if any(other.disk.base_covers for other in nodes.values()):
+            furthest, base_cover, _, _ = furthest_covers(self.resets, self.made, nodes)
+            for name, part in unreset_parts(node, furthest, base_cover).items():
+                values[name] = node.counter.count(name) - part
+        return values
+
+    def unreset(self, nodes: dict) -> int:
+        """How many (node, counter) show something else than every reset would have left,
+        because of the README's window (`unreset_parts`)."""
+        furthest, base_cover, _, _ = furthest_covers(self.resets, self.made, nodes)
+        return sum(1 for node in nodes.values()
+                   for part in unreset_parts(node, furthest, base_cover).values() if part)
 
     def keys_once(self, members, faults, settle: float) -> tuple[list[str], int, int]:
         """The README's promise for keys, conservatively: a key whose every routing node listed
@@ -265,18 +287,71 @@ def _touches(fault, home: str, start: float, end: float, settle: float) -> bool:
     return touched and fault.start <= end and start <= stop
 
 
+def furthest_covers(resets, made, nodes: dict) -> tuple[dict, dict, set, set]:
+    """Of the reset events some node holds: per counter the furthest cover of each origin (and
+    of the base, `RETIRED_ENTRY`); per counter, for the furthest cover of the base, the
+    retired origins it covers and what the base it covered had folded in of each as covered;
+    the deleted names; and the counters a reset id made twice leaves unclear."""
+    furthest: dict[str, dict[str, tuple[int, int]]] = collections.defaultdict(dict)
+    base_cover: dict[str, dict[str, int]] = {}
+    deleted, unclear = set(), set()
+    for _attempt, event, _base, folded in resets:
+        reset = event.reset
+        if made[event.id] > 1:
+            unclear.add(reset.counter)
+        if not any(node.disk.holds(event.origin, event.seq) for node in nodes.values()):
+            continue
+        deleted.update([reset.counter] if reset.delete else [])
+        for origin, w, total in reset.covers:
+            mine = furthest[reset.counter].get(origin)
+            if mine is None or (w, total) > mine:
+                furthest[reset.counter][origin] = (w, total)
+                if origin == RETIRED_ENTRY:
+                    base_cover[reset.counter] = folded
+    return furthest, base_cover, deleted, unclear
+
+
+def unreset_parts(node, furthest: dict, base_cover: dict) -> dict[str, int]:
+    """Per counter, what `node` shows beyond what every reset would have left, because of the
+    README's window: a reset reached a node only after that node retired an origin the reset
+    covers, so its base folded the origin in with a nearer cover. Per retired origin in the
+    node's base, that is the covered total the origin should have (the furthest cover's, or
+    for an origin under the furthest cover of the base what the covered base had folded in)
+    less the covered total the node's base folded in."""
+    parts: dict[str, int] = collections.defaultdict(int)
+    for origin, folded in node.disk.base_covers.items():
+        for name in set(furthest) | set(base_cover):
+            covered = base_cover.get(name, {})
+            should = covered[origin] if origin in covered else \
+                furthest.get(name, {}).get(origin, (0, 0))[1]
+            parts[name] += should - folded.get(name, (0, 0))[1]
+    return {name: part for name, part in parts.items() if part}
+
+
+def _base_count(event) -> int:
+    """How many retired origins a reset event's cover of the base covers (0: none)."""
+    return max((w for origin, w, _total in event.reset.covers if origin == RETIRED_ENTRY),
+               default=0)
+
+
 def _nonzero(values: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in values.items() if v}
 
 
-def unsettled(nodes: dict, attempts: list[Attempt]) -> str | None:
-    """None once the cluster has converged and nothing is in flight; else the first reason."""
+def unsettled(nodes: dict, attempts: list[Attempt], oracle: Oracle | None = None) -> str | None:
+    """None once the cluster has converged and nothing is in flight; else the first reason.
+    With the `oracle`, nodes may show different values by exactly what the README lets
+    retirement leave unreset (`Oracle.shown`)."""
     if any(a.state == "pending" for a in attempts):
         return "client requests still pending"
     first = next(iter(nodes.values()))
     if not first.up:
         return f"{first.node_id} is down"
-    values = _nonzero(first.counter.counters())
+
+    def shown(node) -> dict[str, int]:
+        return _nonzero(node.counter.counters() if oracle is None else oracle.shown(node, nodes))
+
+    values = shown(first)
     digest = first.counter.digest()
     for node in nodes.values():
         if not node.up:
@@ -284,7 +359,7 @@ def unsettled(nodes: dict, attempts: list[Attempt]) -> str | None:
         others = sorted(n for n in nodes if n != node.node_id)
         if node.peers.alive() != others:
             return f"{node.node_id} lists {node.peers.alive()}, not {others}"
-        shows = _nonzero(node.counter.counters())
+        shows = shown(node)
         if shows != values:
             return f"{node.node_id} shows {shows}, {first.node_id} {values}"
         if node.counter.digest() != digest:

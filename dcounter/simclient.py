@@ -107,7 +107,8 @@ class Clients:
             result = job.result
             outcome = "replayed" if result.replayed else "new"
             if not result.replayed:
-                self.sim.oracle.committed(node.node_id, attempt, result.event)
+                self.sim.oracle.committed(node.node_id, attempt, result.event,
+                                          node.disk.retired, node.disk.base_covers)
         self.reply(attempt, outcome)
 
     def reply(self, attempt: Attempt, outcome: str) -> None:

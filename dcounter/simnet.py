@@ -186,7 +186,8 @@ class Fault:
 
 
 class FaultPlan:
-    """A seeded schedule of faults inside [3 s, last_start], at least `min_faults` of them.
+    """A seeded schedule of faults inside [3 s, last_start], at least `min_faults` of them. A
+    clock jump moves a node's wall clock by up to `max_jump` seconds either way.
 
     `cluster` provides: `crash(node, keep_disk)`, `restart(node, disk=None)`, `pause(node)`,
     `resume(node)`, `slow(node, lag)`, `fail_commits(node, on)`, `jump_wall(node, seconds)`, `backup(node)`
@@ -194,7 +195,8 @@ class FaultPlan:
     """
 
     def __init__(self, rng: random.Random, nodes: list[str], *, min_faults: int = 3,
-                 max_faults: int = 6, last_start: float = 50.0, kinds=FAULT_KINDS):
+                 max_faults: int = 6, last_start: float = 50.0, kinds=FAULT_KINDS,
+                 max_jump: float = 3600.0):
         self.faults: list[Fault] = []
         busy: dict[str, list[tuple[float, float]]] = {n: [] for n in nodes}
         count = rng.randint(min_faults, max_faults)
@@ -214,7 +216,10 @@ class FaultPlan:
                     busy[node].append((start, end))
                 fault.node = node
                 if kind == "clockjump":
-                    fault.detail["jump"] = round(rng.choice((-1, 1)) * rng.uniform(5, 3600), 3)
+                    # 5 s to an hour, scaled down to `max_jump` (the same draws either way).
+                    scale = max_jump / 3600.0
+                    fault.detail["jump"] = round(rng.choice((-1, 1)) * rng.uniform(5, 3600)
+                                                 * scale, 3)
                 elif kind in ("crash", "wipe", "backup", "leave", "slowlink"):
                     fault.detail["down"] = round(rng.uniform(0.5, 3.0), 3)
                 if kind == "slowlink":

@@ -26,6 +26,10 @@ message or a timer, and every decision is taken by the object the real node asks
                    store write fails every job
     resets/keys    `reset`, and keyed increments decided at their key's home
                    (`client_increment`/`on_forward`, keyhome.py)
+    retirement     the cleanup sweep retires idle origins (`Txn.retire_origins` with the listed
+                   peers and their origins, as `Node.cleanup_once`), pulls adopt a peer's base;
+                   the disk keeps activity, retired set and base as store.py does, and notes for
+                   the checker the covers each retired origin's base folded in
 
 A stale timer or answer of an earlier incarnation is ignored; while paused, timers and messages
 queue up in the inbox and run on resume. A request to a node that is down is refused at once
@@ -44,6 +48,7 @@ from dcounter.errors import DcounterError, StorageFailure
 from dcounter.membership import Contact, contact_from, contact_to, join_reply_peers, link_changes
 from dcounter.outbox import EVENTS_PER_PEER, LinkState, Outbox
 from dcounter.peers import PeerStore
+from dcounter.retirement import RETIRED_ENTRY
 from dcounter.retry import RetryPolicy
 from dcounter.simnet import NodeClock
 from dcounter.wire import decode_covers, decode_deleted, decode_snapshot
@@ -64,6 +69,16 @@ class MemoryStore:
         self.keys: dict[str, KeyRecord] = {}
         self.covers: dict[str, dict[str, tuple[int, int]]] = {}  # counter -> origin -> cover
         self.deleted: set[str] = set()
+        # Origin retirement (retirement.py): the live origins' activity, the retired origins'
+        # final watermarks (in the order they retired: a reset's cover of the base covers the
+        # first of them) and their base.
+        self.activity: dict[str, tuple[int, float]] = {}
+        self.retired: dict[str, int] = {}
+        self.base: dict[str, int] = {}
+        # Not stored by store.py, only the checker's: per retired origin, the covers of it (per
+        # counter) that the base folded in when the origin retired, here or at the node whose
+        # base this one adopted. A reset's cover beyond them never applied (the README's window).
+        self.base_covers: dict[str, dict[str, tuple[int, int]]] = {}
         # Set on a copy taken by `dcounter-node backup` and restored by `dcounter-node restore`:
         # the store takes a fresh origin when it next opens (`Store._leave_backup_origin`).
         self.backup_of: str | None = None
@@ -88,7 +103,20 @@ class MemoryStore:
         self.keys.update(txn.keys_add)
         if txn.reorigined_from is not None:
             self.origin = txn.local_origin
+        self.write_retirement(txn)
         self.write_resets(txn)
+
+    def write_retirement(self, txn) -> None:
+        """What `Store._write_retirement_locked` writes."""
+        for origin, activity in txn.activity.items():
+            if origin not in txn.origins_dropped:
+                self.activity[origin] = activity
+        for origin in txn.origins_dropped:
+            for table in (self.watermarks, self.prefixes, self.held, self.activity):
+                table.pop(origin, None)
+        self.retired.update(txn.retired_add)
+        if txn.base is not None:
+            self.base = dict(txn.base)
 
     def write_resets(self, txn) -> None:
         """The covers and tombstones of resets, as `Store._write_resets_locked` writes them."""
@@ -98,6 +126,10 @@ class MemoryStore:
             else:
                 self.covers.setdefault(name, {})[origin] = cover
         self.deleted |= txn.deleted_add
+
+    def retirement(self) -> tuple[dict[str, int], dict[str, int], dict[str, tuple]]:
+        """`Counter.load`'s retired, base and activity, as `Store.load_retirement` reads them."""
+        return dict(self.retired), dict(self.base), dict(self.activity)
 
     def resets(self) -> dict:
         """`Counter.load`'s covers and deleted, as `Store.load_resets` reads them."""
@@ -111,7 +143,10 @@ class MemoryStore:
         return self.origin, origins, dict(self.keys)
 
     def holds(self, origin: str, seq: int) -> bool:
-        return self.watermarks.get(origin, 0) >= seq or seq in self.held.get(origin, {})
+        """Whether the event is stored here: in a live origin's prefix or held, or in the base
+        (a retired origin's events up to its final watermark)."""
+        return self.watermarks.get(origin, 0) >= seq or seq in self.held.get(origin, {}) or \
+            self.retired.get(origin, 0) >= seq
 
     def copy(self) -> "MemoryStore":
         return copy.deepcopy(self)
@@ -153,8 +188,9 @@ class SimNode:
         origin, origins, keys = self.disk.load()
         self.counter = Counter(origin, max_counters=self.cfg.max_counters,
                                gap_cap=self.cfg.gap_cap, key_ttl=self.cfg.idempotency_ttl,
+                               origin_retire_after=self.cfg.origin_retire_after,
                                new_origin=self.sim.new_origin)
-        self.counter.load(origins, keys, **self.disk.resets())
+        self.counter.load(origins, keys, *self.disk.retirement(), **self.disk.resets())
         self.peers = PeerStore(self.node_id, peer_timeout=self.cfg.peer_timeout,
                                policy=self.policy, seeds=self.seeds,
                                max_peers=self.cfg.max_peers, reap_after=self.cfg.reap_after,
@@ -280,6 +316,7 @@ class SimNode:
         txn, _ = self.sim.group_commit.run(self.counter, group, self._write)
         if txn is not None:
             self.counter.install(txn)
+            self.sim.note_retirement(self.node_id, txn)
             if txn.outbound:
                 self.enqueue(txn.outbound)
         for job in group:
@@ -417,7 +454,24 @@ class SimNode:
         self.sync_links()
         wall = self.clock.time()
         self.submit(lambda txn: txn.expire_keys(wall), lambda job: None)
+        # Origin retirement, as `Node.cleanup_once` sweeps: the listed peers (each must have
+        # shown an origin at our watermark) and their own origins (never idle).
+        listed = self.peers.alive()
+        live = {self.peers.origin_of(peer) for peer in listed}
+
+        def sweep(txn):
+            before = {name: txn.covers_of(name) for name in self.sim.counter_names}
+            return {origin: {name: covers[origin] for name, covers in before.items()
+                             if origin in covers}
+                    for origin in txn.retire_origins(wall, listed, live)}
+
+        self.submit(sweep, self.folded)
         self.timer(self.cfg.cleanup_interval, self.cleanup_tick)
+
+    def folded(self, job: Job) -> None:
+        """The checker's note of what a committed retirement folded into the base."""
+        if job.error is None:
+            self.disk.base_covers.update(job.result)
 
     def leave(self) -> None:
         """Graceful stop: tell every listed peer, then go."""
@@ -545,21 +599,34 @@ class SimNode:
                       lambda p=peer, o=origins: self.pulled(p, o, False))
 
     def on_state(self, sender: str, body: dict, respond) -> None:
+        # "base_covers" is no part of the protocol: the checker's note of what this node's base
+        # folded in, for the puller's note if it adopts the base.
         respond({"origins": self.counter.snapshot(body["origins"], body["held"]),
-                 **self.covers_reply()})
+                 **self.covers_reply(), "base_covers": dict(self.disk.base_covers)})
 
     def adopt(self, peer: str, origins: list[str], reply: dict) -> None:
         now = self.clock.time()
 
         def job(txn):
             snapshot = decode_snapshot(reply["origins"], max_held=self.cfg.gap_cap)
-            adopted = sum(txn.adopt(o, s["watermark"], s["counters"])
+            base = snapshot.get(RETIRED_ENTRY, {}).get("retired") or {}
+            newly = [origin for origin in base if not txn.is_retired(origin)]
+            adopted = sum(txn.adopt(o, s["watermark"], s["counters"], s.get("retired"))
                           + txn.adopt_held(o, s.get("held", []), now)
                           for o, s in snapshot.items())
             self.adopt_covers(txn, reply)
-            return adopted
+            # The peer's base replaced ours whole: what it folded in of every origin is now ours.
+            taken = any(txn.is_retired(origin) for origin in newly)
+            folded = {origin: reply["base_covers"].get(origin, {}) for origin in base} \
+                if taken else {}
+            return adopted, folded
 
-        self.submit(job, lambda j: self.pulled(peer, origins, j.error is None))
+        def done(j: Job) -> None:
+            if j.error is None:
+                self.disk.base_covers.update(j.result[1])
+            self.pulled(peer, origins, j.error is None)
+
+        self.submit(job, done)
 
     def pulled(self, peer: str, origins: list[str], ok: bool) -> None:
         self.anti_entropy.pulled(peer, origins, self.counter.digest(), self.now(), ok,

@@ -15,7 +15,8 @@ Bounds (the README's "Range" section), chosen so that everything accepted can be
 * deltas: within +-(2^53-1) and not 0 (what a client may send; see validation.py).
 * an origin's per-counter total in a snapshot: at most `watermark x (2^53-1)` in absolute
   value, the most `watermark` deltas can add up to. It may leave signed 64 bits (origins can
-  offset each other), and the store keeps it exactly.
+  offset each other), and the store keeps it exactly. The base's (`RETIRED_ENTRY`, whose
+  watermark counts the retired origins): within +-2^127, as in covers.
 * origins in a digest, a pull or a snapshot: at most MAX_ORIGINS_PER_PULL; entries in a peer
   list: at most MAX_PEER_LIST.
 * items in a bulk event: 2 to MAX_ITEMS (protocol 2; a single item is a plain event).
@@ -155,8 +156,9 @@ def decode_events(values: list) -> list[Event]:
 
 def decode_snapshot(value, max_held: int = 0) -> dict[str, dict]:
     """`{origin: {"watermark": w, "counters": {name: total}[, "held": [event, ...]]}}`, the reply
-    to a pull: w from 1 to 2^63-1, each total within +-(w x (2^53-1)). `held` (protocol 2) is
-    accepted only when the pull asked for it (`max_held`, at most that many): events of the
+    to a pull: w from 1 to 2^63-1, each total within +-(w x (2^53-1)) (the base of retired
+    origins, `RETIRED_ENTRY`, within +-MAX_BASE_TOTAL: its w counts origins). `held` (protocol
+    2) is accepted only when the pull asked for it (`max_held`, at most that many): events of the
     origin above w, returned decoded (`Event`s); an origin with held events may have w 0. The
     result is a new mapping: `value` is not changed."""
     if not isinstance(value, dict) or len(value) > MAX_ORIGINS_PER_PULL:
@@ -174,13 +176,17 @@ def decode_snapshot(value, max_held: int = 0) -> dict[str, dict]:
         if not (1 if not held else 0) <= w <= MAX_SEQ:
             raise BadRequest("a state's watermark must be from 1 to 2^63-1 (0 only with held "
                              "events)")
-        bound = w * MAX_DELTA
+        # The base's watermark counts the origins it holds, not events: its totals have the
+        # base's own bound, as in covers.
+        bound = MAX_BASE_TOTAL if origin == RETIRED_ENTRY else w * MAX_DELTA
         for name, total in counters.items():
             validation.counter_name(name)
             if not _is_int(total):
                 raise BadRequest("counter totals must be integers")
             if not -bound <= total <= bound:
-                raise BadRequest(f"total of {name!r} is more than {w} events can add up to")
+                raise BadRequest(f"total of {name!r} is more than {w} events can add up to"
+                                 if origin != RETIRED_ENTRY else
+                                 f"the base's total of {name!r} is out of range")
         decoded[origin] = dict(prefix, held=held) if held else prefix
     return decoded
 

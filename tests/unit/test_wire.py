@@ -4,10 +4,11 @@ import random
 
 import pytest
 
-from dcounter.counter import MAX_ITEMS, Event
+from dcounter.counter import MAX_ITEMS, Counter, Event
+from dcounter.retirement import RETIRED_ENTRY
 from dcounter.errors import BadRequest
 from dcounter.validation import INT64_MAX, MAX_DELTA
-from dcounter.wire import (MAX_ORIGINS_PER_PULL, MAX_PEER_LIST, MAX_SEQ, decode_digest,
+from dcounter.wire import (MAX_BASE_TOTAL, MAX_ORIGINS_PER_PULL, MAX_PEER_LIST, MAX_SEQ, decode_digest,
                            decode_event, decode_events, decode_held_summaries, decode_peer_list,
                            decode_runs, decode_snapshot, encode_runs)
 
@@ -159,6 +160,33 @@ def test_snapshots_within_bounds(snapshot):
 def test_snapshots_out_of_bounds(snapshot):
     with pytest.raises(BadRequest):
         decode_snapshot(snapshot)
+
+
+def test_a_base_whose_totals_pass_one_origins_bound_is_adopted_by_a_node_without_it():
+    """The base (`_retired`, its watermark how many origins it holds) adds up whole origins:
+    one retired origin of two events of the largest delta makes a total past 1 x MAX_DELTA. A
+    node that lacks it (a late joiner) decodes the peer's snapshot and adopts it; only a total
+    past the base's own bound (as in covers) is refused."""
+    old, new = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
+    source = Counter(new, origin_retire_after=10.0)
+    txn = source.begin()
+    txn.remote([Event(old, 1, "c", MAX_DELTA, None), Event(old, 2, "c", MAX_DELTA, None)], 0.0)
+    source.install(txn)
+    for now in (0.0, 10.0):  # the first sweep stamps the origin, the second retires it
+        txn = source.begin()
+        txn.retire_origins(now, [], set())
+        source.install(txn)
+    assert source.is_retired(old) and source.digest() == {RETIRED_ENTRY: 1}
+    snapshot = decode_snapshot(source.snapshot([RETIRED_ENTRY]))
+    joiner = Counter("cccccccccccccccc")
+    txn = joiner.begin()
+    entry = snapshot[RETIRED_ENTRY]
+    assert txn.adopt(RETIRED_ENTRY, entry["watermark"], entry["counters"], entry["retired"])
+    joiner.install(txn)
+    assert joiner.count("c") == 2 * MAX_DELTA and joiner.is_retired(old)
+    with pytest.raises(BadRequest):
+        decode_snapshot({RETIRED_ENTRY: {"watermark": 1, "counters": {"c": MAX_BASE_TOTAL + 1},
+                                         "retired": {old: 2}}})
 
 
 # -- held events (protocol 2) ---------------------------------------------------------------------
