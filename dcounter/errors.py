@@ -23,9 +23,6 @@ class NodeError(Exception):
         self.message = message
 
 
-# The former name, still imported by simnode.py; not the client's `dcounter.DcounterError`.
-DcounterError = NodeError
-
 
 class BadRequest(NodeError):
     status = 400

@@ -44,7 +44,7 @@ from dcounter import keyhome
 from dcounter.antientropy import AntiEntropy
 from dcounter.config import Config
 from dcounter.counter import Counter, Event, KeyRecord, OriginState
-from dcounter.errors import DcounterError, StorageFailure
+from dcounter.errors import NodeError, StorageFailure
 from dcounter.membership import Contact, contact_from, contact_to, join_reply_peers, link_changes
 from dcounter.outbox import EVENTS_PER_PEER, LinkState, Outbox
 from dcounter.peers import PeerStore
@@ -320,7 +320,7 @@ class SimNode:
             if txn.outbound:
                 self.enqueue(txn.outbound)
         for job in group:
-            if job.error is not None and not isinstance(job.error, DcounterError):
+            if job.error is not None and not isinstance(job.error, NodeError):
                 raise job.error  # a bug: the run fails loudly
             job.done(job)
         if self.jobs and not self.commit_armed:
@@ -351,7 +351,7 @@ class SimNode:
         try:
             self.contacted(contact_from(self.peers, self.node_id, self.counter.local_origin,
                                         sender, body["origin"], self.now()))
-        except DcounterError:
+        except NodeError:
             respond(None)  # 503: --max-peers listed
             return
         self.learn(sender, body["digest"], body["peers"], body["held"])
@@ -363,7 +363,7 @@ class SimNode:
         try:
             self.contacted(contact_from(self.peers, self.node_id, self.counter.local_origin,
                                         sender, body["origin"], self.now()))
-        except DcounterError:
+        except NodeError:
             respond(None)
             return
         self.learn(sender, body["digest"], body["peers"], body["held"])
