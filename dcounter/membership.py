@@ -125,12 +125,10 @@ def backoff_warnings() -> WarnEvery:
     return WarnEvery(60.0, factor=2.0, cap=600.0)
 
 
-# The members view words these two more briefly than FAILURE_WORDS, as it always has (`dcounter
-# forget` prints "not confirmed by X (no answer in time)"); every other failure reads as on the
-# status page.
-_CONTACT_WORDS = {**FAILURE_WORDS,
-                  "ConnectionError": "could not connect (refused, or the host is unreachable)",
-                  "ReadTimeout": "no answer in time"}
+# The members view words a read timeout more briefly than FAILURE_WORDS, as it always has
+# (`dcounter forget` prints "not confirmed by X (no answer in time)"); every other failure reads
+# as on the status page.
+_CONTACT_WORDS = {**FAILURE_WORDS, "ReadTimeout": "no answer in time"}
 
 
 def in_words(detail: str | None) -> str | None:

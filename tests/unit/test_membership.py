@@ -61,7 +61,7 @@ def test_a_repeated_warning_is_due_once_per_period_and_key():
 def test_contact_failures_are_shown_in_words():
     from dcounter.membership import in_words
     assert in_words("localhost:9: ConnectionError") == \
-        "could not connect (refused, or the host is unreachable)"
+        "could not connect (refused, or no route to the host)"
     assert in_words("vm2:8080: ReadTimeout") == "no answer in time"
     assert "set --tls-ca" in in_words("[::1]:8080: SSLError")
     # Words already pass through, without the peer's id (shown beside it).
