@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
 from http.server import ThreadingHTTPServer
 
 from dcounter.config import Config
@@ -185,15 +184,6 @@ class _Node:
 
 
 # -- the stages -----------------------------------------------------------------------------------
-
-@dataclass
-class Profile:
-    """Every stage's CPU µs, and what was measured to get them."""
-    requests: int
-    stages: dict = field(default_factory=dict)  # name -> µs
-    commit_groups: dict = field(default_factory=dict)  # group size -> µs per group commit
-    notes: list = field(default_factory=list)
-
 
 def _median_rows(rows: list[dict]) -> dict:
     """Per key, the median over blocks."""
