@@ -591,3 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({time.monotonic() - began:.0f} s; CPU time of the thread doing each stage, "
               f"medians where looped)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
