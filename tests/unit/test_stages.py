@@ -10,7 +10,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from dcounter import stages
+from dcounter import stagereport, stages
 
 STAGES = ("bare server", "durable increment", "HTTP server", "route", "counter transaction",
           "writer", "commit of a group of 1", "commit of a group of 50", "in-memory increment",
@@ -35,10 +35,10 @@ def test_every_stage_is_measured_and_the_floors_follow_from_them(tiny_run):
         for value in (us if isinstance(us, list) else [us]):
             assert math.isfinite(value), name
     floors = report["floors"]
-    assert floors["target_replicated_us"] == 0.1 * stages.BENCH_BARE_US
+    assert floors["target_replicated_us"] == 0.1 * stagereport.BENCH_BARE_US
     per_request, per_event = floors["replicated_per_request_us"], floors["replicated_per_event_us"]
     at = floors["replicated_at_batch_us"]
-    assert math.isclose(at[str(stages.BENCH_BATCH)], per_request / stages.BENCH_BATCH + per_event)
+    assert math.isclose(at[str(stagereport.BENCH_BATCH)], per_request / stagereport.BENCH_BATCH + per_event)
     if floors["batch_needed"] is not None:  # that batch meets the target exactly
         assert math.isclose(per_request / floors["batch_needed"] + per_event,
                             floors["target_replicated_us"])
@@ -49,8 +49,8 @@ def test_the_table_names_both_goals(tiny_run):
     figures = dict(tiny_run["figures"])
     figures["replicate"] = {int(batch): row for batch, row in figures["replicate"].items()}
     figures["commit"] = {1: 200.0, 7: 210.0, 50: 250.0}  # JSON keys are text; a clean line
-    report = stages.analyse(figures)
-    text = stages.render(report)
+    report = stagereport.analyse(figures)
+    text = stagereport.render(report)
     assert text.splitlines()[0].startswith("stage")
     assert "Goal 1" in text and "Goal 2" in text
     assert report["floors"]["commit_fixed_us"] > 0
