@@ -151,9 +151,13 @@ def keyed_answer(result):
 
 # -- routes -----------------------------------------------------------------------------------
 
+_INCREMENT_FIELDS = frozenset(("counter", "delta"))
+
+
 def increment(node, request: Request):
     data = json_body(request, allow_empty=True)
-    check_fields(data, optional=("counter", "delta"))
+    if not data.keys() <= _INCREMENT_FIELDS:  # the common body passes without building sets
+        check_fields(data, optional=_INCREMENT_FIELDS)
     name = validation.counter_name(data.get("counter", "default"))
     delta = validation.delta(data["delta"]) if "delta" in data else 1
     key = idempotency_key_header(request)
@@ -206,6 +210,9 @@ def forward(node, request: Request):
     return 200, {**result.payload(), "replayed": result.replayed}
 
 
+_RUNS_FIELDS = frozenset(("node_id", "runs"))
+
+
 def replicate(node, request: Request):
     data = json_body(request)
     if "event_id" in data and "events" not in data and "runs" not in data:
@@ -217,7 +224,8 @@ def replicate(node, request: Request):
     # Protocol 1 sends `events`, a list of event objects; protocol 2 the compact `runs`
     # (wire.py). Exactly one of them.
     if "runs" in data and "events" not in data:
-        check_fields(data, required=("node_id", "runs"))
+        if data.keys() != _RUNS_FIELDS:
+            check_fields(data, required=("node_id", "runs"))
         sender = validation.node_id(data["node_id"])
         if node.protocol < 2:
             raise BadRequest("runs need protocol 2; this node speaks protocol 1")

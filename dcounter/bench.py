@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(rows \"..., keyed\"; such increments go to their key's home)")
     parser.add_argument("--memory-only", action="store_true",
                         help="run only the memory check")
+    parser.add_argument("--stages", action="store_true",
+                        help="profile the CPU per stage of an increment and a replicated event "
+                             "instead (dcounter/stages.py; under a minute)")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--load-worker", help=argparse.SUPPRESS)
     return parser
@@ -290,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         return serve_bare()
     if args.load_worker:
         return load_worker(json.loads(args.load_worker))
+    if args.stages:
+        from dcounter import stages
+        return stages.main(["--json"] if args.json else [])
     quick = args.quick
     args.duration = args.duration or (2.0 if quick else 5.0)
     args.reps = args.reps or (1 if quick else 5)

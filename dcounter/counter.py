@@ -444,9 +444,12 @@ class Txn(TxnRetirement, TxnResets):
         """Apply an event known to be new (above the watermark, not held)."""
         staged = self._staged(origin)
         if seq == staged.watermark + 1:
-            self._fold(origin, counter, delta)
+            # `_fold` inlined: `staged` is this origin's, already saved for the savepoint.
+            staged.prefix[counter] = self._prefix(origin, counter) + delta
             staged.watermark = seq
-            self._fold_contiguous(origin, staged)
+            committed = self._c._origins.get(origin)
+            if staged.held_add or (committed is not None and committed.held):
+                self._fold_contiguous(origin, staged)  # else nothing is held to fold in
         else:
             staged.held_del.discard(seq)
             staged.held_add[seq] = (counter, delta, key)
@@ -795,7 +798,8 @@ class Counter(CounterRetirement, CounterResets):
                     state.held.pop(seq, None)
                 state.held.update(staged.held_add)
             self._totals.update(txn.totals)
-            self._install_keys_locked(txn)
+            if txn.keys_add or txn.keys_del or txn.keys_evicted:
+                self._install_keys_locked(txn)
             self._install_retirement_locked(txn)
             self._install_resets_locked(txn)
             self.local_origin = txn.local_origin
