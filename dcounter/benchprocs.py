@@ -37,7 +37,7 @@ INTERNAL_ROUTES = ("/counter/replicate", "/nodes/heartbeat", "/nodes/join", "/co
 
 # -- the bare server (run as its own process) ------------------------------------------------
 
-class _BareHandler(BaseHTTPRequestHandler):
+class BareHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
@@ -72,7 +72,7 @@ class _BareHandler(BaseHTTPRequestHandler):
 
 def serve_bare() -> int:
     """A counter that is a lock and an int; prints its port, serves until SIGTERM."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _BareHandler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BareHandler)
     server.daemon_threads = True
     server.lock = threading.Lock()
     server.value = 0

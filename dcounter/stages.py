@@ -145,8 +145,8 @@ class _Bare:
     """The benchmark's bare counter, in a thread of this process."""
 
     def __init__(self, meter: Meter):
-        from dcounter.bench import _BareHandler
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), timed_handler(_BareHandler, meter))
+        from dcounter.benchprocs import BareHandler
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), timed_handler(BareHandler, meter))
         self.server.daemon_threads = True
         self.server.lock = threading.Lock()
         self.server.value = 0
@@ -276,7 +276,7 @@ def _replicate(directory: str, batches: dict[int, int], blocks: int) -> dict:
                             _SteppedClock(), max_backlog=100_000, batch_max=2_000,
                             batch_linger=0.02, metrics=Metrics())
     replicator.add_peer(peer)  # not started: this thread runs the link's steps
-    link = replicator._links[peer]
+    link = replicator.link(peer)
     transport.post = meter.wrap("post", transport.post)
     seq = 0
 
