@@ -269,6 +269,17 @@ def test_the_client_refuses_an_answer_that_is_not_a_database(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # nothing written, no partial file
 
 
+def test_the_client_refuses_an_answer_cut_short_of_its_length(tmp_path, capsys):
+    with responses.RequestsMock() as mock:
+        mock.get("http://vm1:8080/backup", body=b"SQLite format 3\x00" + b"\x00" * 200,
+                 headers={"Content-Length": "5000"})
+        argv = ["backup", "--node", "vm1:8080", "--to", str(tmp_path / "a")]
+        assert client_main(argv, environ={}) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cut off before its end" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- the route ----------------------------------------------------------------------------------
 
 BASE = Config(port=0, advertise="n1:7001", batch_linger=0, drain_timeout=0)
