@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -23,7 +24,7 @@ from dcounter.clock import SystemClock
 from dcounter.errors import (BadRequest, Conflict, NodeError, MethodNotAllowed, NotAPeer,
                              NotFound, OtherCluster, Unavailable)
 from dcounter.counter import MAX_ITEMS
-from dcounter.http_types import Request, Response, error_response
+from dcounter.http_types import FileBody, Request, Response, error_response
 from dcounter.membership import backoff_warnings
 from dcounter.protocol import accepted
 from dcounter.validation import MAX_DELTA
@@ -56,7 +57,7 @@ class NodeOps(Protocol):
     def render_metrics(self) -> str: ...
     def readiness(self) -> tuple[bool, str]: ...
     def status(self) -> dict: ...
-    def backup(self) -> bytes | None: ...  # None: kept in memory; raises BackupError
+    def backup(self): ...  # (file, done) or None (in memory); raises BackupError, BackupBusy
 
 
 @dataclass(frozen=True)
@@ -391,21 +392,35 @@ def status_page(node, request: Request):
     return Response(200, body, "text/html; charset=utf-8", headers)
 
 
+BACKUP_RETRY_AFTER = 10  # seconds a refused backup is told to wait (Retry-After)
+
+
 def backup(node, request: Request):
-    """A consistent, marked copy of this node's database (see backup.py): the file itself.
-    Kind `write`: it exports the whole state, keys included, so with a client token it needs
-    the token even when reads are open. The copy is made from a connection of its own; the
-    writer goes on committing meanwhile."""
+    """A consistent, marked copy of this node's database (see backup.py): the file itself,
+    streamed from a temporary copy (a `FileBody`, closed by whoever sends it), never held in
+    memory. One at a time: while one is made or sent, another gets 503 with Retry-After (each
+    is a full copy on disk, and two at once only slow both). Kind `write`: it exports the whole
+    state, keys included, so with a client token it needs the token even when reads are open.
+    The copy is made from a connection of its own; the writer goes on committing meanwhile."""
     query_params(request)
     try:
-        data = node.backup()
+        copy = node.backup()
+    except backup_copy.BackupBusy as exc:
+        return error_response(503, str(exc), {"Retry-After": str(BACKUP_RETRY_AFTER)})
     except backup_copy.BackupError as exc:  # e.g. no room for the copy in the temporary dir
         raise Unavailable(f"backup failed: {exc}") from None
-    if data is None:
+    if copy is None:
         raise Conflict("this node keeps its state in memory (--in-memory): there is no database "
                        "to back up")
+    file, done = copy
+    try:
+        length = os.fstat(file.fileno()).st_size
+    except BaseException:
+        file.close()
+        done()
+        raise
     name = "dcounter-" + node.node_id.replace(":", "-") + ".sqlite3"
-    return Response(200, data, "application/vnd.sqlite3",
+    return Response(200, FileBody(file, length, on_close=done), "application/vnd.sqlite3",
                     {"Content-Disposition": f'attachment; filename="{name}"'})
 
 

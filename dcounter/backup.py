@@ -22,6 +22,11 @@ A copy is written beside its final name and linked into place only when complete
 crash or a full disk never leaves a half-written file under the name asked for, and an existing
 file is never replaced (it might be a live database).
 
+A node answers `GET /backup` from such a copy made under its temporary directory and unlinked
+at once (`backup_file`): it is sent from the open file in chunks, never held in memory, and its
+space is freed when the file is closed. A node makes one such copy at a time (node.py): each is
+a full copy on disk and competes with the writer for I/O.
+
 An offline backup of a data directory that a node is using is fine: it is the same reader as a
 hot backup. A restore refuses a directory a running node holds (its lock), and one that already
 holds a database unless `--force`.
@@ -38,6 +43,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from typing import BinaryIO
 
 from dcounter.store import BACKUP_OF, BACKUP_TAKEN, DB_NAME, LOCK_NAME
 
@@ -47,6 +53,10 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 class BackupError(Exception):
     """The copy or restore cannot be made; the message is one line for the user."""
+
+
+class BackupBusy(BackupError):
+    """Another backup of this node is being made or sent; one runs at a time."""
 
 
 def _connect_source(path: str) -> sqlite3.Connection:
@@ -146,14 +156,19 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def backup_bytes(db_path: str, now: float) -> bytes:
-    """A marked, consistent copy of the database at `db_path`, as the bytes of a file (what
-    `GET /backup` answers). Made in a private temporary directory that is removed after."""
+def backup_file(db_path: str, now: float) -> BinaryIO:
+    """A marked, consistent copy of the database at `db_path` (what `GET /backup` answers), as
+    a file open for reading at its start. Made in a private temporary directory (mode 0700,
+    under $TMPDIR) that is removed, copy and all, before this returns: the open file keeps the
+    data, and nothing is left behind however the answer ends (sent, the client gone, the node
+    killed); the disk space comes back when the file is closed."""
     with tempfile.TemporaryDirectory(prefix="dcounter-backup-") as scratch:
         path = os.path.join(scratch, DB_NAME)
         copy_database(db_path, path, now)
-        with open(path, "rb") as file:
-            return file.read()
+        try:
+            return open(path, "rb")
+        except OSError as exc:
+            raise BackupError(f"cannot read the copy: {exc.strerror or exc}") from None
 
 
 def restore(source: str, data_dir: str, now: float, *, force: bool = False) -> dict:

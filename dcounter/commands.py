@@ -147,9 +147,9 @@ def cmd_forget(client: Client, args) -> int:
 
 
 def cmd_backup(client: Client, args) -> int:
-    """Fetch `GET /backup` into a new file: written beside it, fsynced, then linked into place,
-    so FILE is whole or absent and an existing file (perhaps a live database) is never
-    replaced. The path is checked before the node is asked."""
+    """Fetch `GET /backup` into a new file: streamed beside it (never held in memory), fsynced,
+    then linked into place, so FILE is whole or absent and an existing file (perhaps a live
+    database) is never replaced. The path is checked before the node is asked."""
     dest = args.to
     directory = os.path.dirname(os.path.abspath(dest))
     if os.path.lexists(dest):
@@ -162,13 +162,13 @@ def cmd_backup(client: Client, args) -> int:
     except OSError as exc:
         raise DcounterError(f"cannot write in {directory}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "wb") as file:
-            data = client.download(args.node, "/backup",
+        with os.fdopen(fd, "w+b") as file:
+            size = client.download(args.node, "/backup", file,
                                    timeout=getattr(args, "request_timeout", BACKUP_TIMEOUT))
-            if not data.startswith(b"SQLite format 3\x00"):
+            file.seek(0)
+            if file.read(16) != b"SQLite format 3\x00":
                 raise DcounterError(f"{args.node} answered something that is not a SQLite "
                                     "database (is it a dcounter node?)")
-            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         _check_backup(tmp, args.node)
@@ -178,9 +178,9 @@ def cmd_backup(client: Client, args) -> int:
     finally:
         os.unlink(tmp)
     if args.json:
-        print_json({"file": dest, "bytes": len(data)})
+        print_json({"file": dest, "bytes": size})
     else:
-        print(f"backup of {args.node} ({len(data)} bytes) written to {dest}")
+        print(f"backup of {args.node} ({size} bytes) written to {dest}")
     return 0
 
 

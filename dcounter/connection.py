@@ -199,23 +199,33 @@ class Connection:
                                 f"(is it a dcounter node?)")
         return payload, response.headers
 
-    def download(self, address: str, path: str, timeout: float | None = None) -> bytes:
-        """The raw body of one GET (a backup file), no retry."""
+    def download(self, address: str, path: str, file, timeout: float | None = None) -> int:
+        """The raw body of one GET (a backup file) written to `file` as it arrives, never held
+        whole in memory; the bytes written. No retry. An answer cut short of its
+        Content-Length is `Unreachable`."""
         shown = plain_address(address)
         try:
             response = self._session().get(
                 self.url(address, path), timeout=self.timeout if timeout is None else timeout,
-                verify=self.verify, allow_redirects=False)
+                verify=self.verify, allow_redirects=False, stream=True)
+            with response:
+                if response.status_code >= 400:
+                    try:
+                        detail = response.json().get("error")
+                    except (ValueError, AttributeError):
+                        detail = None
+                    raise refused(response.status_code,
+                                  str(detail or response.reason or "error"), shown)
+                written = 0
+                for chunk in response.iter_content(1 << 20):
+                    file.write(chunk)
+                    written += len(chunk)
+        except requests.exceptions.ChunkedEncodingError:  # urllib3's IncompleteRead
+            raise Unreachable(f"{shown}: the answer was cut off before its end (shorter than "
+                              "its Content-Length)") from None
         except requests.RequestException as exc:
             raise Unreachable(f"{shown}: {_reason(exc)}") from None
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("error")
-            except (ValueError, AttributeError):
-                detail = None
-            raise refused(response.status_code, str(detail or response.reason or "error"),
-                          shown)
-        return response.content
+        return written
 
 
 def plain_address(address: str) -> str:

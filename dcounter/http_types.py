@@ -1,5 +1,5 @@
-"""The HTTP types the routes and the server share: `Request`, `Response`, `Headers` and
-`error_response`.
+"""The HTTP types the routes and the server share: `Request`, `Response`, `FileBody`,
+`Headers` and `error_response`.
 
 Plain data, no sockets and no server: `api.py` builds its answers from these without importing
 `server.py`, and tests build requests without a socket. Must not import `server.py`.
@@ -22,10 +22,43 @@ class Request:
     route: str = ""
 
 
+class FileBody:
+    """A response body sent from an open file in chunks instead of held in memory (a backup
+    copy): `length` bytes from the file's current position. Whoever takes a `Response` with one
+    must `close` it once the answer is sent, or sending failed, or it is never sent; `close`
+    closes the file and then calls `on_close` (a slot to free), once however often it is
+    called."""
+
+    CHUNK = 256 * 1024  # bytes read and sent at a time
+
+    def __init__(self, file, length: int, on_close=None):
+        self.file = file
+        self.length = length
+        self._on_close = on_close
+
+    def chunks(self):
+        """The body's chunks; stops short (without raising) if the file ends early."""
+        remaining = self.length
+        while remaining > 0:
+            chunk = self.file.read(min(self.CHUNK, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        try:
+            self.file.close()
+        finally:
+            if on_close is not None:
+                on_close()
+
+
 @dataclass
 class Response:
     status: int
-    body: bytes
+    body: "bytes | FileBody"
     content_type: str = "application/json"
     headers: dict = field(default_factory=dict)
 

@@ -104,6 +104,7 @@ class Node:
         self._threads: list[threading.Thread] = []
         self.anti_entropy = AntiEntropy(settle=config.heartbeat_interval)
         self._pull_wakeup = threading.Event()  # a new lead: the sync loop looks again
+        self._backup_slot = threading.Lock()  # one backup copy made or sent at a time
         self.contacts = Contacts(self._stop, config.request_timeout)
         self.protocols = PeerProtocols(config.protocol)  # what each peer speaks (protocol.py)
         self.started = False
@@ -319,12 +320,23 @@ class Node:
     def render_metrics(self) -> str:
         return self.metrics.render()
 
-    def backup(self) -> bytes | None:
-        """A consistent, marked copy of the database (backup.py); None in memory. Raises
-        `backup.BackupError` when no copy could be made."""
+    def backup(self):
+        """A consistent, marked copy of the database (backup.py) as `(file, done)`: the copy
+        open for reading, already unlinked, and the function to call once it is sent (or
+        sending failed), which frees the one backup slot. None in memory. Raises
+        `backup.BackupBusy` while another copy is being made or sent, `backup.BackupError`
+        when no copy could be made."""
         if self.store is None:
             return None
-        return backup_copy.backup_bytes(self.store.path, self.clock.time())
+        if not self._backup_slot.acquire(blocking=False):
+            raise backup_copy.BackupBusy("another backup of this node is in progress; one "
+                                         "runs at a time, try again when it is done")
+        try:
+            file = backup_copy.backup_file(self.store.path, self.clock.time())
+        except BaseException:
+            self._backup_slot.release()
+            raise
+        return file, self._backup_slot.release
 
     # -- membership (gossip.py) -------------------------------------------------------------------
     def on_join(self, sender, origin, digest, peers, protocol=None, held=None) -> dict:

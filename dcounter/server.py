@@ -3,7 +3,9 @@
 The handler only reads, decodes and writes: it reads the request line, headers and body
 (Content-Length only; chunked bodies get 411, bodies over the cap 413), hands a `Request` to the
 application (`api.App.handle`) and writes the `Response` it returns. Everything is HTTP/1.1 with
-keep-alive, TCP_NODELAY, a Content-Length on every response and JSON errors. Per-request logging
+keep-alive, TCP_NODELAY, a Content-Length on every response and JSON errors. A response whose
+body is a `FileBody` (a backup copy) is sent from its file in chunks, never read into memory,
+and the body is closed however the sending ends. Per-request logging
 goes to `logging` at DEBUG; a client that hangs up is not a traceback; anything else that goes
 wrong while serving is logged at ERROR with its traceback and answered with a JSON 500.
 
@@ -32,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 from dcounter import validation
-from dcounter.http_types import Headers, Request, Response, error_response
+from dcounter.http_types import FileBody, Headers, Request, Response, error_response
 from dcounter.membership import backoff_warnings
 from dcounter.refuser import Refuser
 
@@ -272,12 +274,20 @@ class Handler(BaseHTTPRequestHandler):
                           self.client_address[0] if self.client_address else "")
         # The error boundary: whatever the application raises, and an answer that cannot be
         # encoded, becomes a 500 with a JSON body, never a connection closed without a word.
+        response = None
         try:
-            data = self._encode(server.app.handle(request))
+            response = server.app.handle(request)
+            data = self._encode(response)
         except Exception:
             log.exception("internal error on %s %s", self.command, path)
             data = self._encode(error_response(500, "internal error"))
-        self._send(data)
+            if response is not None and isinstance(response.body, FileBody):
+                response.body.close()
+            response = None
+        if response is not None and isinstance(response.body, FileBody):
+            self._send_file(data, response.body)
+        else:
+            self._send(data)
 
     def _read_body(self, length: int) -> bytes | None:
         chunks, remaining = [], length
@@ -295,14 +305,17 @@ class Handler(BaseHTTPRequestHandler):
         self._send(self._encode(response))
 
     def _encode(self, response: Response) -> bytes:
-        """Status line, headers and body as the bytes to send; raises on a response that
-        cannot be encoded (a header outside Latin-1, a body that is not bytes)."""
+        """Status line, headers and body as the bytes to send (of a `FileBody`, the head
+        alone); raises on a response that cannot be encoded (a header outside Latin-1, a body
+        that is not bytes)."""
         status = response.status
         phrase = self.responses[status][0] if status in self.responses else ""
-        body = bytes(response.body)
+        streamed = isinstance(response.body, FileBody)
+        body = b"" if streamed else bytes(response.body)
+        length = response.body.length if streamed else len(body)
         lines = [f"{self.protocol_version} {status} {phrase}\r\n"
                  f"Content-Type: {response.content_type}\r\n"
-                 f"Content-Length: {len(body)}\r\n"]
+                 f"Content-Length: {length}\r\n"]
         close = self.close_connection or self.server.draining
         for name, value in response.headers.items():
             lines.append(f"{name}: {value}\r\n")
@@ -325,6 +338,42 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except _CLIENT_GONE:
             self.close_connection = True
+
+    def _send_file(self, head: bytes, body: FileBody) -> None:
+        """The head, then the file in chunks; the file is closed however this ends. Each chunk
+        must leave within the deadline: a client that stops reading is cut off, and its copy
+        closed, after `request_deadline` seconds, while a slow but steady one gets it all.
+        A file that ends before its Content-Length closes the connection, so the client
+        never takes a short body for the whole."""
+        reading = False  # whether an OSError came from the file (else from the connection)
+        try:
+            self.connection.settimeout(self.server.request_deadline)
+            self.wfile.write(head)
+            if self.command == "HEAD":
+                return
+            sent, reading = 0, True
+            for chunk in body.chunks():
+                reading = False
+                self.wfile.write(chunk)
+                sent += len(chunk)
+                reading = True
+            if sent != body.length:
+                log.error("a file answer to %s %s ended after %d of %d bytes; connection closed",
+                          self.command, self.path, sent, body.length)
+                self.close_connection = True
+            reading = False
+            self.wfile.flush()
+        except _CLIENT_GONE:
+            self.close_connection = True
+        except OSError as exc:
+            if reading:  # the file could not be read: the answer cannot be finished
+                log.exception("a file answer to %s %s failed; connection closed",
+                              self.command, self.path)
+            else:  # e.g. a TLS error from a client that went away
+                log.debug("sending to %s ended: %s", self.client_address[0], exc)
+            self.close_connection = True
+        finally:
+            body.close()
 
     # -- BaseHTTPRequestHandler defaults, overridden ------------------------------------------------
     def send_error(self, code, message=None, explain=None):

@@ -4,6 +4,7 @@
 import os
 import socket
 import sqlite3
+import struct
 import threading
 
 import pytest
@@ -273,3 +274,87 @@ def test_an_unwritable_directory_is_refused_before_the_node_is_asked(cluster, tm
         locked.chmod(0o700)
     assert code == 1 and "cannot write in" in one_error_line(err)
     assert os.listdir(locked) == []
+
+
+# -- a large store: streamed, one at a time, nothing left in the node's temporary directory ------
+
+LARGE_KEYS = 40_000  # 200-character keys: about 11 MB, more than socket buffers hold
+
+
+def build_store(data_dir, keys: int) -> None:
+    """A data directory whose database remembers `keys` Idempotency-Keys, written as a node
+    writes them (store, counter, writer) before any node runs on it."""
+    import time
+
+    from dcounter.counter import Counter
+    from dcounter.store import Store
+    from dcounter.writer import Writer
+
+    store = Store(str(data_dir), sync="normal")
+    store.open()
+    origin, origins, known = store.load()
+    counter = Counter(origin, key_ttl=86_400.0)
+    counter.load(origins, known)
+    writer = Writer(counter, store)
+    writer.start()
+    now = time.time()
+    for start in range(0, keys, 5_000):
+        def batch(txn, start=start):
+            for i in range(start, min(keys, start + 5_000)):
+                txn.local(f"c{i % 500}", 1, f"{i:08d}-" + "k" * 191, now)
+        writer.submit(batch)
+    writer.stop()
+    store.close()
+
+
+def held_backup(node) -> socket.socket:
+    """A `GET /backup` whose client reads the head and then stops reading (a tiny receive
+    buffer, so the node's send must wait)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", node.port))
+    sock.sendall(b"GET /backup HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return sock
+
+
+def test_a_large_store_is_streamed_intact_one_backup_at_a_time(cluster, tmp_path, capsys):
+    data_dir, scratch = tmp_path / "data-large", tmp_path / "node-tmp"
+    scratch.mkdir()
+    build_store(data_dir, LARGE_KEYS)
+    node = cluster.node("large", data_dir=data_dir, env={"TMPDIR": str(scratch)}).start()
+    copy = tmp_path / "large.sqlite3"
+    code, out, err = run(capsys, "backup", "--node", node.node_id, "--to", str(copy))
+    assert code == 0, err
+    assert f"({copy.stat().st_size} bytes)" in out and copy.stat().st_size > 8 << 20
+    conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT COUNT(*) FROM keys").fetchone()[0] == LARGE_KEYS
+    finally:
+        conn.close()
+
+    first = held_backup(node)
+    try:
+        assert os.listdir(scratch) == []  # the copy being sent has no name left to leave
+        busy = node.get("/backup")
+        assert busy.status_code == 503 and "another backup" in busy.json()["error"]
+        assert int(busy.headers["Retry-After"]) > 0
+        code, _, err = run(capsys, "backup", "--node", node.node_id, "--to",
+                           str(tmp_path / "second.sqlite3"))
+        assert code == 1 and "another backup" in one_error_line(err)
+    finally:
+        # The client goes away halfway (a reset, as a killed client leaves).
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        first.close()
+    # The slot is free again once the node notices; nothing was left behind.
+    poll(lambda: node.get("/backup").status_code == 200, 30,
+         message="a backup to be accepted after the client went away")
+    assert os.listdir(scratch) == []
+    assert node.count("c0") == LARGE_KEYS // 500  # the node served on, unharmed

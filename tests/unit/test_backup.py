@@ -4,15 +4,17 @@ through `App.handle` on a real opened node (no loops running)."""
 import dataclasses
 import os
 import sqlite3
+import tempfile
 
 import pytest
 import responses
 
 from dcounter import backup
-from dcounter.backup import BackupError, backup_bytes, copy_database, restore
+from dcounter.backup import BackupError, backup_file, copy_database, restore
 from dcounter.client import main as client_main
 from dcounter.config import Config
 from dcounter.counter import Counter, Event
+from dcounter.http_types import FileBody
 from dcounter.node import Node
 from dcounter.store import BACKUP_OF, BACKUP_TAKEN, DB_NAME, Store
 from dcounter.writer import Writer
@@ -215,10 +217,18 @@ def test_copy_refuses_an_existing_file_and_a_missing_directory(opened, tmp_path)
         copy_database(str(tmp_path / "missing.sqlite3"), str(tmp_path / "copy"), NOW)
 
 
-def test_backup_bytes_is_the_marked_file(opened):
+def test_backup_file_is_the_marked_file_open_and_already_removed(opened, tmp_path,
+                                                                monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     node = opened()
     node.local()
-    data = backup_bytes(node.path, NOW)
+    with backup_file(node.path, NOW) as file:
+        # Nothing under the temporary directory, even while the copy is read: a node killed
+        # mid-answer leaves no copy behind, and its space is given back when the file closes.
+        assert list(scratch.iterdir()) == [] and os.fstat(file.fileno()).st_nlink == 0
+        data = file.read()
     assert data.startswith(b"SQLite format 3\x00") and b"backup_of_origin" in data
 
 
@@ -259,6 +269,17 @@ def test_the_client_refuses_an_answer_that_is_not_a_database(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # nothing written, no partial file
 
 
+def test_the_client_refuses_an_answer_cut_short_of_its_length(tmp_path, capsys):
+    with responses.RequestsMock() as mock:
+        mock.get("http://vm1:8080/backup", body=b"SQLite format 3\x00" + b"\x00" * 200,
+                 headers={"Content-Length": "5000"})
+        argv = ["backup", "--node", "vm1:8080", "--to", str(tmp_path / "a")]
+        assert client_main(argv, environ={}) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cut off before its end" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- the route ----------------------------------------------------------------------------------
 
 BASE = Config(port=0, advertise="n1:7001", batch_linger=0, drain_timeout=0)
@@ -281,16 +302,65 @@ def make_node(tmp_path):
         node.stop(leave=False)
 
 
-def test_route_answers_the_database_file(make_node, tmp_path):
+def fetched(response, path) -> str:
+    """Write a backup answer's streamed body to `path` and close it, as the server does."""
+    body = response.body
+    assert isinstance(body, FileBody)  # sent from the file in chunks, never held in memory
+    try:
+        with open(path, "wb") as out:
+            for chunk in body.chunks():
+                out.write(chunk)
+    finally:
+        body.close()
+    assert os.path.getsize(path) == body.length
+    return str(path)
+
+
+def test_route_answers_the_database_file_as_a_stream(make_node, tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     node = make_node()
     node.writer.start()
     node.increment("c", 7, None)
     response = node.app.handle(make_request("GET", "/backup"))
     assert response.status == 200 and response.content_type == "application/vnd.sqlite3"
-    path = tmp_path / "fetched.sqlite3"
-    path.write_bytes(response.body)
+    assert list(scratch.iterdir()) == []  # the copy has no name: nothing to leave behind
+    path = fetched(response, tmp_path / "fetched.sqlite3")
     assert totals(path) == {"c": 7}
     assert meta(path)[BACKUP_OF] == node.counter.local_origin
+    assert response.body.file.closed
+
+
+def test_one_backup_at_a_time_a_second_is_told_to_retry(make_node, tmp_path):
+    node = make_node()
+    node.writer.start()
+    first = node.app.handle(make_request("GET", "/backup"))
+    assert first.status == 200
+    second = node.app.handle(make_request("GET", "/backup"))
+    assert second.status == 503 and second.headers["Retry-After"].isdigit()
+    assert b"another backup" in second.body
+    first.body.close()  # sent, or the client went away: the next one may start
+    first.body.close()  # closing twice is harmless
+    third = node.app.handle(make_request("GET", "/backup"))
+    assert third.status == 200
+    fetched(third, tmp_path / "third.sqlite3")
+
+
+def test_a_failed_copy_frees_the_slot(make_node, monkeypatch):
+    node = make_node()
+    node.writer.start()
+
+    def no_room(*args):
+        raise BackupError("copy failed: database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backup, "backup_file", no_room)
+        response = node.app.handle(make_request("GET", "/backup"))
+    assert response.status == 503 and b"disk is full" in response.body
+    response = node.app.handle(make_request("GET", "/backup"))
+    assert response.status == 200
+    response.body.close()
 
 
 def test_route_on_an_in_memory_node_is_a_conflict(make_node):
@@ -307,6 +377,8 @@ def test_route_needs_the_client_token_when_one_is_set(make_node):
     wrong = {"Authorization": "Bearer " + "x" * 20}
     assert node.app.handle(make_request("GET", "/backup", headers=wrong)).status == 401
     right = {"Authorization": f"Bearer {token}"}
-    assert node.app.handle(make_request("GET", "/backup", headers=right)).status == 200
+    response = node.app.handle(make_request("GET", "/backup", headers=right))
+    assert response.status == 200
+    response.body.close()
     assert node.app.handle(make_request("GET", "/backup", query=[("x", "1")],
                                         headers=right)).status == 400

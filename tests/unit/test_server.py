@@ -3,13 +3,16 @@ error boundary around the application and the connection cap's refusals."""
 
 import json
 import logging
+import os
 import socket
+import struct
 import threading
 
 import pytest
 
-from dcounter.http_types import Response, error_response
+from dcounter.http_types import FileBody, Response, error_response
 from dcounter.server import Server
+from tests.integration.harness import poll
 from tests.rawhttp import exchange
 
 
@@ -73,6 +76,92 @@ def test_a_response_that_cannot_be_encoded_is_a_json_500(serve, caplog, response
         status, headers, body = exchange(server.server_address[1], GET)
     assert status == 500 and json.loads(body) == {"error": "internal error"}
     assert any(r.levelno == logging.ERROR and r.exc_info for r in caplog.records)
+
+
+class _Streaming:
+    """Answers every request with the file at `path` as a `FileBody` of `length` bytes (the
+    file's size unless given), and counts the bodies closed."""
+
+    def __init__(self, path, length=None, headers=None):
+        self.path, self.length, self.headers = path, length, headers or {}
+        self.bodies, self.closed = [], []
+
+    def handle(self, request):
+        file = open(self.path, "rb")
+        length = os.path.getsize(self.path) if self.length is None else self.length
+        body = FileBody(file, length, on_close=lambda: self.closed.append(True))
+        self.bodies.append(body)
+        return Response(200, body, "application/octet-stream", dict(self.headers))
+
+    def all_closed(self) -> bool:
+        return len(self.closed) == len(self.bodies) and all(b.file.closed for b in self.bodies)
+
+
+def test_a_file_body_is_sent_whole_with_its_length_then_closed(serve, tmp_path):
+    path = tmp_path / "body"
+    content = os.urandom(3 << 20)
+    path.write_bytes(content)
+    app = _Streaming(path)
+    server = serve(app)
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
+        for _ in range(2):  # the connection stays usable after a streamed answer
+            status, headers, body = exchange(0, GET, s)
+            assert status == 200 and int(headers["content-length"]) == len(content)
+            assert body == content
+    poll(app.all_closed, message="both bodies to be closed")
+    assert len(app.closed) == 2
+
+
+def test_a_client_that_hangs_up_mid_body_gets_the_file_closed(serve, tmp_path):
+    path = tmp_path / "body"
+    with open(path, "wb") as file:
+        file.truncate(64 << 20)  # more than any socket buffers hold: the send must wait
+    app = _Streaming(path)
+    server = serve(app)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", server.server_address[1]))
+    try:
+        sock.sendall(GET)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert not app.closed  # still sending
+    finally:
+        # Reset, not a polite close: what a killed client leaves.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    poll(app.all_closed, message="the body to be closed after the client left")
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
+        s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = _read_until_closed(s)  # the head alone, and the body closed unsent
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+    assert b"Content-Length: 67108864" in head
+    poll(app.all_closed, message="the unsent body to be closed")
+
+
+def test_a_file_shorter_than_its_length_ends_the_connection_and_is_closed(serve, tmp_path,
+                                                                           caplog):
+    path = tmp_path / "body"
+    path.write_bytes(b"x" * 1000)
+    app = _Streaming(path, length=5000)
+    server = serve(app)
+    with caplog.at_level(logging.ERROR, logger="dcounter.server"):
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
+            s.sendall(GET)
+            received = _read_until_closed(s)  # never a body the client could take as whole
+    assert received.endswith(b"\r\n\r\n" + b"x" * 1000)
+    assert app.all_closed()
+    assert any("ended after 1000 of 5000 bytes" in r.getMessage() for r in caplog.records)
+
+
+def test_a_file_body_whose_answer_cannot_be_encoded_is_a_500_and_closed(serve, tmp_path):
+    path = tmp_path / "body"
+    path.write_bytes(b"x")
+    app = _Streaming(path, headers={"X-Bad": "\u2603"})
+    server = serve(app)
+    status, _, body = exchange(server.server_address[1], GET)
+    assert status == 500 and json.loads(body) == {"error": "internal error"}
+    poll(app.all_closed, message="the body to be closed")
 
 
 def _read_all_responses(socks) -> list[int]:
