@@ -231,7 +231,8 @@ class Gossip:
             return []
         ahead = self.anti_entropy.observe(source, digest, self.counter.digest(),
                                           self.clock.monotonic(), held,
-                                          self.counter.held_summaries())
+                                          self.counter.held_summaries(),
+                                          retired=self.counter.retired_origins())
         if ahead:
             self._wake_pulls()
         return ahead

@@ -62,7 +62,8 @@ class Pulls:
             return 0
         due = self.anti_entropy.due_pulls(self.counter.digest(), self.clock.monotonic(),
                                           local_origin=self.counter.local_origin,
-                                          own_held=self.counter.held_summaries())
+                                          own_held=self.counter.held_summaries(),
+                                          retired=self.counter.retired_origins())
         adopted = 0
         for peer, origins in due.items():
             count = None

@@ -193,6 +193,11 @@ class CounterRetirement:
         with self._lock:
             return len(self._retired)
 
+    def retired_origins(self) -> dict[str, int]:
+        """The retired set: origin -> final watermark (anti-entropy never pulls them)."""
+        with self._lock:
+            return dict(self._retired)
+
     def is_retired(self, origin: str) -> bool:
         with self._lock:
             return origin in self._retired or origin == RETIRED_ENTRY

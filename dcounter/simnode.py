@@ -384,7 +384,8 @@ class SimNode:
         if self.peers.is_self(source):
             return []
         ahead = self.anti_entropy.observe(source, digest, self.counter.digest(), self.now(),
-                                          held, self.counter.held_summaries())
+                                          held, self.counter.held_summaries(),
+                                          retired=self.counter.retired_origins())
         if ahead:
             self.arm_pull()
         return ahead
@@ -591,7 +592,8 @@ class SimNode:
             return
         due = self.anti_entropy.due_pulls(self.counter.digest(), self.now(),
                                           local_origin=self.counter.local_origin,
-                                          own_held=self.counter.held_summaries())
+                                          own_held=self.counter.held_summaries(),
+                                          retired=self.counter.retired_origins())
         for peer, origins in due.items():
             self.pulling += 1
             self.call(peer, "state", {"origins": origins, "held": self.cfg.gap_cap},
