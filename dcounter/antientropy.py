@@ -30,18 +30,27 @@ Rules kept here:
 * A lead on this node's own origin is pulled at once: no push of it can be on its way here, and
   it means a peer holds events of this origin that this node lost (a restored backup, a cloned
   disk), which the node must learn before it reuses their sequence numbers.
+* An origin this node retired (retirement.py) is no lead, at whatever watermark a peer shows it:
+  a peer that has not retired it yet carries it until it adopts this node's base, and adopting
+  refuses a retired origin's prefix and events (beyond its final watermark too: a node that
+  came back after it was retired), so a pull of it brings nothing. A lead seen before the origin
+  was retired is dropped, like one reached.
 * Each origin is pulled from one peer at a time: the one showing the highest watermark.
 * After a pull (whatever its outcome) the origin's wait starts again, so a failing peer is
   asked at most once per `settle` seconds.
 * The last digest each peer showed is kept (`covers`: does it cover this node's own digest?),
-  also after the peer is no longer listed, until `retain_digests` drops it with the member.
+  also after the peer is no longer listed, until `retain_digests` drops it with the member. A
+  retired origin is covered by a peer showing it at its final watermark or above (it has not
+  retired it yet) or by the peer's count of retired origins.
 * Caught up (readiness): at least one comparison with a peer ended with nothing to pull, either
   because its digest showed no lead or because every lead it showed was reached or pulled.
 """
 
 import threading
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Collection, Mapping
+
+from dcounter.retirement import RETIRED_ENTRY
 
 Summaries = Mapping[str, tuple]  # origin -> held summary (counter.held_summary)
 
@@ -85,9 +94,10 @@ class AntiEntropy:
 
     def observe(self, peer: str, digest: Mapping[str, int], own: Mapping[str, int],
                 now: float, held: Summaries | None = None,
-                own_held: Summaries | None = None) -> list[str]:
+                own_held: Summaries | None = None, retired: Collection[str] = ()) -> list[str]:
         """`peer` showed `digest` and the summaries of its held events `held`; `own` and
-        `own_held` are this node's. Returns the origins it leads on."""
+        `own_held` are this node's, `retired` the origins it retired (never a lead). Returns
+        the origins it leads on."""
         held, own_held = held or {}, own_held or {}
         with self._lock:
             self._seen[peer] = dict(digest)
@@ -95,7 +105,7 @@ class AntiEntropy:
             leads = {}
             for origin, theirs in digest.items():
                 mine = own.get(origin, 0)
-                if theirs <= mine:
+                if theirs <= mine or origin in retired:
                     continue
                 lead = known.get(origin)
                 if lead is None or lead.own != mine or lead.held is not None:
@@ -104,6 +114,8 @@ class AntiEntropy:
                     lead.theirs = max(lead.theirs, theirs)
                 leads[origin] = lead
             for origin in held_leads(digest, held, own, own_held):
+                if origin in retired:
+                    continue
                 mine, mine_held = own.get(origin, 0), own_held.get(origin)
                 lead = known.get(origin)
                 if lead is None or lead.held is None or lead.moved(mine, mine_held):
@@ -124,10 +136,11 @@ class AntiEntropy:
 
     def due_pulls(self, own: Mapping[str, int], now: float,
                   local_origin: str | None = None,
-                  own_held: Summaries | None = None) -> dict[str, list[str]]:
-        """The pulls to make now: {peer: [origins]}. Leads reached (`Lead.over`) are dropped;
-        leads whose own state moved start their wait again; a lead on `local_origin` is due
-        at once."""
+                  own_held: Summaries | None = None,
+                  retired: Collection[str] = ()) -> dict[str, list[str]]:
+        """The pulls to make now: {peer: [origins]}. Leads reached (`Lead.over`) or on an
+        origin in `retired` (retired since it was seen) are dropped; leads whose own state
+        moved start their wait again; a lead on `local_origin` is due at once."""
         own_held = own_held or {}
         with self._lock:
             best: dict[str, tuple[int, str]] = {}  # origin -> (-theirs, peer): lowest wins
@@ -136,7 +149,7 @@ class AntiEntropy:
                 for origin in sorted(leads):
                     lead = leads[origin]
                     mine, mine_held = own.get(origin, 0), own_held.get(origin)
-                    if lead.over(mine, mine_held):
+                    if lead.over(mine, mine_held) or origin in retired:
                         del leads[origin]
                     elif origin != local_origin and lead.moved(mine, mine_held):
                         lead.since, lead.own, lead.own_held = now, mine, mine_held
@@ -185,14 +198,21 @@ class AntiEntropy:
         with self._lock:
             self._leads.pop(peer, None)
 
-    def covers(self, peer: str, own: Mapping[str, int]) -> bool | None:
-        """Whether the last digest `peer` showed has every event of `own` (this node's digest):
-        the peer is caught up with this node. None when it has shown none."""
+    def covers(self, peer: str, own: Mapping[str, int],
+               retired: Mapping[str, int] | None = None) -> bool | None:
+        """Whether the last digest `peer` showed has every event of `own` (this node's digest)
+        and of `retired` (the origins it retired, with their final watermarks): the peer is
+        caught up with this node. None when it has shown none. The digest counts retired
+        origins only (`RETIRED_ENTRY`): those the peer shows at their final watermark or above
+        are covered one by one, and its count must cover the rest."""
         with self._lock:
             seen = self._seen.get(peer)
             if seen is None:
                 return None
-            return all(seen.get(origin, 0) >= mark for origin, mark in own.items())
+            shown = sum(1 for origin, final in (retired or {}).items()
+                        if seen.get(origin, 0) >= final)
+            return all(seen.get(origin, 0) >= (mark - shown if origin == RETIRED_ENTRY else mark)
+                       for origin, mark in own.items())
 
     def retain_digests(self, peers) -> None:
         """Keep the last digests of `peers` only (the members still known)."""

@@ -825,11 +825,14 @@ class Counter(CounterRetirement, CounterResets):
 
     def digest(self) -> dict[str, int]:
         with self._lock:
-            digest = {origin: state.watermark for origin, state in self._origins.items()
-                      if state.watermark > 0}
-            if self._retired:
-                digest[RETIRED_ENTRY] = len(self._retired)
-            return digest
+            return self._digest_locked()
+
+    def _digest_locked(self) -> dict[str, int]:
+        digest = {origin: state.watermark for origin, state in self._origins.items()
+                  if state.watermark > 0}
+        if self._retired:
+            digest[RETIRED_ENTRY] = len(self._retired)
+        return digest
 
     def watermark(self, origin: str) -> int:
         with self._lock:

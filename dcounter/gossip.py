@@ -229,9 +229,10 @@ class Gossip:
         self.counter.note_digest(source, digest)
         if self.peers.is_self(source):
             return []
-        ahead = self.anti_entropy.observe(source, digest, self.counter.digest(),
+        ahead = self.anti_entropy.observe(source, digest, self.counter.digest_reached(),
                                           self.clock.monotonic(), held,
-                                          self.counter.held_summaries())
+                                          self.counter.held_summaries(),
+                                          retired=self.counter.retired_origins())
         if ahead:
             self._wake_pulls()
         return ahead

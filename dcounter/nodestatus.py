@@ -57,9 +57,9 @@ class NodeStatus:
     def status(self) -> dict:
         now = self.clock.monotonic()
         ready, reason = self.readiness()
-        own = self.counter.digest()
+        own, retired = self.counter.digest(), self.counter.retired_origins()
         members = members_view(self.peers.members(now, self.suspect_after()),
-                               lambda peer: self.anti_entropy.covers(peer, own),
+                               lambda peer: self.anti_entropy.covers(peer, own, retired),
                                self.replicator.backlogs())
         return {
             "node_id": self.node_id,

@@ -60,16 +60,17 @@ class Pulls:
         watermark unchanged); returns origins adopted."""
         if not self.anti_entropy.waiting():
             return 0
-        due = self.anti_entropy.due_pulls(self.counter.digest(), self.clock.monotonic(),
+        due = self.anti_entropy.due_pulls(self.counter.digest_reached(), self.clock.monotonic(),
                                           local_origin=self.counter.local_origin,
-                                          own_held=self.counter.held_summaries())
+                                          own_held=self.counter.held_summaries(),
+                                          retired=self.counter.retired_origins())
         adopted = 0
         for peer, origins in due.items():
             count = None
             try:
                 count = self._pull(peer, origins)
             finally:
-                self.anti_entropy.pulled(peer, origins, self.counter.digest(),
+                self.anti_entropy.pulled(peer, origins, self.counter.digest_reached(),
                                          self.clock.monotonic(), ok=count is not None,
                                          own_held=self.counter.held_summaries())
             adopted += count or 0

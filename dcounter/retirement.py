@@ -193,6 +193,24 @@ class CounterRetirement:
         with self._lock:
             return len(self._retired)
 
+    def digest_reached(self) -> dict[str, int]:
+        """The digest anti-entropy compares peers' digests with: this node's, where a base it
+        refused (`_adopt_base`) counts as reached while its own retired set is unchanged, for
+        pulling it again would be refused again. A peer showing a larger count, or this node
+        retiring more, makes it a lead again."""
+        with self._lock:
+            digest = self._digest_locked()
+            refused = self._base_refused
+            if refused is not None and refused[0] == len(self._retired) \
+                    and refused[1] > digest.get(RETIRED_ENTRY, 0):
+                digest[RETIRED_ENTRY] = refused[1]
+            return digest
+
+    def retired_origins(self) -> dict[str, int]:
+        """The retired set: origin -> final watermark (anti-entropy never pulls them)."""
+        with self._lock:
+            return dict(self._retired)
+
     def is_retired(self, origin: str) -> bool:
         with self._lock:
             return origin in self._retired or origin == RETIRED_ENTRY

@@ -383,8 +383,9 @@ class SimNode:
         self.counter.note_digest(source, digest)
         if self.peers.is_self(source):
             return []
-        ahead = self.anti_entropy.observe(source, digest, self.counter.digest(), self.now(),
-                                          held, self.counter.held_summaries())
+        ahead = self.anti_entropy.observe(source, digest, self.counter.digest_reached(), self.now(),
+                                          held, self.counter.held_summaries(),
+                                          retired=self.counter.retired_origins())
         if ahead:
             self.arm_pull()
         return ahead
@@ -589,9 +590,10 @@ class SimNode:
         """Make the pulls that are due; the next round waits until every one has ended."""
         if not self.anti_entropy.waiting():
             return
-        due = self.anti_entropy.due_pulls(self.counter.digest(), self.now(),
+        due = self.anti_entropy.due_pulls(self.counter.digest_reached(), self.now(),
                                           local_origin=self.counter.local_origin,
-                                          own_held=self.counter.held_summaries())
+                                          own_held=self.counter.held_summaries(),
+                                          retired=self.counter.retired_origins())
         for peer, origins in due.items():
             self.pulling += 1
             self.call(peer, "state", {"origins": origins, "held": self.cfg.gap_cap},
@@ -629,7 +631,7 @@ class SimNode:
         self.submit(job, done)
 
     def pulled(self, peer: str, origins: list[str], ok: bool) -> None:
-        self.anti_entropy.pulled(peer, origins, self.counter.digest(), self.now(), ok,
+        self.anti_entropy.pulled(peer, origins, self.counter.digest_reached(), self.now(), ok,
                                  own_held=self.counter.held_summaries())
         if ok:
             self.compared.add(peer)

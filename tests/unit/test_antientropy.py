@@ -171,3 +171,41 @@ def test_a_watermark_lead_is_preferred_to_a_held_lead_on_the_same_origin():
     ae.observe("b", {"o1": 8}, {"o1": 5}, clock.monotonic(), {}, {})
     clock.advance(SETTLE)
     assert ae.due_pulls({"o1": 5}, clock.monotonic(), own_held={}) == {"b": ["o1"]}
+
+
+def test_an_origin_we_retired_is_no_lead_whatever_watermark_a_peer_shows():
+    # A peer that has not retired it yet still carries it; one whose clock jumped may hold
+    # events of it beyond the final watermark, which adopting refuses: pulling them is futile.
+    ae, clock = make()
+    retired = {"gone": 4}
+    own = {"o1": 3, "_retired": 1}
+    for theirs in (4, 9):
+        assert ae.observe("p", {"gone": theirs, "o1": 3}, own, clock.monotonic(),
+                          retired=retired) == []
+        clock.advance(SETTLE)
+        assert ae.due_pulls(own, clock.monotonic(), retired=retired) == {}
+        assert not ae.waiting() and ae.next_due() is None
+    assert ae.caught_up()
+
+
+def test_a_lead_on_an_origin_retired_meanwhile_is_dropped_without_a_pull():
+    ae, clock = make()
+    assert ae.observe("p", {"gone": 4}, {"gone": 3}, clock.monotonic()) == ["gone"]
+    clock.advance(SETTLE)  # due, but this node retired the origin (or adopted a base with it)
+    assert ae.due_pulls({"_retired": 1}, clock.monotonic(), retired={"gone": 3}) == {}
+    assert not ae.waiting() and ae.caught_up()
+
+
+def test_a_peer_that_shows_an_origin_we_retired_at_its_final_watermark_covers_it():
+    ae = AntiEntropy(settle=1.0)
+    own, retired = {"o1": 3, "_retired": 2}, {"gone": 4, "old": 2}
+    ae.observe("b", {"o1": 3, "gone": 4, "old": 2}, own, 0.0, retired=retired)  # retired none
+    assert ae.covers("b", own, retired) is True
+    ae.observe("b", {"o1": 3, "gone": 4, "_retired": 1}, own, 0.0, retired=retired)
+    assert ae.covers("b", own, retired) is True  # retired the other one
+    ae.observe("b", {"o1": 3, "_retired": 2}, own, 0.0, retired=retired)
+    assert ae.covers("b", own, retired) is True  # retired both
+    ae.observe("b", {"o1": 3, "gone": 3, "old": 2}, own, 0.0, retired=retired)
+    assert ae.covers("b", own, retired) is False  # lacks an event of "gone"
+    ae.observe("b", {"o1": 3, "gone": 4}, own, 0.0, retired=retired)
+    assert ae.covers("b", own, retired) is False  # lacks "old" altogether

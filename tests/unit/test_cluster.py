@@ -550,3 +550,65 @@ def test_an_event_held_above_a_gap_that_died_with_its_node_reaches_every_node(cl
         c.anti_entropy_round()
     assert c.fully_connected()
     assert c.counts() == {n1: 5, n2: 5, n3: 5}
+
+
+def test_a_node_never_pulls_an_origin_it_retired_from_a_peer_that_still_carries_it(cluster_of):
+    c = cluster_of(1, origin_retire_after=100.0)
+    n1, n2 = c.ids[0], "n2:7002"
+    c[n1].replicate("n9:7009", [Event("gone", 1, "c", 5)])  # an origin whose node is gone
+    c[n1].cleanup_once()  # first sight: its activity is stamped
+    c.clock.advance(101.0)
+    c[n1].cleanup_once()  # no peer listed: n1 decides alone
+    assert c[n1].counter.retired_count() == 1
+    # n2 still carries it, and has more of it than n1 folded in (its node came back to n2 only):
+    # adopting refuses those, so pulling them is futile, and n2 refuses n1's base for them.
+    c.add(n2, dataclasses.replace(BASE, advertise=n2, peers=(n1,)))
+    c.ids.append(n2)
+    c[n2].replicate("n9:7009", [Event("gone", 1, "c", 5), Event("gone", 2, "c", 1)])
+    c.form()
+    assert c.fully_connected()
+    for _ in range(3):
+        c[n1].heartbeat_once()
+        c.clock.advance(BASE.heartbeat_interval)
+        assert c[n1].pull_once() == 0
+    pulls = [line for line in c[n1].metrics.render().splitlines()
+             if line.startswith("dcounter_anti_entropy_pulls_total ")]
+    assert pulls == ["dcounter_anti_entropy_pulls_total 0"]
+    assert not c[n1].anti_entropy.waiting() and c[n1].readiness()[0]
+    # n2 has every event n1 counts (all of the origin n1 folded in): it is caught up with n1.
+    assert c[n1].status()["members"][n2]["caught_up"] is True
+
+
+def pulls_made(node) -> int:
+    line, = [line for line in node.metrics.render().splitlines()
+             if line.startswith("dcounter_anti_entropy_pulls_total ")]
+    return int(line.split()[1])
+
+
+def test_a_base_a_node_refused_is_not_pulled_again_until_a_larger_one_shows(cluster_of):
+    c = cluster_of(1, origin_retire_after=100.0)
+    n1, n2 = c.ids[0], "n2:7002"
+    c[n1].replicate("n9:7009", [Event("gone", 1, "c", 5)])
+    c[n1].cleanup_once()
+    c.clock.advance(101.0)
+    c[n1].cleanup_once()
+    c.add(n2, dataclasses.replace(BASE, advertise=n2, peers=(n1,)))
+    c.ids.append(n2)
+    c[n2].replicate("n9:7009", [Event("gone", 1, "c", 5), Event("gone", 2, "c", 1)])
+    c.form()
+    c.anti_entropy_round()
+    assert pulls_made(c[n2]) == 1  # n1's base lacks gone:2, so n2 refused it
+    for _ in range(3):
+        c.anti_entropy_round()
+    assert pulls_made(c[n2]) == 1 and c[n2].readiness()[0]
+    assert c.counts() == {n1: 5, n2: 6}  # the limit README states, unchanged
+    c[n1].replicate("n8:7008", [Event("later", 1, "c", 1)])  # n1 retires one more origin
+    c[n2].replicate("n8:7008", [Event("later", 1, "c", 1)])
+    c.anti_entropy_round()
+    for node_id in (n1, n2):
+        c[node_id].cleanup_once()
+    c.clock.advance(101.0)
+    c[n1].cleanup_once()
+    assert c[n1].counter.retired_count() == 2
+    c.anti_entropy_round()
+    assert pulls_made(c[n2]) == 2  # a larger base shows: asked once more (and refused)

@@ -877,3 +877,20 @@ def test_held_events_of_a_retired_origin_are_skipped_and_ours_above_our_watermar
     txn.retired_add["gone"] = 4
     assert txn.adopt_held("gone", [Event("gone", 6, "c", 1)], 0.0) == 0
     c.abort(txn)
+
+
+def test_a_refused_base_counts_as_reached_until_either_retired_set_grows():
+    clock = FakeClock()
+    old = retired_node(clock, ["a"])
+    ahead = make_counter(origin_retire_after=10.0)
+    remote(ahead, ev(1, origin="a"), ev(2, origin="a"))  # an event the base lacks
+    assert ahead.digest_reached() == ahead.digest() == {"a": 2}
+    assert pull(old, ahead, [RETIRED_ENTRY]) == 0
+    # Anti-entropy compares peers' digests with this one: pulling that base again is futile.
+    assert ahead.digest_reached() == {"a": 2, RETIRED_ENTRY: 1}
+    assert ahead.digest() == {"a": 2}  # what peers are told is unchanged
+    remote(ahead, ev(1, origin="z"))
+    sweep(ahead, clock)
+    clock.advance(10.0)
+    assert sweep(ahead, clock) == ["a", "z"]  # its own set grew: a base may be adopted again
+    assert ahead.digest_reached() == ahead.digest() == {RETIRED_ENTRY: 2}
