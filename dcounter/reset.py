@@ -49,13 +49,11 @@ no threads, no sockets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from dcounter.errors import NotFound, Unprocessable
+from dcounter.events import Event, LocalResult
+from dcounter.keys import KeyRecord, describe_key
 from dcounter.retirement import RETIRED_ENTRY as RETIRED  # the base's name in covers
-
-if TYPE_CHECKING:
-    from dcounter.counter import LocalResult
 
 Cover = tuple[int, int]  # (watermark, covered total)
 
@@ -184,11 +182,10 @@ class TxnResets:
         return tuple(sorted(covers))
 
     def local_reset(self, counter: str, delete: bool, key: str | None,
-                    now: float) -> "LocalResult":
+                    now: float) -> LocalResult:
         """Stage a reset (or a delete) of `counter` made here. Raises `NotFound` for a name this
         node does not know, `Unprocessable` when the key was used for another request or a
         delete would pass `max_deleted`; either way nothing is staged."""
-        from dcounter.counter import Event, KeyRecord, LocalResult
         kind = "delete" if delete else "reset"
         if key is not None:
             record = self.key(key, now)
@@ -292,11 +289,3 @@ class CounterResets:
 
 
 _MISSING = object()
-
-
-def describe_key(record) -> str:
-    if record.kind is not None:
-        return f"a {record.kind} of counter {record.counter!r}"
-    if record.items is not None:
-        return f"a bulk request of {len(record.items)} items"
-    return f"counter {record.counter!r}, delta {record.delta}"

@@ -27,8 +27,8 @@ A node that has not retired an origin still carries it, a node that has retired 
 it, and a late joiner gets the whole base in one pull: nodes converge.
 
 `TxnRetirement` (staging: the sweep, adopting a peer's base) and `CounterRetirement` (committed
-state: digests seen, install) are the parts of `Txn` and `Counter` that do this; they use those
-classes' state and live here to keep counter.py to its events and keys. Pure: the wall time
+state: digests seen, install) are the parts of `Txn` (txn.py) and `Counter` (counter.py) that do
+this; they use those classes' state. Pure: the wall time
 comes in as an argument, and nothing here sleeps, spawns threads or opens sockets.
 """
 
@@ -42,7 +42,7 @@ from dcounter.errors import NodeError
 from dcounter.validation import INT64_MAX
 
 if TYPE_CHECKING:
-    from dcounter.counter import Txn
+    from dcounter.txn import Txn
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class TxnRetirement:
             for name, total in self._full_prefix(origin).items():
                 self._add_total(name, -total)
             for entry in self._all_held(origin).values():
-                # (counter, delta, key), or (None, items, key) for a bulk event (counter.py),
+                # (counter, delta, key), or (None, items, key) for a bulk event (held.py),
                 # or (None, (), key, reset) for a reset event (reset.py)
                 for name, delta in (entry[1] if entry[0] is None else (entry[:2],)):
                     self._add_total(name, -delta)
