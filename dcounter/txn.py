@@ -247,6 +247,8 @@ class Txn(TxnKeys, TxnHeld, TxnAdoption, TxnRetirement, TxnResets):
 
     def _apply_bulk(self, origin: str, seq: int, items: Items, key: str | None) -> None:
         """Apply a bulk event known to be new: every item, or (held) none until it is."""
+        # `_apply`'s twin, kept apart: one helper serving both (its items as a tuple) made the
+        # per-event path of a replicated batch about a fifth slower.
         staged = self._staged(origin)
         sums: dict[str, int] = {}  # per counter: a request names few counters many times
         for name, delta in items:
