@@ -21,19 +21,18 @@ import logging
 import threading
 from typing import Callable
 
-from dcounter import validation
+from dcounter import membership
 from dcounter.antientropy import AntiEntropy
 from dcounter.config import Config
 from dcounter.contacts import Contacts, Kind
 from dcounter.counter import Counter
 from dcounter.errors import BadRequest, Conflict, NotFound, PeerRefused, PeerUnreachable
 from dcounter.membership import (Contact, backoff_warnings, contact_from, contact_to, in_words,
-                                 join_reply_peers, link_changes)
+                                 join_reply_peers)
 from dcounter.peers import PeerStore
 from dcounter.protocol import PeerProtocols
 from dcounter.replication import Replicator
 from dcounter.transport import Transport, describe_failure, failure_kind
-from dcounter.wire import decode_digest, decode_held_summaries, decode_peer_list
 
 log = logging.getLogger("dcounter.node")
 
@@ -70,20 +69,10 @@ class Gossip:
         of held events (`held`, protocol 2) go to a peer known to speak protocol 2 (a node of
         the previous release refuses a field it does not know), and in a reply when `held`:
         the request was of protocol 2."""
-        payload = {"node_id": self.node_id, "cluster": self.config.cluster,
-                   "protocol": (self.protocols.for_requests(peer) if peer
-                                else self.config.protocol),
-                   "origin": self.counter.local_origin}
-        if include_digest:
-            payload["digest"] = self.counter.digest()
-            payload["peers"] = self.peers.alive()
-            send_held = held if peer is None else self.protocols.for_events(peer) >= 2
-            if send_held:
-                summaries = self.counter.held_summaries()
-                if summaries:
-                    payload["held"] = {origin: list(summary)
-                                       for origin, summary in summaries.items()}
-        return payload
+        protocol = self.protocols.for_requests(peer) if peer else self.config.protocol
+        send_held = held if peer is None else self.protocols.for_events(peer) >= 2
+        return membership.payload(self.node_id, self.config.cluster, protocol, self.counter,
+                                  self.peers, digest=include_digest, held=send_held)
 
     def _speaks_held(self, protocol) -> bool:
         """Whether a request of `protocol` gets the held summaries in its reply."""
@@ -96,7 +85,7 @@ class Gossip:
         where X reached us, "joined X" where we reached X."""
         if contact is Contact.NEW:
             log.info("peer %s joined" if reached_us else "joined %s", peer)
-        if contact in (Contact.NEW, Contact.SELF):
+        if contact.relists:
             self.sync_links()
         return contact
 
@@ -107,12 +96,7 @@ class Gossip:
         last call sees the last change and no peer stays listed without a link (or linked
         without being listed)."""
         with self._links_lock:
-            add, remove = link_changes(self.peers.alive(), self.replicator.peers())
-            for peer in add:
-                self.replicator.add_peer(peer)
-            for peer in remove:
-                self.replicator.remove_peer(peer)
-                self.anti_entropy.forget(peer)
+            membership.sync_links(self.peers, self.replicator, self.anti_entropy)
 
     def retain_digests(self) -> None:
         """The last digest of a member is kept while the member is known, no longer."""
@@ -122,14 +106,13 @@ class Gossip:
     def sweep(self) -> list[str]:
         """The membership part of a cleanup: remove silent peers, forget long-gone members;
         returns the peers removed."""
-        gone = self.peers.expire(self.clock.monotonic())
+        gone, reaped = membership.sweep(self.peers, self.anti_entropy, self.clock.monotonic())
         for peer in gone:
             log.info("removed peer %s (silent for more than %.1fs); it counts as failed until "
                      "it answers again, leaves, is forgotten or --reap-after passes", peer,
                      self.config.peer_timeout)
-        for peer in self.peers.reap(self.clock.monotonic()):
+        for peer in reaped:
             log.info("forgot member %s (failed or left more than --reap-after ago)", peer)
-        self.retain_digests()
         self.sync_links()  # also after no change: the listing rules, whatever happened
         return gone
 
@@ -222,17 +205,10 @@ class Gossip:
         """Peers, digest and held summaries heard from `source`: second-hand ids become
         candidates; origins where `source` is ahead, or shows other held events at our
         watermark, are leads, pulled once they last (antientropy.py)."""
-        new = self.peers.add_candidates([p for p in peers if p != self.node_id],
-                                        self.clock.monotonic())
+        new, ahead = membership.learn(self.peers, self.counter, self.anti_entropy, source,
+                                      digest, peers, held, self.clock.monotonic())
         if new:
             self._wake_membership()
-        self.counter.note_digest(source, digest)
-        if self.peers.is_self(source):
-            return []
-        ahead = self.anti_entropy.observe(source, digest, self.counter.digest_reached(),
-                                          self.clock.monotonic(), held,
-                                          self.counter.held_summaries(),
-                                          retired=self.counter.retired_origins())
         if ahead:
             self._wake_pulls()
         return ahead
@@ -301,13 +277,8 @@ class Gossip:
 
     def handle_reply(self, peer: str, reply: dict) -> bool:
         """A successful direct contact with `peer`; `reply` is its membership payload."""
-        origin = reply.get("origin")
         try:
-            if origin is not None:
-                validation.origin(origin)
-            digest = decode_digest(reply.get("digest", {}))
-            peers = decode_peer_list(reply.get("peers", []))
-            held = decode_held_summaries(reply["held"]) if "held" in reply else {}
+            origin, digest, peers, held = membership.read_reply(reply)
         except BadRequest as exc:
             log.warning("ignoring malformed reply from %s: %s", peer, exc.message)
             return False

@@ -1,8 +1,15 @@
-"""Membership decisions (pure): what a contact with a peer means for the listing, which links
-the listing calls for, what a join reply lists, and when a refusal is worth a log line. No
-threads, sockets or clock; the node carries out what these return.
+"""Membership decisions (pure): what a join or heartbeat (or its reply) carries and what is
+learned from one, what a contact with a peer means for the listing, which links the listing
+calls for, what a join reply lists, and when a refusal is worth a log line. No threads, sockets
+or clock; the node (gossip.py) and the simulator (simnode.py) carry out what these return.
 
 Rules kept here:
+
+* A contact carries the sender's id, cluster, protocol and origin, and (but for a leave) its
+  digest and listed peers, with the summaries of its held events where the protocol has them.
+  From a contact a node learns: second-hand ids become candidates (listed only after a direct
+  contact), the digest is noted (retirement.py), and origins where the sender is ahead, or shows
+  other held events at this node's watermark, are leads for anti-entropy.
 
 * A contact that carries this node's own origin, or comes from one of its own ids, is this
   node under another spelling: never listed (`Contact.SELF`).
@@ -19,11 +26,15 @@ Rules kept here:
   failure in words, never an exception class name.
 """
 
+from __future__ import annotations
+
 import enum
 import threading
 
+from dcounter import validation
 from dcounter.errors import FAILURE_WORDS, failure_words
 from dcounter.peers import Member, PeerStore, State
+from dcounter.wire import decode_digest, decode_held_summaries, decode_peer_list
 
 
 class Contact(enum.Enum):
@@ -31,6 +42,84 @@ class Contact(enum.Enum):
     NEW = "new"      # listed now (for the first time, or again)
     KNOWN = "known"  # listed already; its last-seen time moved
     FULL = "full"    # reached, but not listed: --max-peers peers are listed already
+
+    @property
+    def relists(self) -> bool:
+        """Whether the listing may have changed, so the links must follow it."""
+        return self in (Contact.NEW, Contact.SELF)
+
+
+def payload(node_id: str, cluster: str, protocol: int, counter, peers: PeerStore, *,
+            digest: bool = True, held: bool = False) -> dict:
+    """A join, heartbeat or leave in `protocol`, or the reply to one: the sender and, with
+    `digest` (not for a leave), its digest and listed peers, and with `held` (protocol 2) the
+    summaries of its held events when it holds any."""
+    body = {"node_id": node_id, "cluster": cluster, "protocol": protocol,
+            "origin": counter.local_origin}
+    if digest:
+        body["digest"] = counter.digest()
+        body["peers"] = peers.alive()
+        if held:
+            summaries = counter.held_summaries()
+            if summaries:
+                body["held"] = {origin: list(summary) for origin, summary in summaries.items()}
+    return body
+
+
+def read_reply(reply: dict) -> tuple[str | None, dict[str, int], list[str], dict]:
+    """A join's or heartbeat's reply (`payload`): (origin, digest, peers, held summaries).
+    Raises BadRequest for a malformed one."""
+    origin = reply.get("origin")
+    if origin is not None:
+        validation.origin(origin)
+    digest = decode_digest(reply.get("digest", {}))
+    peers = decode_peer_list(reply.get("peers", []))
+    held = decode_held_summaries(reply["held"]) if "held" in reply else {}
+    return origin, digest, peers, held
+
+
+def learn(peers: PeerStore, counter, anti_entropy, source: str, digest: dict[str, int],
+          heard: list[str], held: dict, now: float) -> tuple[list[str], list[str]]:
+    """What a contact with `source` teaches: returns (the new candidates among the peers it
+    listed, whom the node then contacts; the origins on which it leads, which anti-entropy
+    pulls once they last)."""
+    new = peers.add_candidates([p for p in heard if p != peers.self_id], now)
+    counter.note_digest(source, digest)
+    if peers.is_self(source):
+        return new, []
+    return new, anti_entropy.observe(source, digest, counter.digest_reached(), now, held,
+                                     counter.held_summaries(),
+                                     retired=counter.retired_origins())
+
+
+def sweep(peers: PeerStore, anti_entropy, now: float) -> tuple[list[str], list[str]]:
+    """The membership part of a cleanup: silent peers removed, long-gone members forgotten, and
+    the last digests of members no longer known dropped. Returns (removed, forgotten); the links
+    must then follow the listing (`sync_links`)."""
+    gone = peers.expire(now)
+    reaped = peers.reap(now)
+    anti_entropy.retain_digests(peers.members(now, 0.0))
+    return gone, reaped
+
+
+def sync_links(peers: PeerStore, links, anti_entropy) -> tuple[list[str], list[str]]:
+    """Make `links` (`peers()`, `add_peer`, `remove_peer`: the replicator) match the listing; a
+    peer whose link goes is no lead for anti-entropy any more. Returns (added, removed)."""
+    add, remove = link_changes(peers.alive(), links.peers())
+    for peer in add:
+        links.add_peer(peer)
+    for peer in remove:
+        links.remove_peer(peer)
+        anti_entropy.forget(peer)
+    return add, remove
+
+
+def retire_idle_job(peers: PeerStore, now: float):
+    """The writer job of a cleanup's origin retirement (retirement.py): the listed peers must
+    each have shown an origin at this node's watermark, and their own origins are never idle."""
+    listed = peers.alive()
+    live = {peers.origin_of(peer) for peer in listed}
+    return lambda txn: txn.retire_origins(now, listed, live)
 
 
 def contact_from(peers: PeerStore, self_id: str, local_origin: str, sender: str,

@@ -49,6 +49,7 @@ from dcounter.counter import (BulkResult, Counter, Event, Items, LocalResult, Re
 from dcounter.errors import StartupError
 from dcounter.forwarding import Forwarder
 from dcounter.gossip import Gossip
+from dcounter.membership import retire_idle_job
 from dcounter.metrics import Metrics
 from dcounter.nodemetrics import NodeMetrics
 from dcounter.nodestatus import NodeStatus
@@ -367,9 +368,7 @@ class Node:
             self._kick.set()
         now = self.clock.time()
         self.writer.submit(lambda txn: txn.expire_keys(now))
-        listed = self.peers.alive()
-        live = {self.peers.origin_of(peer) for peer in listed}
-        self.writer.submit(lambda txn: txn.retire_origins(now, listed, live))
+        self.writer.submit(retire_idle_job(self.peers, now))
         return gone
 
     def sample_history(self) -> int:

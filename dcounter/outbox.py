@@ -42,6 +42,12 @@ LINGER_CAP = 3.5      # times batch_linger: the longest a busy link lets a batch
 MAX_UNEXPECTED_FAILURES = 5  # sends of a batch that fail for an unexpected reason before it is
                              # dropped and left to anti-entropy
 
+
+def batch_goal(links: int) -> int:
+    """A busy link's batch goal with `links` links: EVENTS_PER_PEER per peer of the cluster."""
+    return EVENTS_PER_PEER * max(1, links)
+
+
 # (event, monotonic time it was queued): the time measures the replication delay.
 Queued = tuple[Event, float]
 

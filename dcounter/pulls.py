@@ -5,7 +5,10 @@ Owns: making the pulls that are due (`pull_once`, which the node's sync loop cal
 state reply, committing what it brings in one writer job (prefixes, held events, then the
 covers and tombstones of resets: `adopt_job`), and the reply to a peer's pull (`reply`). Which
 origins to pull from whom, and when, is antientropy.py's; the leads come in with heartbeats
-(gossip.py). It logs as `dcounter.node`, the name operators filter the node's lines by.
+(gossip.py). The plain functions (`due_pulls`, `pulled`, `pull_request`, `read_state`,
+`adopt_job`, `state_reply`) are what a pull decides and carries, without I/O: the simulator
+(simnode.py) runs them too. It logs as `dcounter.node`, the name operators filter the node's
+lines by.
 """
 
 from __future__ import annotations
@@ -23,6 +26,51 @@ from dcounter.wire import decode_covers, decode_deleted, decode_snapshot
 from dcounter.writer import Writer
 
 log = logging.getLogger("dcounter.node")
+
+
+def due_pulls(anti_entropy: AntiEntropy, counter: Counter, now: float) -> dict[str, list[str]]:
+    """The pulls due at `now` (a peer's lead lasted a heartbeat interval with our watermark
+    unchanged): {peer: origins}."""
+    return anti_entropy.due_pulls(counter.digest_reached(), now,
+                                  local_origin=counter.local_origin,
+                                  own_held=counter.held_summaries(),
+                                  retired=counter.retired_origins())
+
+
+def pulled(anti_entropy: AntiEntropy, counter: Counter, peer: str, origins: list[str],
+           now: float, ok: bool) -> None:
+    """A pull ended (`ok`: it answered usefully and what it brought was committed)."""
+    anti_entropy.pulled(peer, origins, counter.digest_reached(), now, ok=ok,
+                        own_held=counter.held_summaries())
+
+
+def pull_request(node_id: str, origins: list[str], held: int) -> dict:
+    """The body of `POST /counter/state`: `held` held events per origin at most (protocol 2;
+    0 asks for none)."""
+    request = {"node_id": node_id, "origins": origins}
+    if held:
+        request["held"] = held
+    return request
+
+
+def read_state(reply: dict, held: int) -> tuple[dict, dict, list[str]]:
+    """A state reply to a pull that asked for `held` held events: (snapshot, covers, deleted).
+    Raises BadRequest for a malformed one."""
+    return (decode_snapshot(reply.get("origins"), max_held=held),
+            decode_covers(reply.get("covers", {})), decode_deleted(reply.get("deleted", [])))
+
+
+def state_reply(counter: Counter, node_id: str, origins: list[str], held: int = 0) -> dict:
+    """The reply to a pull: the prefixes asked for (with up to `held` held events per origin),
+    the digest, and every cover and tombstone of a reset (reset.py: a prefix may contain resets
+    the puller never got), only when there are some."""
+    covers, deleted = counter.covers_wire()
+    reply = {"node_id": node_id, "origins": counter.snapshot(origins, held),
+             "digest": counter.digest()}
+    if covers or deleted:
+        reply["covers"] = covers
+        reply["deleted"] = deleted
+    return reply
 
 
 def adopt_job(snapshot: dict, covers, deleted, now: float):
@@ -60,19 +108,15 @@ class Pulls:
         watermark unchanged); returns origins adopted."""
         if not self.anti_entropy.waiting():
             return 0
-        due = self.anti_entropy.due_pulls(self.counter.digest_reached(), self.clock.monotonic(),
-                                          local_origin=self.counter.local_origin,
-                                          own_held=self.counter.held_summaries(),
-                                          retired=self.counter.retired_origins())
+        due = due_pulls(self.anti_entropy, self.counter, self.clock.monotonic())
         adopted = 0
         for peer, origins in due.items():
             count = None
             try:
                 count = self._pull(peer, origins)
             finally:
-                self.anti_entropy.pulled(peer, origins, self.counter.digest_reached(),
-                                         self.clock.monotonic(), ok=count is not None,
-                                         own_held=self.counter.held_summaries())
+                pulled(self.anti_entropy, self.counter, peer, origins,
+                       self.clock.monotonic(), ok=count is not None)
             adopted += count or 0
         return adopted
 
@@ -80,15 +124,11 @@ class Pulls:
         """Pull `origins`' prefixes from `peer`, with their held events (up to --gap-cap per
         origin) when it speaks protocol 2; returns how many origins changed, None when the
         peer did not answer usefully."""
-        request = {"node_id": self.node_id, "origins": origins}
         held = self.config.gap_cap if self.protocols.for_events(peer) >= 2 else 0
-        if held:
-            request["held"] = held
         try:
-            reply = self.transport.post(peer, "/counter/state", request)
-            snapshot = decode_snapshot(reply.get("origins"), max_held=held)
-            covers = decode_covers(reply.get("covers", {}))
-            deleted = decode_deleted(reply.get("deleted", []))
+            reply = self.transport.post(peer, "/counter/state",
+                                        pull_request(self.node_id, origins, held))
+            snapshot, covers, deleted = read_state(reply, held)
         except (PeerUnreachable, PeerRefused) as exc:
             log.debug("anti-entropy pull from %s failed: %s", peer, exc)
             return None
@@ -109,13 +149,5 @@ class Pulls:
         return count
 
     def reply(self, origins: list[str], held: int = 0) -> dict:
-        """The reply to a pull: the prefixes asked for (with up to `held` held events per
-        origin), the digest, and every cover and tombstone of a reset (reset.py: a prefix may
-        contain resets the puller never got)."""
-        covers, deleted = self.counter.covers_wire()
-        reply = {"node_id": self.node_id, "origins": self.counter.snapshot(origins, held),
-                 "digest": self.counter.digest()}
-        if covers or deleted:
-            reply["covers"] = covers
-            reply["deleted"] = deleted
-        return reply
+        """The reply to a pull (`state_reply`)."""
+        return state_reply(self.counter, self.node_id, origins, held)

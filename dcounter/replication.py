@@ -25,7 +25,7 @@ from collections.abc import Container
 
 from dcounter.counter import Event
 from dcounter.errors import PeerRefused, PeerUnreachable
-from dcounter.outbox import EVENTS_PER_PEER, LINGER_CAP, LinkState, Outbox, Queued
+from dcounter.outbox import EVENTS_PER_PEER, LINGER_CAP, LinkState, Outbox, Queued, batch_goal
 from dcounter.protocol import PeerProtocols, expressible
 from dcounter.retry import RetrySchedule
 from dcounter.wire import encode_runs
@@ -213,7 +213,7 @@ class Replicator:
     def _regoal(self) -> None:
         """A busy link's batch goal grows with the cluster (EVENTS_PER_PEER per peer)."""
         with self._lock:
-            self.batch_goal = goal = EVENTS_PER_PEER * max(1, len(self._links))
+            self.batch_goal = goal = batch_goal(len(self._links))
             links = list(self._links.values())
         for link in links:
             with link.cond:

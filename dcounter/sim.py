@@ -11,7 +11,8 @@ A run: nodes start with their seeds as join candidates; clients send increments 
 resets and deletes to random nodes for 60 s and more of virtual time (simclient.py); faults come
 and go (simnet.py); then everything heals (paused nodes resume, down nodes restart, the network
 is whole) and the run goes on until the cluster has converged, or fails when a deadline passes
-first. What is then checked is in simcheck.py; the node model in simnode.py.
+first. What is then checked is in simcheck.py; the node model in simnode.py (its links in
+simlinks.py, its disk and group commit in simdisk.py).
 
 Origin retirement runs as in the real node, in every cleanup sweep. Seven seeds in eight set
 `--origin-retire-after` to 20-40 virtual seconds (`retire_after`), so that the origins left idle

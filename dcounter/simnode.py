@@ -1,35 +1,31 @@
-"""The simulator's node: the real protocol objects, driven by the simulated world.
+"""The simulator's node: the real protocol objects and the real node's decisions, driven by the
+simulated world.
 
 Theory of operation
 -------------------
 A `SimNode` is one incarnation after another of a node at a fixed address. `start(disk)` loads
-the committed state (a `MemoryStore`, written from each `Txn` the way `store.py` writes SQLite)
-and arms three periodic timers: heartbeat, rejoin, cleanup. Everything else is a reaction to a
-message or a timer, and every decision is taken by the object the real node asks
-(`node.py`, `replication.py`, `writer.py`):
+the committed state (a `MemoryStore`, simdisk.py) and arms three periodic timers: heartbeat,
+rejoin, cleanup. Everything else is a reaction to a message or a timer, and every decision is
+taken by the code the real node runs; this module plays only the node's I/O and threads
+(gossip.py, pulls.py, node.py, writer.py), on the virtual clock:
 
-    membership     `PeerStore` and membership.py's `contact_from`/`contact_to`,
-                   `join_reply_peers`, `link_changes` (after every change to the listing);
-                   contacts in flight are claimed (`begin_contacts`, `claim_due_candidates`)
-                   and released when they end, as the node does
-    outbox         one real `Outbox` per listed peer over one `RetrySchedule`; this module plays
-                   the link's sender thread: take a batch when the outbox says so, report the
-                   outcome with `now`, sleep until `next_wakeup`. A removed link's late answer
-                   is reported to its own outbox (which then forgets its backoff), never to the
-                   peer's next one
-    anti-entropy   the real `AntiEntropy`: observe digests and held events' summaries (a peer
-                   ahead on an origin, or holding other events above the same watermark), pull
-                   what is due (one pull round at a time, as the node's sync thread does) with
-                   held events, covers and tombstones, report each pull
-    commits        `commitgroup.GroupCommit`: jobs submitted while a commit is under way
-                   (`COMMIT_TIME`) form one group in one `Txn`, a savepoint per job; a failed
-                   store write fails every job
+    membership     `PeerStore` and membership.py: what a contact carries (`payload`), what it
+                   means for the listing (`contact_from`/`contact_to`, `join_reply_peers`), what
+                   is learned from it (`learn`), the cleanup's `sweep`, and `sync_links` after
+                   every change to the listing; contacts in flight are claimed
+                   (`begin_contacts`, `claim_due_candidates`) and released when they end
+    links          one real `Outbox` per listed peer over one `RetrySchedule` (simlinks.py)
+    anti-entropy   the real `AntiEntropy` through pulls.py's plain functions: the pulls due,
+                   the request, the reply (`state_reply`), reading it and the job that adopts
+                   it (`read_state`, `adopt_job`: prefixes, held events, covers and tombstones),
+                   the report of each pull; one pull round at a time, as the node's sync thread
+    commits        `commitgroup.GroupCommit` (simdisk.py's `SimWriter`)
     resets/keys    `reset`, and keyed increments decided at their key's home
                    (`client_increment`/`on_forward`, keyhome.py)
-    retirement     the cleanup sweep retires idle origins (`Txn.retire_origins` with the listed
-                   peers and their origins, as `Node.cleanup_once`), pulls adopt a peer's base;
-                   the disk keeps activity, retired set and base as store.py does, and notes for
-                   the checker the covers each retired origin's base folded in
+    retirement     the cleanup sweep retires idle origins (membership.py's `retire_idle_job`,
+                   as `Node.cleanup_once`), pulls adopt a peer's base; the disk keeps activity,
+                   retired set and base as store.py does, and notes for the checker the covers
+                   each retired origin's base folded in
 
 A stale timer or answer of an earlier incarnation is ignored; while paused, timers and messages
 queue up in the inbox and run on resume. A request to a node that is down is refused at once
@@ -38,128 +34,19 @@ queue up in the inbox and run on resume. A request to a node that is down is ref
 
 from __future__ import annotations
 
-import copy
-
-from dcounter import keyhome
+from dcounter import keyhome, membership, pulls
 from dcounter.antientropy import AntiEntropy
 from dcounter.config import Config
-from dcounter.counter import Counter, Event, KeyRecord, OriginState
-from dcounter.errors import NodeError, StorageFailure
-from dcounter.membership import Contact, contact_from, contact_to, join_reply_peers, link_changes
-from dcounter.outbox import EVENTS_PER_PEER, LinkState, Outbox
+from dcounter.counter import Counter
+from dcounter.errors import NodeError
+from dcounter.membership import Contact, contact_from, contact_to, join_reply_peers
 from dcounter.peers import PeerStore
 from dcounter.retirement import RETIRED_ENTRY
 from dcounter.retry import RetryPolicy
+from dcounter.simdisk import Job, MemoryStore, SimWriter
+from dcounter.simlinks import SimLinks
 from dcounter.simnet import NodeClock
-from dcounter.wire import decode_covers, decode_deleted, decode_snapshot
-
-COMMIT_TIME = 0.002  # virtual seconds a group commit takes: jobs submitted meanwhile join it
-MAX_GROUP = 16       # jobs in one group at most
-
-
-class MemoryStore:
-    """A durable node's disk: what `store.py` keeps in SQLite, kept in dicts, written from a
-    `Txn` by the same rules (`Store._write_locked`) and loaded the same way."""
-
-    def __init__(self, origin: str):
-        self.origin = origin
-        self.watermarks: dict[str, int] = {}
-        self.prefixes: dict[str, dict[str, int]] = {}
-        self.held: dict[str, dict[int, tuple]] = {}
-        self.keys: dict[str, KeyRecord] = {}
-        self.covers: dict[str, dict[str, tuple[int, int]]] = {}  # counter -> origin -> cover
-        self.deleted: set[str] = set()
-        # Origin retirement (retirement.py): the live origins' activity, the retired origins'
-        # final watermarks (in the order they retired: a reset's cover of the base covers the
-        # first of them) and their base.
-        self.activity: dict[str, tuple[int, float]] = {}
-        self.retired: dict[str, int] = {}
-        self.base: dict[str, int] = {}
-        # Not stored by store.py, only the checker's: per retired origin, the covers of it (per
-        # counter) that the base folded in when the origin retired, here or at the node whose
-        # base this one adopted. A reset's cover beyond them never applied (the README's window).
-        self.base_covers: dict[str, dict[str, tuple[int, int]]] = {}
-        # Set on a copy taken by `dcounter-node backup` and restored by `dcounter-node restore`:
-        # the store takes a fresh origin when it next opens (`Store._leave_backup_origin`).
-        self.backup_of: str | None = None
-
-    def leave_backup_origin(self, new_origin) -> None:
-        if self.backup_of is not None:
-            self.origin, self.backup_of = new_origin(), None
-
-    def write(self, txn) -> None:
-        for origin, staged in txn.origins.items():
-            self.watermarks[origin] = staged.watermark
-            prefix = self.prefixes.setdefault(origin, {})
-            if staged.replace_prefix:
-                prefix.clear()
-            prefix.update(staged.prefix)
-            held = self.held.setdefault(origin, {})
-            for seq in staged.held_del:
-                held.pop(seq, None)
-            held.update(staged.held_add)
-        for key in txn.keys_del:
-            self.keys.pop(key, None)
-        self.keys.update(txn.keys_add)
-        if txn.reorigined_from is not None:
-            self.origin = txn.local_origin
-        self.write_retirement(txn)
-        self.write_resets(txn)
-
-    def write_retirement(self, txn) -> None:
-        """What `Store._write_retirement_locked` writes."""
-        for origin, activity in txn.activity.items():
-            if origin not in txn.origins_dropped:
-                self.activity[origin] = activity
-        for origin in txn.origins_dropped:
-            for table in (self.watermarks, self.prefixes, self.held, self.activity):
-                table.pop(origin, None)
-        self.retired.update(txn.retired_add)
-        if txn.base is not None:
-            self.base = dict(txn.base)
-
-    def write_resets(self, txn) -> None:
-        """The covers and tombstones of resets, as `Store._write_resets_locked` writes them."""
-        for (name, origin), cover in txn.cover_add.items():
-            if cover is None:
-                self.covers.get(name, {}).pop(origin, None)
-            else:
-                self.covers.setdefault(name, {})[origin] = cover
-        self.deleted |= txn.deleted_add
-
-    def retirement(self) -> tuple[dict[str, int], dict[str, int], dict[str, tuple]]:
-        """`Counter.load`'s retired, base and activity, as `Store.load_retirement` reads them."""
-        return dict(self.retired), dict(self.base), dict(self.activity)
-
-    def resets(self) -> dict:
-        """`Counter.load`'s covers and deleted, as `Store.load_resets` reads them."""
-        return {"covers": {name: dict(per_origin) for name, per_origin in self.covers.items()
-                           if per_origin},
-                "deleted": set(self.deleted)}
-
-    def load(self) -> tuple[str, dict[str, OriginState], dict[str, KeyRecord]]:
-        origins = {o: OriginState(w, dict(self.prefixes.get(o, {})), dict(self.held.get(o, {})))
-                   for o, w in self.watermarks.items()}
-        return self.origin, origins, dict(self.keys)
-
-    def holds(self, origin: str, seq: int) -> bool:
-        """Whether the event is stored here: in a live origin's prefix or held, or in the base
-        (a retired origin's events up to its final watermark)."""
-        return self.watermarks.get(origin, 0) >= seq or seq in self.held.get(origin, {}) or \
-            self.retired.get(origin, 0) >= seq
-
-    def copy(self) -> "MemoryStore":
-        return copy.deepcopy(self)
-
-
-class Job:
-    """One job for the group commit, and what to do with its outcome."""
-    __slots__ = ("fn", "result", "error", "done")
-
-    def __init__(self, fn, done):
-        self.fn, self.done = fn, done
-        self.result = None
-        self.error: BaseException | None = None
+from dcounter.wire import decode_held_summaries
 
 
 class SimNode:
@@ -195,18 +82,12 @@ class SimNode:
                                policy=self.policy, seeds=self.seeds,
                                max_peers=self.cfg.max_peers, reap_after=self.cfg.reap_after,
                                now=self.now())
-        self.schedule = self.sim.retry_schedule(self.policy)
-        self.links: dict[str, Outbox] = {}
-        self.wakeups: dict[str, tuple[Outbox, float]] = {}  # peer -> the link's armed wakeup
-        # Per link: failed sends in a row and when the last one failed, as this module saw
-        # them (the backoff check: a link never retries before its policy allows).
-        self.failures: dict[Outbox, tuple[int, float]] = {}
+        self.links = SimLinks(self)
         self.anti_entropy = AntiEntropy(settle=self.cfg.heartbeat_interval)
         self.pull_at: float | None = None  # when the sync step is armed
         self.pulling = 0                   # pulls of the current round still in flight
         self.pending: dict[int, tuple] = {}
-        self.jobs: list[Job] = []
-        self.commit_armed = False
+        self.writer = SimWriter(self)
         # Peers whose digest this node compared with its own and pulled what it lacked from
         # (what a careful client waits for before it sends to an unmarked restored copy).
         self.compared: set[str] = set()
@@ -222,7 +103,7 @@ class SimNode:
         self.up = False
         self.paused = False
         self.inbox = []
-        self.jobs = []
+        self.writer.jobs.clear()
         self.incarnation += 1
 
     def pause(self) -> None:
@@ -301,73 +182,53 @@ class SimNode:
     def now(self) -> float:
         return self.clock.monotonic()
 
-    # -- group commit ------------------------------------------------------------------------------
+    # -- group commit (simdisk.py) --------------------------------------------------------------
     def submit(self, fn, done) -> None:
-        """Queue `fn(txn)` for the next group; `done(job)` runs once it committed or failed (not
-        if the node stops first: its caller then sees no answer)."""
-        self.jobs.append(Job(fn, done))
-        if not self.commit_armed:
-            self.commit_armed = True
-            self.timer(COMMIT_TIME, self.commit_group)
-
-    def commit_group(self) -> None:
-        group, self.jobs = self.jobs[:MAX_GROUP], self.jobs[MAX_GROUP:]
-        self.commit_armed = False
-        txn, _ = self.sim.group_commit.run(self.counter, group, self._write)
-        if txn is not None:
-            self.counter.install(txn)
-            self.sim.note_retirement(self.node_id, txn)
-            if txn.outbound:
-                self.enqueue(txn.outbound)
-        for job in group:
-            if job.error is not None and not isinstance(job.error, NodeError):
-                raise job.error  # a bug: the run fails loudly
-            job.done(job)
-        if self.jobs and not self.commit_armed:
-            self.commit_armed = True
-            self.timer(COMMIT_TIME, self.commit_group)
-
-    def _write(self, txn) -> None:
-        if self.failing:
-            raise StorageFailure("storage failure: injected by the simulator")
-        self.disk.write(txn)
+        """`fn(txn)` in the next group; `done(job)` once it committed or failed (not if the node
+        stops first: its caller then sees no answer)."""
+        self.writer.submit(fn, done)
 
     def increment(self, counter: str, delta: int, key: str | None, done) -> None:
         now = self.clock.time()
         self.submit(lambda txn: txn.local(counter, delta, key, now), done)
 
-    # -- membership, server side -----------------------------------------------------------------
-    def membership_payload(self) -> dict:
-        return {"node_id": self.node_id, "origin": self.counter.local_origin,
-                "digest": self.counter.digest(), "peers": self.peers.alive(),
-                "held": self.counter.held_summaries()}
+    # -- membership, server side (gossip.py) ---------------------------------------------------
+    def membership_payload(self, digest: bool = True) -> dict:
+        return membership.payload(self.node_id, self.cfg.cluster, self.cfg.protocol, self.counter,
+                                  self.peers, digest=digest, held=True)
+
+    @staticmethod
+    def read_contact(body: dict) -> tuple:
+        """What `membership.read_reply` reads of a contact or its reply; the shapes of ids are
+        not checked (the simulator's are n1, n2 ...)."""
+        return body["origin"], body["digest"], body["peers"], \
+            decode_held_summaries(body.get("held", {}))
 
     def contacted(self, contact: Contact) -> Contact:
-        if contact in (Contact.NEW, Contact.SELF):
+        if contact.relists:
             self.sync_links()
         return contact
 
     def on_join(self, sender: str, body: dict, respond) -> None:
-        try:
-            self.contacted(contact_from(self.peers, self.node_id, self.counter.local_origin,
-                                        sender, body["origin"], self.now()))
-        except NodeError:
-            respond(None)  # 503: --max-peers listed
-            return
-        self.learn(sender, body["digest"], body["peers"], body["held"])
-        reply = self.membership_payload()
-        reply["peers"] = join_reply_peers(self.node_id, self.peers.alive(), sender)
-        respond(reply)
+        self.answer_contact(sender, body, respond, join=True)
 
     def on_heartbeat(self, sender: str, body: dict, respond) -> None:
+        self.answer_contact(sender, body, respond, join=False)
+
+    def answer_contact(self, sender: str, body: dict, respond, join: bool) -> None:
+        """`Gossip.on_join` and `on_heartbeat`; 503 when --max-peers are listed."""
+        origin, digest, peers, held = self.read_contact(body)
         try:
             self.contacted(contact_from(self.peers, self.node_id, self.counter.local_origin,
-                                        sender, body["origin"], self.now()))
+                                        sender, origin, self.now()))
         except NodeError:
             respond(None)
             return
-        self.learn(sender, body["digest"], body["peers"], body["held"])
-        respond(self.membership_payload())
+        self.learn(sender, digest, peers, held)
+        reply = self.membership_payload()
+        if join:
+            reply["peers"] = join_reply_peers(self.node_id, self.peers.alive(), sender)
+        respond(reply)
 
     def on_leave(self, sender: str, body: dict, respond) -> None:
         self.peers.left(sender, self.now())
@@ -376,37 +237,18 @@ class SimNode:
 
     def learn(self, source: str, digest: dict[str, int], peers: list[str],
               held: dict[str, tuple]) -> list[str]:
-        """Second-hand ids become candidates; origins where `source` is ahead, or shows other
-        held events at our watermark, are leads."""
-        if self.peers.add_candidates([p for p in peers if p != self.node_id], self.now()):
-            self.timer(0.0, self.rejoin_once)  # the node kicks its membership loop
-        self.counter.note_digest(source, digest)
-        if self.peers.is_self(source):
-            return []
-        ahead = self.anti_entropy.observe(source, digest, self.counter.digest_reached(), self.now(),
-                                          held, self.counter.held_summaries(),
-                                          retired=self.counter.retired_origins())
+        """`Gossip.learn`: new candidates kick the membership loop, leads the sync loop."""
+        new, ahead = membership.learn(self.peers, self.counter, self.anti_entropy, source,
+                                      digest, peers, held, self.now())
+        if new:
+            self.timer(0.0, self.rejoin_once)
         if ahead:
             self.arm_pull()
         return ahead
 
     def sync_links(self) -> None:
-        """The links follow the listing (node.py `_sync_links`)."""
-        add, remove = link_changes(self.peers.alive(), self.links)
-        for peer in add:
-            self.links[peer] = Outbox(peer, self.schedule, max_backlog=self.cfg.max_backlog,
-                                      batch_max=self.cfg.batch_max,
-                                      batch_linger=self.cfg.batch_linger)
-        for peer in remove:
-            outbox = self.links.pop(peer)
-            outbox.drop("peer removed")
-            outbox.forget()
-            self.wakeups.pop(peer, None)
-            self.anti_entropy.forget(peer)
-        if add or remove:
-            goal = EVENTS_PER_PEER * max(1, len(self.links))
-            for outbox in self.links.values():
-                outbox.goal = goal
+        """The links follow the listing (`Gossip.sync_links`)."""
+        membership.sync_links(self.peers, self.links, self.anti_entropy)
 
     # -- membership, client side -----------------------------------------------------------------
     def heartbeat_tick(self) -> None:
@@ -422,11 +264,12 @@ class SimNode:
         self.peers.contact_finished(peer)
 
     def handle_reply(self, peer: str, reply: dict) -> None:
+        origin, digest, peers, held = self.read_contact(reply)
         contact = self.contacted(contact_to(self.peers, self.counter.local_origin, peer,
-                                            reply["origin"], self.now()))
+                                            origin, self.now()))
         if contact is Contact.SELF:
             return
-        if not self.learn(peer, reply["digest"], reply["peers"], reply["held"]):
+        if not self.learn(peer, digest, peers, held):
             self.compared.add(peer)
 
     def rejoin_tick(self) -> None:
@@ -447,24 +290,20 @@ class SimNode:
         self.peers.contact_finished(peer)
 
     def cleanup_tick(self) -> None:
-        now = self.now()
-        if self.peers.expire(now):
+        gone, _ = membership.sweep(self.peers, self.anti_entropy, self.now())
+        if gone:
             self.timer(0.0, self.rejoin_once)
-        self.peers.reap(now)
-        self.anti_entropy.retain_digests(self.peers.members(now, 0.0))
         self.sync_links()
         wall = self.clock.time()
         self.submit(lambda txn: txn.expire_keys(wall), lambda job: None)
-        # Origin retirement, as `Node.cleanup_once` sweeps: the listed peers (each must have
-        # shown an origin at our watermark) and their own origins (never idle).
-        listed = self.peers.alive()
-        live = {self.peers.origin_of(peer) for peer in listed}
+        retire = membership.retire_idle_job(self.peers, wall)  # as `Node.cleanup_once`
 
         def sweep(txn):
+            """The retirement, and the covers of each origin it retired (for the checker)."""
             before = {name: txn.covers_of(name) for name in self.sim.counter_names}
             return {origin: {name: covers[origin] for name, covers in before.items()
                              if origin in covers}
-                    for origin in txn.retire_origins(wall, listed, live)}
+                    for origin in retire(txn)}
 
         self.submit(sweep, self.folded)
         self.timer(self.cfg.cleanup_interval, self.cleanup_tick)
@@ -477,80 +316,10 @@ class SimNode:
     def leave(self) -> None:
         """Graceful stop: tell every listed peer, then go."""
         for peer in self.peers.alive():
-            self.sim.net.send(self.node_id, peer, ("leave", None, {"node_id": self.node_id}))
+            self.sim.net.send(self.node_id, peer, ("leave", None, self.membership_payload(False)))
         self.stop()
 
-    # -- outbox: the links' sender threads --------------------------------------------------------
-    def enqueue(self, events: list[Event]) -> None:
-        now = self.now()
-        for outbox in self.links.values():
-            wake = outbox.enqueue(events, now)
-            self.max_backlog_seen = max(self.max_backlog_seen, len(outbox.backlog))
-            if wake:
-                self.kick(outbox)
-            else:
-                self.arm_wakeup(outbox, outbox.next_wakeup(now))
-
-    def kick(self, outbox: Outbox) -> None:
-        """The sender looks at its outbox: sends a batch, or sleeps until the next wakeup."""
-        if self.links.get(outbox.peer) is not outbox:
-            return
-        now = self.now()
-        batch = outbox.take_batch(now)
-        if batch is None:
-            self.arm_wakeup(outbox, outbox.next_wakeup(now))
-            return
-        failed, last = self.failures.get(outbox, (0, 0.0))
-        if failed and now - last < self.policy.delay(failed) - 1e-9:
-            self.sim.oracle.violations.append(
-                f"{self.node_id}'s link to {outbox.peer} retried {now - last:.3f}s after its "
-                f"failure {failed} in a row, before its backoff of "
-                f"{self.policy.delay(failed):.3f}s")
-        events = [event for event, _ in batch]
-        self.call(outbox.peer, "replicate", {"node_id": self.node_id, "events": events},
-                  lambda r: self.pushed(outbox, batch), lambda: self.push_failed(outbox, batch))
-
-    def arm_wakeup(self, outbox: Outbox, when: float | None) -> None:
-        if when is None:
-            return
-        # A wakeup due now that gave no batch is a rounding of `last_start + linger`: the real
-        # sender's wait returns a moment later, and so does this one.
-        when = max(when, self.now() + 1e-6)
-        armed = self.wakeups.get(outbox.peer)
-        if armed is not None and armed[0] is outbox and armed[1] <= when:
-            return  # an earlier wakeup will look again
-        self.wakeups[outbox.peer] = (outbox, when)
-        self.timer(max(0.0, when - self.now()), self._wake, outbox, when)
-
-    def _wake(self, outbox: Outbox, when: float) -> None:
-        armed = self.wakeups.get(outbox.peer)
-        if armed is None or armed[0] is not outbox or armed[1] != when:
-            return
-        del self.wakeups[outbox.peer]
-        self.kick(outbox)
-
-    def pushed(self, outbox: Outbox, batch) -> None:
-        now = self.now()
-        outbox.sent_ok(batch, now)
-        self.failures.pop(outbox, None)
-        self.peers.refresh(outbox.peer, now)  # never lists a peer again
-        if self.links.get(outbox.peer) is not outbox:
-            outbox.forget()  # removed while in flight: leave no schedule entry behind
-            return
-        self.kick(outbox)
-
-    def push_failed(self, outbox: Outbox, batch) -> None:
-        now = self.now()
-        outbox.send_failed(batch, now)
-        failed, _ = self.failures.get(outbox, (0, 0.0))
-        self.failures[outbox] = (failed + 1, now)
-        if self.links.get(outbox.peer) is not outbox:
-            self.failures.pop(outbox, None)
-            outbox.forget()
-            return
-        self.max_backlog_seen = max(self.max_backlog_seen, len(outbox.backlog))
-        self.kick(outbox)
-
+    # -- replicated batches ---------------------------------------------------------------------
     def on_replicate(self, sender: str, body: dict, respond) -> None:
         events = body["events"]
         wall = self.clock.time()
@@ -567,7 +336,7 @@ class SimNode:
 
         self.submit(lambda txn: self.sim.remote(txn, events, wall), done)
 
-    # -- anti-entropy: the sync thread --------------------------------------------------------------
+    # -- anti-entropy: the sync thread (pulls.py) ----------------------------------------------
     def arm_pull(self) -> None:
         due = self.anti_entropy.next_due()
         if due is None or self.pulling:
@@ -590,49 +359,42 @@ class SimNode:
         """Make the pulls that are due; the next round waits until every one has ended."""
         if not self.anti_entropy.waiting():
             return
-        due = self.anti_entropy.due_pulls(self.counter.digest_reached(), self.now(),
-                                          local_origin=self.counter.local_origin,
-                                          own_held=self.counter.held_summaries(),
-                                          retired=self.counter.retired_origins())
-        for peer, origins in due.items():
+        for peer, origins in pulls.due_pulls(self.anti_entropy, self.counter, self.now()).items():
             self.pulling += 1
-            self.call(peer, "state", {"origins": origins, "held": self.cfg.gap_cap},
+            self.call(peer, "state", pulls.pull_request(self.node_id, origins, self.cfg.gap_cap),
                       lambda r, p=peer, o=origins: self.adopt(p, o, r),
                       lambda p=peer, o=origins: self.pulled(p, o, False))
 
     def on_state(self, sender: str, body: dict, respond) -> None:
         # "base_covers" is no part of the protocol: the checker's note of what this node's base
         # folded in, for the puller's note if it adopts the base.
-        respond({"origins": self.counter.snapshot(body["origins"], body["held"]),
-                 **self.covers_reply(), "base_covers": dict(self.disk.base_covers)})
+        respond({**pulls.state_reply(self.counter, self.node_id, body["origins"],
+                                     body.get("held", 0)),
+                 "base_covers": dict(self.disk.base_covers)})
 
     def adopt(self, peer: str, origins: list[str], reply: dict) -> None:
-        now = self.clock.time()
+        """`Pulls._pull` after the answer: the reply read, then adopted by `adopt_job`."""
+        snapshot, covers, deleted = pulls.read_state(reply, self.cfg.gap_cap)
+        adopt = pulls.adopt_job(snapshot, covers, deleted, self.clock.time())
+        base = snapshot.get(RETIRED_ENTRY, {}).get("retired") or {}
 
         def job(txn):
-            snapshot = decode_snapshot(reply["origins"], max_held=self.cfg.gap_cap)
-            base = snapshot.get(RETIRED_ENTRY, {}).get("retired") or {}
             newly = [origin for origin in base if not txn.is_retired(origin)]
-            adopted = sum(txn.adopt(o, s["watermark"], s["counters"], s.get("retired"))
-                          + txn.adopt_held(o, s.get("held", []), now)
-                          for o, s in snapshot.items())
-            self.adopt_covers(txn, reply)
+            adopt(txn)
             # The peer's base replaced ours whole: what it folded in of every origin is now ours.
-            taken = any(txn.is_retired(origin) for origin in newly)
-            folded = {origin: reply["base_covers"].get(origin, {}) for origin in base} \
-                if taken else {}
-            return adopted, folded
+            if any(txn.is_retired(origin) for origin in newly):
+                return {origin: reply["base_covers"].get(origin, {}) for origin in base}
+            return {}
 
         def done(j: Job) -> None:
             if j.error is None:
-                self.disk.base_covers.update(j.result[1])
+                self.disk.base_covers.update(j.result)
             self.pulled(peer, origins, j.error is None)
 
         self.submit(job, done)
 
     def pulled(self, peer: str, origins: list[str], ok: bool) -> None:
-        self.anti_entropy.pulled(peer, origins, self.counter.digest_reached(), self.now(), ok,
-                                 own_held=self.counter.held_summaries())
+        pulls.pulled(self.anti_entropy, self.counter, peer, origins, self.now(), ok)
         if ok:
             self.compared.add(peer)
         self.pulling -= 1
@@ -641,26 +403,14 @@ class SimNode:
 
     # -- resets and keys' homes (reset.py, keyhome.py) -------------------------------------------
     def reset(self, counter: str, delete: bool, key: str | None, done) -> None:
-        """`Node.reset`: a reset (or delete) of `counter` made here; `done(job)` as for
+        """`Updates.reset`: a reset (or delete) of `counter` made here; `done(job)` as for
         `increment`."""
         now = self.clock.time()
         self.submit(lambda txn: txn.local_reset(counter, delete, key, now), done)
 
-    def covers_reply(self) -> dict:
-        """What a state reply adds: every cover and tombstone (a prefix may hold resets the
-        puller never received), only when there are some, as `Node.state_reply`."""
-        covers, deleted = self.counter.covers_wire()
-        return {"covers": covers, "deleted": deleted} if covers or deleted else {}
-
-    @staticmethod
-    def adopt_covers(txn, reply: dict) -> None:
-        """In the job that adopted a state reply's prefixes, after them (`Node._pull`)."""
-        txn.adopt_covers(decode_covers(reply.get("covers", {})),
-                         decode_deleted(reply.get("deleted", [])))
-
     def client_increment(self, counter: str, delta: int, key: str | None, answer,
                          committed) -> None:
-        """The increment route (`Node.increment`/`Node.forward`): a keyed increment whose
+        """The increment route (`Updates.increment`, `Forwarder.forward`): a keyed increment whose
         key's home is another member is forwarded there and its answer relayed; one without a
         key is applied here, and so is one whose home refused the connection. `answer(outcome,
         result)` runs at most once: outcome "new" or "replayed" (with the LocalResult),
@@ -721,12 +471,11 @@ class SimNode:
     # -- what the checker reads -----------------------------------------------------------------
     def settled(self) -> str | None:
         """None when nothing waits to be sent, committed or pulled; else why not."""
-        for outbox in self.links.values():
-            if outbox.backlog or outbox.state is not LinkState.IDLE:
-                return f"{self.node_id}'s link to {outbox.peer} is {outbox.state.value} with " \
-                       f"{len(outbox.backlog)} event(s) waiting"
-        if self.jobs:
-            return f"{self.node_id} has {len(self.jobs)} job(s) to commit"
+        links = self.links.settled()
+        if links is not None:
+            return links
+        if self.writer.jobs:
+            return f"{self.node_id} has {len(self.writer.jobs)} job(s) to commit"
         if self.pulling or self.anti_entropy.waiting():
             return f"{self.node_id} has anti-entropy pulls pending"
         return None

@@ -1,7 +1,9 @@
 """Anti-entropy decisions: a lead is pulled only after it lasted a heartbeat interval with the
-own watermark unchanged; one peer per origin; readiness."""
+own watermark unchanged; one peer per origin; readiness; what a pull carries and adopts."""
 
+from dcounter import pulls
 from dcounter.antientropy import AntiEntropy
+from dcounter.counter import Counter, Event
 from tests.fakes import FakeClock
 
 SETTLE = 2.0
@@ -209,3 +211,25 @@ def test_a_peer_that_shows_an_origin_we_retired_at_its_final_watermark_covers_it
     assert ae.covers("b", own, retired) is False  # lacks an event of "gone"
     ae.observe("b", {"o1": 3, "gone": 4}, own, 0.0, retired=retired)
     assert ae.covers("b", own, retired) is False  # lacks "old" altogether
+
+
+def test_a_pull_reply_read_and_adopted_brings_prefix_held_events_and_covers():
+    """The plain functions the node's pulls and the simulator share, end to end."""
+    source, puller = Counter("src"), Counter("dst")
+    txn = source.begin()
+    txn.remote([Event("o1", 1, "x", 5), Event("o1", 2, "x", 3), Event("o1", 4, "x", 1)], 0.0)
+    source.install(txn)
+    txn = source.begin()
+    txn.local_reset("x", False, None, 0.0)  # covers o1 up to 2: 8 of the 9
+    source.install(txn)
+    request = pulls.pull_request("p:1", ["o1", "src"], 10)
+    assert request == {"node_id": "p:1", "origins": ["o1", "src"], "held": 10}
+    reply = pulls.state_reply(source, "s:1", request["origins"], request["held"])
+    assert "covers" in reply
+    snapshot, covers, deleted = pulls.read_state(reply, 10)
+    txn = puller.begin()
+    assert pulls.adopt_job(snapshot, covers, deleted, 0.0)(txn) == 2
+    puller.install(txn)
+    assert puller.count("x") == source.count("x") == 1
+    assert puller.held_summaries() == source.held_summaries()
+    assert puller.covers_wire() == source.covers_wire()

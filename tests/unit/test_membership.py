@@ -1,12 +1,16 @@
-"""Membership decisions: what a contact means for the listing, which links the listing calls
-for, what a join reply lists, how often a refusal is logged."""
+"""Membership decisions: what a contact carries and teaches, what it means for the listing,
+which links the listing calls for, what a join reply lists, how often a refusal is logged."""
 
 import pytest
 
+from dcounter import membership
+from dcounter.antientropy import AntiEntropy
+from dcounter.counter import Counter, Event
 from dcounter.membership import (Contact, WarnEvery, backoff_warnings, contact_from, contact_to,
                                  join_reply_peers, link_changes)
 from dcounter.peers import PeerStore
-from dcounter.retry import RetryPolicy
+from dcounter.replication import Replicator
+from dcounter.retry import RetryPolicy, RetrySchedule
 from tests.fakes import FakeClock
 
 SELF, ORIGIN = "self:1", "selforigin"
@@ -133,3 +137,54 @@ def test_nonsense_periods_are_refused():
     for every, factor in ((0, 2.0), (-1, 2.0), (1.0, 0.5)):
         with pytest.raises(ValueError):
             WarnEvery(every, factor=factor)
+
+
+# -- what a contact carries and teaches --------------------------------------------------------------
+def _counter_holding(origin: str, *seqs: int) -> Counter:
+    counter = Counter(ORIGIN)
+    txn = counter.begin()
+    txn.remote([Event(origin, seq, "x", 1) for seq in seqs], 0.0)
+    counter.install(txn)
+    return counter
+
+
+def test_a_contact_carries_digest_peers_and_held_summaries_and_reads_back():
+    clock, peers = FakeClock(), make_store()
+    contact_from(peers, SELF, ORIGIN, "a:1", "oa", clock.monotonic())
+    counter = _counter_holding("ob", 1, 3)  # 3 held above the gap
+    body = membership.payload(SELF, "default", 2, counter, peers, held=True)
+    assert body["digest"] == {"ob": 1} and body["peers"] == ["a:1"]
+    assert body["held"] == {"ob": list(counter.held_summaries()["ob"])}
+    assert membership.read_reply(body) == (ORIGIN, {"ob": 1}, ["a:1"],
+                                           counter.held_summaries())
+    assert "held" not in membership.payload(SELF, "default", 2, counter, peers)
+    leave = membership.payload(SELF, "default", 1, counter, peers, digest=False)
+    assert leave == {"node_id": SELF, "cluster": "default", "protocol": 1, "origin": ORIGIN}
+
+
+def test_a_contact_teaches_candidates_and_leads_but_our_own_alias_no_leads():
+    clock, peers = FakeClock(), make_store(seeds=("alias:1",))
+    counter, anti_entropy = Counter(ORIGIN), AntiEntropy(settle=2.0)
+    new, ahead = membership.learn(peers, counter, anti_entropy, "a:1", {"ob": 4},
+                                  [SELF, "c:1"], {}, clock.monotonic())
+    assert new == ["c:1"] and ahead == ["ob"]
+    peers.mark_self("alias:1")
+    assert membership.learn(peers, counter, anti_entropy, "alias:1", {"oc": 4}, [], {},
+                            clock.monotonic()) == ([], [])
+
+
+def test_the_links_follow_the_listing_and_a_removed_peer_is_no_lead():
+    clock, peers = FakeClock(), make_store()
+    links = Replicator(SELF, None, RetrySchedule(RetryPolicy(0.1, 10.0)), clock, max_backlog=10,
+                       batch_max=5, batch_linger=0.0)
+    anti_entropy = AntiEntropy(settle=2.0)
+    for peer in ("a:1", "b:1"):
+        contact_from(peers, SELF, ORIGIN, peer, None, clock.monotonic())
+    assert membership.sync_links(peers, links, anti_entropy) == (["a:1", "b:1"], [])
+    assert links.batch_goal == 24
+    anti_entropy.observe("b:1", {"ob": 3}, {}, clock.monotonic())
+    peers.left("b:1", clock.monotonic())
+    assert membership.sync_links(peers, links, anti_entropy) == ([], ["b:1"])
+    assert links.peers() == ["a:1"] and links.batch_goal == 12
+    clock.advance(5.0)
+    assert anti_entropy.due_pulls({}, clock.monotonic()) == {}

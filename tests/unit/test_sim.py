@@ -15,7 +15,7 @@ from dcounter.counter import Counter, Event
 from dcounter.reset import Reset
 from dcounter.sim import INJECTS, Simulation, main, run_seed
 from dcounter.simcheck import Attempt, Oracle, furthest_covers, unreset_parts
-from dcounter.simnode import MemoryStore
+from dcounter.simdisk import MemoryStore
 from dcounter.simnet import FAULT_KINDS, Fault, FaultPlan
 from dcounter.store import Store
 
