@@ -260,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, help="repetitions of every run (5; quick 1)")
     parser.add_argument("--warmup", type=int, help="warm-up increments per run (2000; "
                                                    "quick 1000)")
-    parser.add_argument("--connections", type=int, default=16,
-                        help="keep-alive connections in all, split over the nodes (16)")
+    parser.add_argument("--connections", type=int, default=32,
+                        help="keep-alive connections in all, split over the nodes (32)")
     parser.add_argument("--sizes", default="1,3,5", help="cluster sizes (1,3,5)")
     parser.add_argument("--modes", default="durable,memory",
                         help="durable, memory or both (durable,memory)")
