@@ -66,6 +66,10 @@ SIM_CONFIG = Config(max_backlog=40, gap_cap=30, batch_max=16)  # small bounds, s
 # seconds, so that origins left idle early in a run (a wiped node's, a restored backup's) retire
 # within it, at some nodes before others; the eighth keeps the default 7 days (none retires).
 RETIRE_AFTER = (20.0, 40.0)
+# Seconds a node that is back may take to be listed again by every peer (its joins, a
+# heartbeat round). Its peers removed it a peer timeout after it fell silent, so it is unlisted
+# for less than the faults that silenced it last plus this.
+REJOIN_MARGIN = 5.0
 
 
 def retire_after(seed: int) -> float:
@@ -101,13 +105,6 @@ class Simulation:
         self.retirements = 0            # (node, origin) retirements, a node's sweep or adopted
         self.retired_refused = 0        # replicated events of retired origins refused
         ids = [f"n{i}" for i in range(1, nodes + 1)]
-        self.nodes: dict[str, SimNode] = {}
-        for i, nid in enumerate(ids):
-            seeds = {ids[i - 1] if i else ids[1]}
-            if self.rng.random() < 0.5:
-                seeds.add(self.rng.choice([x for x in ids if x != nid]))
-            node = self.nodes[nid] = SimNode(self, nid, tuple(sorted(seeds)), config)
-            self.net.endpoints[nid] = node.receive
         kinds = FAULT_KINDS + EXTRA_KINDS * 3 if slow_links else FAULT_KINDS
         # A wall clock that jumps further than --origin-retire-after makes every origin look
         # idle for that long (the README's window of a node unlisted for longer): the jumps of
@@ -115,6 +112,20 @@ class Simulation:
         max_jump = min(3600.0, config.origin_retire_after / 4)
         self.plan = FaultPlan(random.Random(f"{seed}/faults"), ids, kinds=kinds,
                               max_jump=max_jump)
+        # For the same reason no node may be away, or cut off from a peer, for longer: faults
+        # in a row can keep a node unlisted past a short retire-after (a leave, then a one-way
+        # partition as it comes back), so the retire-after of such a run is raised beyond it.
+        away = self.plan.longest_absence() + REJOIN_MARGIN + max_jump
+        if config.origin_retire_after < away:
+            config = dataclasses.replace(config, origin_retire_after=round(away, 1))
+        self.retire_after = config.origin_retire_after
+        self.nodes: dict[str, SimNode] = {}
+        for i, nid in enumerate(ids):
+            seeds = {ids[i - 1] if i else ids[1]}
+            if self.rng.random() < 0.5:
+                seeds.add(self.rng.choice([x for x in ids if x != nid]))
+            node = self.nodes[nid] = SimNode(self, nid, tuple(sorted(seeds)), config)
+            self.net.endpoints[nid] = node.receive
         self.heal_at = max(WORK_UNTIL + 1.0, self.plan.end() + 1.0)
         self.clients = Clients(self, self.rng, random.Random(f"{seed}/resets"))
         self.group_commit = AcksFailedGroups() if inject == "ack-failed-commit" else GroupCommit()

@@ -33,6 +33,8 @@ FAULT_KINDS = NET_KINDS + NODE_KINDS
 # comes back, so answers it gave before its goodbye arrive after its peers dropped it, and
 # after a stale one listed it again.
 EXTRA_KINDS = ("slowlink",)
+# Faults of the network that can keep a node from hearing its peers' heartbeats.
+_CUTS_OFF = {"partition", "oneway", "loss"}
 # Faults that take a node away for a while: one at a time per node.
 _TAKES_NODE = {"crash", "wipe", "pause", "backup", "leave", "slowlink"}
 
@@ -247,6 +249,25 @@ class FaultPlan:
     def end(self) -> float:
         return max((f.start + f.duration + f.detail.get("down", 0.0) for f in self.faults),
                    default=0.0)
+
+    def longest_absence(self) -> float:
+        """The longest stretch of virtual time for which faults that can silence a node cover
+        one node without a gap: its own faults that take it away, and the network's (all
+        but duplicates and delays). No node is away, or cut off from a peer, for longer."""
+        longest = 0.0
+        for node in {f.node for f in self.faults if f.node is not None} or {None}:
+            spans = sorted((f.start, f.start + f.duration + f.detail.get("down", 0.0))
+                           for f in self.faults
+                           if f.node == node and f.kind in _TAKES_NODE
+                           or f.node is None and f.kind in _CUTS_OFF)
+            current = None
+            for start, end in spans:
+                if current is None or start > current[1]:
+                    current = [start, end]
+                else:
+                    current[1] = max(current[1], end)
+                longest = max(longest, current[1] - current[0])
+        return longest
 
     def arm(self, world: World, net: Network, cluster) -> None:
         for index, fault in enumerate(self.faults):

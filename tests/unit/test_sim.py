@@ -13,7 +13,7 @@ import pytest
 from dcounter import keyhome
 from dcounter.counter import Counter, Event
 from dcounter.reset import Reset
-from dcounter.sim import INJECTS, Simulation, main, run_seed
+from dcounter.sim import INJECTS, REJOIN_MARGIN, Simulation, main, retire_after, run_seed
 from dcounter.simcheck import Attempt, Oracle, furthest_covers, unreset_parts
 from dcounter.simdisk import MemoryStore
 from dcounter.simnet import FAULT_KINDS, Fault, FaultPlan
@@ -455,3 +455,17 @@ def test_keys_applied_where_they_arrive_are_caught_by_the_key_check():
     outcome = next(o for o in (run_seed(seed, inject="apply-keyed-here") for seed in range(10, 20))
                    if not o.passed)
     assert "counted 2 times" in outcome.problems[0]
+
+
+def test_a_run_whose_faults_keep_a_node_away_longer_raises_its_retire_after():
+    """Seed 3512 at six nodes: n5 leaves at 28.1 s and is back at 39.2 s, and a one-way
+    partition from 38.3 s keeps it from its peers until 49.7 s, so its peers did not list it for
+    about as long as the 22.8 s drawn for --origin-retire-after. They retired its origin while
+    it held events past the final watermark (the README's window of a node unlisted for longer
+    than --origin-retire-after) and the nodes never converged. The run's retire-after is raised
+    beyond the longest absence its faults allow, so the seed stays out of that window."""
+    sim = Simulation(3512, 6)
+    assert retire_after(3512) < sim.plan.longest_absence() + REJOIN_MARGIN
+    assert sim.retire_after >= sim.plan.longest_absence() + REJOIN_MARGIN
+    outcome = sim.run()
+    assert outcome.passed, outcome.problems
