@@ -177,12 +177,13 @@ class Load:
 
     def __init__(self, bench: "Bench", ports: list[int], connections: int, start: float,
                  stop: float, budget: int = 0, counter: str = BENCH_COUNTER,
-                 keyed: bool = False):
+                 keyed: bool = False, path: str = "/counter/increment",
+                 body: str | None = None):
         self.bench = bench
         self.ports = ports
         self.start_at = start
         self.stop_at = stop
-        self.body = json.dumps({"counter": counter}, separators=(",", ":"))
+        self.body = body or json.dumps({"counter": counter}, separators=(",", ":"))
         self.procs: list[subprocess.Popen] = []
         self.outputs: list[str] = []
         conns = split(max(connections, len(ports)), len(ports))
@@ -196,13 +197,14 @@ class Load:
             if bench.loadgen == "wrk":
                 args = ["wrk", "-t1", f"-c{conns[i]}", f"-d{run_for}s", "--timeout", "30s",
                         "-s", bench.wrk_scripts[keyed],
-                        f"http://127.0.0.1:{port}/counter/increment",
+                        f"http://127.0.0.1:{port}{path}",
                         "--", repr(start), repr(stop if stop != math.inf else 1e12),
                         str(budgets[i]), self.body] + ([key_prefix()] if keyed else [])
             else:
                 spec = {"port": port, "connections": conns[i], "start": start,
                         "stop": stop if stop != math.inf else 1e12, "budget": budgets[i],
-                        "body": self.body, "hard_stop": time.monotonic() + run_for,
+                        "body": self.body, "path": path,
+                        "hard_stop": time.monotonic() + run_for,
                         "key_prefix": key_prefix() if keyed else None}
                 args = [sys.executable, "-m", "dcounter.bench", "--load-worker",
                         json.dumps(spec)]
@@ -243,6 +245,7 @@ def load_worker(spec: dict) -> int:
     latencies: list[float] = []
     counts = {"requests": 0, "non2xx": 0, "errors": 0}
     body = spec["body"].encode()
+    path = spec.get("path", "/counter/increment")
 
     def may_send() -> bool:
         if stop_flag.is_set() or time.monotonic() >= spec["stop"] or \
@@ -272,7 +275,7 @@ def load_worker(spec: dict) -> int:
                     n += 1
                     headers["Idempotency-Key"] = idempotency_key(prefix, thread, n)
                 began = time.monotonic()
-                conn.request("POST", "/counter/increment", body=body, headers=headers)
+                conn.request("POST", path, body=body, headers=headers)
                 response = conn.getresponse()
                 response.read()
                 mine.append(time.monotonic() - began)
