@@ -175,9 +175,8 @@ def test_a_delete_leaves_every_list_and_an_uncovered_increment_brings_it_back(cl
 
 def test_a_reset_is_refused_while_a_member_speaks_protocol_1(cluster_of):
     c = cluster_of(2)
-    c.add("n3:7003", dataclasses.replace(BASE, advertise="n3:7003", peers=("n1:7001",),
-                                         protocol=1))
-    c.ids.append("n3:7003")
+    c.add_member("n3:7003", dataclasses.replace(BASE, advertise="n3:7003",
+                                                peers=("n1:7001",), protocol=1))
     c.form()
     c.increment("n1:7001", "c", 1)
     status, payload = reset_at(c, "n1:7001")

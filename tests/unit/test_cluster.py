@@ -46,6 +46,11 @@ class Cluster:
         self.nodes[node_id] = node
         return node
 
+    def add_member(self, node_id: str, cfg: Config) -> Node:
+        """A node added later that every other should list (counted in `ids`)."""
+        self.ids.append(node_id)
+        return self.add(node_id, cfg)
+
     def __getitem__(self, node_id: str) -> Node:
         return self.nodes[node_id]
 
@@ -505,8 +510,7 @@ def test_origins_past_the_old_digest_limit_are_retired_and_a_late_joiner_counts_
             {c[n1].counter.local_origin: 1, "_retired": per_round * (r + 1)}] * 2
         assert c.fully_connected() and c.converged()
     assert c[n1].counter.retired_count() == per_round * rounds
-    c.add("n3:7003", dataclasses.replace(BASE, advertise="n3:7003", peers=(n1,)))
-    c.ids.append("n3:7003")
+    c.add_member("n3:7003", dataclasses.replace(BASE, advertise="n3:7003", peers=(n1,)))
     for _ in range(3):
         c.anti_entropy_round()
     assert c.fully_connected()
@@ -562,8 +566,7 @@ def test_a_node_never_pulls_an_origin_it_retired_from_a_peer_that_still_carries_
     assert c[n1].counter.retired_count() == 1
     # n2 still carries it, and has more of it than n1 folded in (its node came back to n2 only):
     # adopting refuses those, so pulling them is futile, and n2 refuses n1's base for them.
-    c.add(n2, dataclasses.replace(BASE, advertise=n2, peers=(n1,)))
-    c.ids.append(n2)
+    c.add_member(n2, dataclasses.replace(BASE, advertise=n2, peers=(n1,)))
     c[n2].replicate("n9:7009", [Event("gone", 1, "c", 5), Event("gone", 2, "c", 1)])
     c.form()
     assert c.fully_connected()
@@ -592,8 +595,7 @@ def test_a_base_a_node_refused_is_not_pulled_again_until_a_larger_one_shows(clus
     c[n1].cleanup_once()
     c.clock.advance(101.0)
     c[n1].cleanup_once()
-    c.add(n2, dataclasses.replace(BASE, advertise=n2, peers=(n1,)))
-    c.ids.append(n2)
+    c.add_member(n2, dataclasses.replace(BASE, advertise=n2, peers=(n1,)))
     c[n2].replicate("n9:7009", [Event("gone", 1, "c", 5), Event("gone", 2, "c", 1)])
     c.form()
     c.anti_entropy_round()

@@ -49,9 +49,8 @@ def test_peer_protocols_rules():
 def mixed(cluster_of):
     """n1 and n2 speak protocol 2, n3 only protocol 1 (as a node of the previous release)."""
     c = cluster_of(2)
-    c.add("n3:7003", dataclasses.replace(BASE, advertise="n3:7003", peers=("n1:7001",),
-                                         protocol=1))
-    c.ids.append("n3:7003")
+    c.add_member("n3:7003", dataclasses.replace(BASE, advertise="n3:7003",
+                                                peers=("n1:7001",), protocol=1))
     c.form()
     assert c.fully_connected()
     return c
@@ -100,8 +99,7 @@ def test_the_old_node_refuses_bulk_events_like_the_previous_release(cluster_of):
 
 def test_a_node_learns_a_peer_is_old_from_its_409_and_asks_again_in_protocol_1(cluster_of):
     c = cluster_of(1)
-    old = c.add("n9:7009", dataclasses.replace(BASE, advertise="n9:7009", protocol=1))
-    c.ids.append("n9:7009")
+    old = c.add_member("n9:7009", dataclasses.replace(BASE, advertise="n9:7009", protocol=1))
     refused = []
     original = old.app.handle
 
