@@ -87,8 +87,9 @@ def learn(peers: PeerStore, counter, anti_entropy, source: str, digest: dict[str
     counter.note_digest(source, digest)
     if peers.is_self(source):
         return new, []
+    # Our held summaries matter only against events the peer holds (`held_leads`).
     return new, anti_entropy.observe(source, digest, counter.digest_reached(), now, held,
-                                     counter.held_summaries(),
+                                     counter.held_summaries() if held else {},
                                      retired=counter.retired_origins())
 
 

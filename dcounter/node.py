@@ -287,11 +287,6 @@ class Node:
         """The protocol this node speaks (`--protocol`)."""
         return self.config.protocol
 
-    def forward(self, counter: str, delta: int, key: str) -> tuple[LocalResult | None,
-                                                                   str | None]:
-        """Send a keyed increment to its key's home and relay the answer (forwarding.py)."""
-        return self.forwarder.forward(counter, delta, key)
-
     def replicate(self, sender: str, events: list[Event]) -> RemoteResult:
         return self.updates.replicate(sender, events)
 
@@ -358,9 +353,6 @@ class Node:
 
     def rejoin_once(self) -> list[str]:
         return self.gossip.rejoin_once()
-
-    def _join_candidate(self, peer: str) -> None:
-        self.gossip.join_candidate(peer)
 
     def cleanup_once(self) -> list[str]:
         gone = self.gossip.sweep()

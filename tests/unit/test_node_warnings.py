@@ -30,25 +30,25 @@ def test_an_unreachable_seed_is_warned_at_once_then_with_backoff(seeded, caplog)
     node, clock, transport = seeded
     transport.unreachable.add(SEED)
     for _ in range(6):  # 0 .. 50 s
-        node._join_candidate(SEED)
+        node.gossip.join_candidate(SEED)
         clock.advance(10.0)
     assert warnings(caplog) == [f"seed {SEED} unreachable: unreachable"]
-    node._join_candidate(SEED)  # 60 s: due again, saying how many were passed over
+    node.gossip.join_candidate(SEED)  # 60 s: due again, saying how many were passed over
     assert warnings(caplog)[1].endswith("(5 more failure(s) like it since the last warning)")
 
 
 def test_a_success_starts_the_backoff_afresh_and_a_join_is_one_line(seeded, caplog):
     node, clock, transport = seeded
     transport.raise_on["/nodes/join"] = PeerRefused(401, "wrong request signature")
-    node._join_candidate(SEED)
-    node._join_candidate(SEED)
+    node.gossip.join_candidate(SEED)
+    node.gossip.join_candidate(SEED)
     assert warnings(caplog) == [f"peer {SEED} refused our signature: do the nodes share "
                                 "--cluster-secret and a clock within --max-clock-skew?"]
     del transport.raise_on["/nodes/join"]
-    node._join_candidate(SEED)
+    node.gossip.join_candidate(SEED)
     assert [r.getMessage() for r in caplog.records if "joined" in r.getMessage()] == \
         [f"joined {SEED}"]
     node.peers.leave(SEED)  # a seed that leaves stays a candidate
     transport.raise_on["/nodes/join"] = PeerRefused(401, "wrong request signature")
-    node._join_candidate(SEED)
+    node.gossip.join_candidate(SEED)
     assert len(warnings(caplog)) == 2  # at once: the earlier backoff ended with the success
