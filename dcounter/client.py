@@ -45,6 +45,7 @@ import sys
 from dcounter import __version__, validation
 from dcounter.commands import (cmd_backup, cmd_counters, cmd_forget, cmd_get, cmd_incr,
                                cmd_nodes, cmd_reset, cmd_status, cmd_wait_converged)
+from dcounter.connection import plain_address
 from dcounter.cutover import cmd_import_original
 from dcounter.display import PROG
 from dcounter.errors import BadRequest
@@ -229,7 +230,7 @@ def make_client(args, environ) -> Client:
         if scheme not in ("http", "https"):
             raise _UsageError(f"--node: unsupported scheme {scheme!r} (http or https)")
         node = scheme + "://" + node.split("://", 1)[1]
-    if not node.split("://", 1)[-1].rstrip("/"):
+    if not plain_address(node):
         raise _UsageError("--node: empty address")
     if ca is not None and not os.path.isfile(ca):
         raise _UsageError(f"DCOUNTER_TLS_CA: no such file {ca!r} (the PEM file of the CA that "

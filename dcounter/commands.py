@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.parse
 
+from dcounter.connection import plain_address
 from dcounter.display import PROG, format_survey, print_json, retry_note, table
 from dcounter.library import Answer, Client, DcounterError
 from dcounter.survey import check_expected, survey
@@ -134,7 +135,7 @@ def cmd_forget(client: Client, args) -> int:
         print_json(result)
     told = result.get("told") or []
     not_told = result.get("not_told") or {}
-    asked = args.node.split("://", 1)[-1].rstrip("/")
+    asked = plain_address(args.node)
     if not args.json:
         print(f"forgot {args.member} at {asked}"
               + (f" and {', '.join(told)}" if told else ""))

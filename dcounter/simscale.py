@@ -38,11 +38,7 @@ from dcounter.config import Config
 
 CATEGORIES = ("membership", "replication", "anti_entropy")
 CATEGORY = {"join": "membership", "heartbeat": "membership", "leave": "membership",
-            "replicate": "replication", "state": "anti_entropy",
-            # the same kinds named by their routes
-            "/nodes/join": "membership", "/nodes/heartbeat": "membership",
-            "/nodes/leave": "membership", "/counter/replicate": "replication",
-            "/counter/state": "anti_entropy"}
+            "replicate": "replication", "forward": "replication", "state": "anti_entropy"}
 SIZES = (3, 5, 10, 20, 50)
 FORM_DEADLINE = 120.0  # virtual seconds for a fresh cluster to list every node everywhere
 HEAL_DEADLINE = 120.0  # virtual seconds after a heal to converge

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 from dataclasses import dataclass, field
 
+from dcounter.connection import plain_address
 from dcounter.library import Client, DcounterError
 
 MAX_NODES = 64            # nodes a survey asks at most
@@ -116,7 +117,7 @@ def survey(client: Client, start: str, timeout: float | None = None) -> Survey:
                 try:
                     status = future.result()
                 except DcounterError as exc:
-                    views[address] = NodeView(address.split("://", 1)[-1].rstrip("/"), address,
+                    views[address] = NodeView(plain_address(address), address,
                                               alive, error=str(exc))
                     continue
                 if not isinstance(status, dict) or not isinstance(status.get("node_id"), str):

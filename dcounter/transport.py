@@ -241,16 +241,11 @@ def describe_failure(exc: BaseException) -> str:
     innermost = _causes(exc)[-1]
     text = failure_words(str(innermost))[1]  # without our own "host:port: ..." prefix
     return text[:200] or type(innermost).__name__
-def _never_sent(exc: BaseException, depth: int = 0) -> bool:
+
+
+def _never_sent(exc: BaseException) -> bool:
     """True when the connection was never made (refused, a connect timeout, an unknown name), so
     the request certainly never left. urllib3's NewConnectionError is a ConnectTimeoutError; the
-    cause is searched through requests' and urllib3's wrappers."""
-    if isinstance(exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError,
-                        ConnectionRefusedError)):
-        return True
-    if depth > 6:
-        return False
-    for inner in (*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__):
-        if isinstance(inner, BaseException) and _never_sent(inner, depth + 1):
-            return True
-    return False
+    cause is searched through requests' and urllib3's wrappers (`_causes`)."""
+    return any(isinstance(cause, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError,
+                                  ConnectionRefusedError)) for cause in _causes(exc))
