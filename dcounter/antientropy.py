@@ -13,7 +13,7 @@ or events held above a gap, leave the watermark where it is, and are pulled.
 Held events. A peer may hold events of an origin above its watermark that no node will ever
 push here (their origin lost them with its data, or its link to this node was replaced). So a
 heartbeat of protocol 2 also carries, per origin with held events, a summary of them
-(`counter.held_summary`), and where a peer shows the same watermark as this node but a
+(`held.held_summary`), and where a peer shows the same watermark as this node but a
 different summary, the peer has a *held lead*: the pull (`POST /counter/state` asking for held
 events) brings them, and adopting merges them. It ends when this node's summary equals the
 peer's (this node holds exactly what the peer showed: equal sets at equal watermarks) or its
@@ -52,7 +52,7 @@ from typing import Collection, Mapping
 
 from dcounter.retirement import RETIRED_ENTRY
 
-Summaries = Mapping[str, tuple]  # origin -> held summary (counter.held_summary)
+Summaries = Mapping[str, tuple]  # origin -> held summary (held.held_summary)
 
 
 @dataclass

@@ -37,16 +37,16 @@ from typing import Callable
 
 from dcounter.events import MAX_ITEMS, BulkResult, Event, Items, LocalResult, RemoteResult
 from dcounter.expiry import ExpiryIndex
-from dcounter.held import CounterHeld, HeldEntry, HeldSummary, held_event, held_parts, held_summary
-from dcounter.keys import WARN_INTERVAL, CounterKeys, KeyRecord
+from dcounter.held import CounterHeld, HeldSummary, held_event, held_parts
+from dcounter.keys import CounterKeys, KeyRecord
 from dcounter.reset import CounterResets
 from dcounter.retirement import RETIRED_ENTRY, CounterRetirement
-from dcounter.txn import Savepoint, Txn
+from dcounter.txn import Txn
 
 # What other modules import from here, wherever it now lives.
-__all__ = ["BulkResult", "Counter", "Event", "HeldEntry", "HeldSummary", "Items", "KeyRecord",
-           "LocalResult", "MAX_ITEMS", "OriginState", "RETIRED_ENTRY", "RemoteResult", "Savepoint",
-           "Txn", "WARN_INTERVAL", "held_event", "held_parts", "held_summary", "new_origin_id"]
+__all__ = ["BulkResult", "Counter", "Event", "HeldSummary", "Items", "KeyRecord", "LocalResult",
+           "MAX_ITEMS", "OriginState", "RETIRED_ENTRY", "RemoteResult", "Txn", "held_event",
+           "held_parts", "new_origin_id"]
 
 
 def new_origin_id() -> str:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 
 from dcounter import keyhome
+from dcounter.reset import further
 from dcounter.retirement import RETIRED_ENTRY
 
 
@@ -304,7 +305,7 @@ def furthest_covers(resets, made, nodes: dict) -> tuple[dict, dict, set, set]:
         deleted.update([reset.counter] if reset.delete else [])
         for origin, w, total in reset.covers:
             mine = furthest[reset.counter].get(origin)
-            if mine is None or (w, total) > mine:
+            if mine is None or further((w, total), mine):
                 furthest[reset.counter][origin] = (w, total)
                 if origin == RETIRED_ENTRY:
                     base_cover[reset.counter] = folded
