@@ -333,14 +333,6 @@ def test_runs_at_their_bounds():
     assert len(most[0].items) == MAX_ITEMS
 
 
-def _accepts(decode, value) -> bool:
-    try:
-        decode(value)
-    except BadRequest:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("seed", range(20))
 def test_runs_and_event_lists_decode_the_same_events(seed):
     """The same random pieces (origin, seq, counter, delta, key, bulk items) as a list of event
