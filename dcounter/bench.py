@@ -57,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dcounter.benchload import (BENCH_COUNTER, WARMUP_COUNTER, Converge, Load, Probe,
                                 load_worker, split, wrk_script, wrk_version)
-from dcounter.benchprocs import (Client, Processes, Scrape, Target, cpu_seconds,
+from dcounter.benchprocs import (Client, Processes, Scrape, Target, cpu_seconds, cpu_us_per,
                                  histogram_quantile, rss_kib, scrape, serve_bare, start_bare,
                                  start_cluster)
 from dcounter.benchreport import (RunResult, fmt, forwarded_share, machine, render_compact,
@@ -161,10 +161,8 @@ class Bench:
         if probe is not None:
             probe.join(10.0)
         # From before the load to every node showing the total: replication's cost included.
-        cpu_after = [cpu_seconds(pid) for pid in target.pids]
-        cpu_us = None
-        if None not in cpu_before + cpu_after and result.acknowledged:
-            cpu_us = 1e6 * (sum(cpu_after) - sum(cpu_before)) / result.acknowledged
+        cpu_us = cpu_us_per(cpu_before, [cpu_seconds(pid) for pid in target.pids],
+                            result.acknowledged)
         clients = target.clients()
         try:
             finals = [c.count(BENCH_COUNTER) for c in clients]

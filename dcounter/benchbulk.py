@@ -13,7 +13,8 @@ import threading
 import time
 
 from dcounter.benchload import Load
-from dcounter.benchprocs import cpu_seconds, metric_samples, start_cluster
+from dcounter.benchprocs import cpu_seconds, cpu_us_per, metric_samples, start_cluster
+from dcounter.benchreport import fmt
 
 COUNTERS = [f"bulk-{i}" for i in range(10)]
 ITEMS = 100  # per request, spread round-robin over COUNTERS
@@ -64,11 +65,8 @@ def bulk_run(bench, size: int) -> dict:
         per_counter = result.acknowledged * ITEMS // len(COUNTERS)
         shown = all(bench.wait_all_show(target, name, per_counter, 60.0) for name in COUNTERS)
         largest = watch.stop()
-        cpu_after = [cpu_seconds(pid) for pid in target.pids]
         items = result.acknowledged * ITEMS
-        cpu_us = None
-        if None not in cpu_before + cpu_after and items:
-            cpu_us = 1e6 * (sum(cpu_after) - sum(cpu_before)) / items
+        cpu_us = cpu_us_per(cpu_before, [cpu_seconds(pid) for pid in target.pids], items)
         return {"config": target.name, "nodes": size, "requests": result.acknowledged,
                 "increments_per_s": items / args.duration, "cpu_us_per_increment": cpu_us,
                 "largest_backlog_events": largest, "non2xx": result.non2xx,
@@ -85,7 +83,7 @@ def render(results: list[dict]) -> str:
     lines = [f"Bulk increments ({ITEMS} items over {len(COUNTERS)} counters a request, "
              f"durable):"]
     for r in results:
-        cpu = "-" if r["cpu_us_per_increment"] is None else f"{r['cpu_us_per_increment']:.1f}"
+        cpu = fmt(r["cpu_us_per_increment"], ".1f")
         lines.append(f"  {r['config']}: {r['increments_per_s']:.0f} increments/s "
                      f"({r['requests']} requests), CPU µs/increment {cpu}, largest replication "
                      f"backlog {r['largest_backlog_events']} events, non-2xx {r['non2xx']}, "

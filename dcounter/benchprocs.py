@@ -144,6 +144,14 @@ def _wait_listening(proc, out_path: str, marker: str, timeout: float = 20.0) -> 
     raise RuntimeError(f"process not listening after {timeout}s (see {out_path})")
 
 
+def cpu_us_per(before: list[float | None], after: list[float | None], count: int) -> float | None:
+    """CPU µs of processes per unit of work, from `cpu_seconds` taken before and after (None when
+    a process could not be read or nothing was done)."""
+    if None in before + after or not count:
+        return None
+    return 1e6 * (sum(after) - sum(before)) / count
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time of a process so far (its threads included), from /proc."""
     try:
